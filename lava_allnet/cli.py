@@ -1,0 +1,435 @@
+"""The ``lava-allnet`` command line: thin typer commands over the library.
+
+Expected failures (bad files, bad data, missing backends) print one line on
+stderr and exit 2; ``--debug`` shows the traceback. Progress and tables go to
+stderr/stdout for people; ``--json`` prints only JSON on stdout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import lava_allnet  # noqa: F401
+from lava_allnet.errors import AllnetError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help=(
+        "NeurALLNet on Lava: train a CUBA spiking CNN with SE gating (lava-dl SLAYER), export it "
+        "to NetX HDF5, run it on the Lava simulator (bit-accurate fixed point) or Loihi, and "
+        "measure it."
+    ),
+)
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: the embedded synthetic smear generator.")
+app.add_typer(data_app, name="data")
+
+# wide tables when piped (rich assumes 80 columns without a terminal)
+out = Console(width=None if sys.stdout.isatty() else 160)  # tables, results
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)  # progress, notes, errors
+_state = {"debug": False}
+
+BACKEND_HELP = "sim: Lava Loihi2SimCfg fixed point (bit-accurate); sim-float: Lava floating point; torch: SLAYER fixed-point reference; loihi2: Loihi 2 hardware (needs lava-loihi)."
+
+
+def _progress(total: int, label: str, enabled: bool = True):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), console=err, transient=True, disable=not enabled)
+    task = prog.add_task(label, total=total)
+    return prog, (lambda done, *_: prog.update(task, completed=done))
+
+
+def _quiet_lava() -> None:
+    # Lava and lava-dl warn about unused process-model search paths and old APIs.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"lava(\.|$)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*CUDA.*")
+    os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+    _state["debug"] = debug
+    _quiet_lava()
+
+
+def _read_spec(path: Path):
+    from netx import format as nf
+
+    return nf.read(path)
+
+
+def _resolve_model(first: list[str], model: Optional[Path]) -> tuple[Path, list[str]]:
+    """`run [MODEL.net] PATH...`: the model is optional (then the shipped one is used)."""
+    from lava_allnet.inference import DEFAULT_MODEL
+
+    if model is not None:
+        return model, first
+    if first and first[0].endswith((".net", ".h5", ".hdf5")):
+        return Path(first[0]), first[1:]
+    if not DEFAULT_MODEL.exists():
+        raise AllnetError(f"no model given and the shipped model {DEFAULT_MODEL} is missing")
+    return DEFAULT_MODEL, first
+
+
+def _emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------- data
+
+
+@data_app.command("synth")
+def data_synth(
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write (ImageFolder: one sub-folder per class)."),
+    per_class: int = typer.Option(100, "--per-class", min=1, help="Images per class."),
+    size: int = typer.Option(224, "--size", min=32, help="Image side in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same files)."),
+) -> None:
+    """Generate seeded synthetic blood-smear fields for the four ALL subtypes (Benign / Early / Pre / Pro)."""
+    from lava_allnet.data import synth
+
+    prog, update = _progress(per_class * len(synth.CLASS_NAMES), "generating")
+    with prog:
+        summary = synth.generate_dataset(out_dir, per_class, size=size, seed=seed, progress=update)
+    err.print(f"wrote {summary['total']} images ({per_class} per class, {size}x{size}, seed {seed}) to {out_dir}")
+
+
+# ------------------------------------------------------------------ train
+
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, "--data", help="ImageFolder of training images (default: fresh synthetic smears)."),
+    epochs: int = typer.Option(10, "--epochs", min=1, help="Training epochs."),
+    out_dir: Path = typer.Option(Path("runs/neurallnet"), "--out", help="Run directory to create."),
+    seed: int = typer.Option(0, "--seed", help="Seed of init, split, shuffling and augmentation."),
+    model: str = typer.Option("neurallnet", "--model", help="Model config name (see `lava-allnet models`)."),
+    no_se: bool = typer.Option(False, "--no-se", help="The same network without SE gates (ablation)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Override the input side in pixels."),
+    time_steps: Optional[int] = typer.Option(None, "--time-steps", min=1, help="Override T."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate (one-cycle schedule)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.5),
+    test_fraction: float = typer.Option(0.0, "--test-fraction", min=0.0, max=0.5),
+    per_class: int = typer.Option(150, "--per-class", min=3, help="Synthetic images per class (without --data)."),
+    threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: default)."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Disable flips/rotations/illumination jitter."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
+) -> None:
+    """Train NeurALLNet with SLAYER (CUBA neurons, SE gates): progress bar, validation each epoch, best checkpoint."""
+    import dataclasses
+
+    from lava_allnet.config import TrainConfig, get_model_config
+    from training.loop import train as run_train
+
+    if resume is not None:
+        metrics = run_train(resume, resume=True, console=err)
+        run_dir = resume
+    else:
+        overrides = {}
+        if input_size is not None:
+            overrides["input_size"] = input_size
+        if time_steps is not None:
+            overrides["time_steps"] = time_steps
+        cfg = get_model_config(model, **overrides)
+        if no_se:
+            cfg = dataclasses.replace(cfg.without_se(), name=cfg.name + "-nose")
+        tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
+                           test_fraction=test_fraction, augment=not no_augment, threads=threads)
+        metrics = run_train(out_dir, cfg, tcfg, data_dir=data, synth_per_class=per_class, console=err)
+        run_dir = out_dir
+    best = metrics.get("best") or {}
+    out.print(f"best epoch {best.get('epoch')}: validation accuracy {best.get('val_accuracy', float('nan')):.4f} "
+              f"({metrics['parameters']:,} parameters) → {run_dir}/best.pt")
+
+
+@app.command()
+def models() -> None:
+    """List the named model configs."""
+    from lava_allnet.config import MODELS
+
+    t = Table("name", "input", "T", "channels", "SE", "population")
+    for name, c in MODELS.items():
+        t.add_row(name, str(c.input_size), str(c.time_steps), str(list(c.channels)),
+                  str([i + 1 for i, s in enumerate(c.se) if s]), str(c.population))
+    out.print(t)
+
+
+# ----------------------------------------------------------------- export
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="Training run directory (holds best.pt)."),
+    out_file: Path = typer.Option(..., "--out", help="Model file to write (NetX HDF5, .net)."),
+) -> None:
+    """Export the best checkpoint of a run to the (extended) NetX HDF5 format."""
+    from netx.export import export as do_export
+    from training.loop import load_trained
+
+    net = load_trained(run_dir)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    spec = do_export(net, out_file)
+    err.print(f"wrote {out_file} ({out_file.stat().st_size / 1e6:.3f} MB, {len(spec.layers)} layers, "
+              f"T={spec.time_steps}, classes {list(spec.class_names)})")
+
+
+# -------------------------------------------------------------------- run
+
+
+def _print_results(run, spec, max_columns: int = 8) -> None:
+    t = Table(title=f"predictions ({run.backend})")
+    t.add_column("image", overflow="fold")
+    t.add_column("prediction")
+    t.add_column("label")
+    for c in spec.class_names:
+        t.add_column(c, justify="right")
+    for r in run.results:
+        mark = "" if r.label is None else (" ✓" if r.correct else " ✗")
+        t.add_row(r.path, r.prediction + mark, r.label or "-", *[str(r.class_counts[c]) for c in spec.class_names])
+    out.print(t)
+    n = len(run.results)
+    for start in range(0, n, max_columns):
+        chunk = run.results[start:start + max_columns]
+        lt = Table(title="spikes / messages per layer" + (f" (images {start + 1}-{start + len(chunk)})" if n > max_columns else ""))
+        lt.add_column("layer")
+        for i, _ in enumerate(chunk, start=start + 1):
+            lt.add_column(f"#{i}", justify="right")
+        for name in run.stage_names:
+            lt.add_row(name, *[f"{r.layer_counts[name]:,}" for r in chunk])
+        out.print(lt)
+        if start + max_columns >= 32 and n > 32:
+            out.print(f"... {n - start - len(chunk)} more images: use --json for all per-layer counts")
+            break
+
+
+def _run_json(run, spec, model_path: Path) -> dict:
+    return {
+        "model": str(model_path),
+        "backend": run.backend,
+        "time_steps": spec.time_steps,
+        "class_names": list(spec.class_names),
+        "n_images": len(run.results),
+        "accuracy": run.accuracy(),
+        "results": [r.to_dict() for r in run.results],
+        "skipped": [{"path": p, "reason": why} for p, why in run.skipped],
+        "timing": run.timing,
+    }
+
+
+@app.command()
+def run(
+    paths: List[str] = typer.Argument(..., help="[MODEL.net] then image files and/or folders. Without a .net first, the shipped models/neurallnet-aria.net is used."),
+    backend: str = typer.Option("sim", "--backend", "-b", help=BACKEND_HELP),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model file (alternative to giving it first)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (see README) instead of tables."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Simulator processes, each with its own compiled network."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable image instead of skipping it."),
+    stock: bool = typer.Option(False, "--stock", help="Use Lava's stock process models (slow; for comparison)."),
+) -> None:
+    """Classify images: predicted class, output spikes per class and spikes per layer for each image."""
+    from lava_allnet.inference import load_inputs, run_backend
+
+    model_path, inputs = _resolve_model(paths, model)
+    if not inputs:
+        raise AllnetError("no images given (usage: lava-allnet run [MODEL.net] PATH...)")
+    spec = _read_spec(model_path)
+    prog, update = _progress(0, "loading images")
+    with prog:
+        data = load_inputs(inputs, spec.input.shape[1], spec.class_names, strict=strict,
+                           progress=lambda k, n: (prog.update(prog.task_ids[0], total=n), update(k)))
+    for p, why in data.skipped:
+        err.print(f"[yellow]skipped[/] {why}")
+    prog, update = _progress(len(data.paths), f"{backend}")
+    with prog:
+        result = run_backend(spec, data, backend, workers=workers, fast=not stock, progress=update)
+    if as_json:
+        _emit_json(_run_json(result, spec, model_path))
+        return
+    _print_results(result, spec)
+    acc = result.accuracy()
+    tm = result.timing
+    line = f"{len(result.results)} image(s) on {backend}: {tm.get('ms_per_image', 0):.1f} ms/image"
+    if "compile_s" in tm:
+        line += f", {tm['ms_per_step']:.2f} ms/step, compile {tm['compile_s']:.2f} s"
+    if acc is not None:
+        line += f"; accuracy {acc:.4f} on {sum(r.label is not None for r in result.results)} labelled"
+    out.print(line)
+
+
+# ------------------------------------------------------------------- info
+
+
+@app.command()
+def info(
+    model_file: Path = typer.Argument(..., help="Model file (.net)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Layers with shapes, parameters, bytes, neurons and synapses."""
+    from netx.analysis import layer_stats, totals
+
+    spec = _read_spec(model_file)
+    rows = layer_stats(spec)
+    tot = totals(rows)
+    size = model_file.stat().st_size
+    if as_json:
+        _emit_json({"model": str(model_file), "file_bytes": size, "format_version": spec.format_version,
+                    "class_names": list(spec.class_names), "time_steps": spec.time_steps,
+                    "population": spec.population, "layers": [r.to_dict() for r in rows], "totals": tot})
+        return
+    t = Table(title=f"{model_file} (format v{spec.format_version}, T={spec.time_steps}, classes {', '.join(spec.class_names)})")
+    for col in ("#", "layer", "type", "shape", "params", "bytes", "neurons", "synapses", "fan-in"):
+        t.add_column(col, justify="right" if col not in ("layer", "type") else "left")
+    for r in rows:
+        t.add_row(str(r.index), r.name, r.type, "x".join(map(str, r.shape)), f"{r.parameters:,}", f"{r.weight_bytes:,}",
+                  f"{r.neurons:,}", f"{r.synapses:,}", f"{r.max_fan_in:,}")
+    t.add_row("", "total", "", "", f"{tot['parameters']:,}", f"{tot['weight_bytes']:,}", f"{tot['neurons']:,}",
+              f"{tot['synapses']:,}", "")
+    out.print(t)
+    out.print(f"file size {size / 1e6:.3f} MB; {tot['parameters']:,} parameters")
+
+
+# ----------------------------------------------------------------- verify
+
+
+@app.command()
+def verify(
+    model_file: Path = typer.Argument(..., help="Model file (.net)."),
+    paths: List[str] = typer.Argument(..., help="Image files and/or folders."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    float_mode: bool = typer.Option(False, "--sim-float", help="Compare against the floating-point simulator instead (not expected to match)."),
+) -> None:
+    """Run the torch fixed-point reference and the Lava simulator on the same images; compare every layer's spikes.
+
+    Exit status 1 when any layer's spike count differs at any time step.
+    """
+    from lava_allnet.inference import load_inputs, run_backend
+    from lava_allnet.verify import compare_runs
+
+    spec = _read_spec(model_file)
+    data = load_inputs(paths, spec.input.shape[1], spec.class_names)
+    ref = run_backend(spec, data, "torch")
+    prog, update = _progress(len(data.paths), "sim")
+    with prog:
+        sim = run_backend(spec, data, "sim-float" if float_mode else "sim", progress=update)
+    report = compare_runs(ref, sim)
+    if as_json:
+        _emit_json({"model": str(model_file), **report})
+    else:
+        t = Table(title=f"torch vs {sim.backend}: spikes per layer, summed over {len(data.paths)} image(s)")
+        for col in ("layer", "torch", sim.backend, "equal (every image and step)"):
+            t.add_column(col, justify="right" if col != "layer" else "left")
+        for row in report["layers"]:
+            t.add_row(row["layer"], f"{row['reference']:,}", f"{row['candidate']:,}", "yes" if row["equal"] else "[red]NO[/]")
+        out.print(t)
+        out.print(f"predictions equal: {report['predictions_equal']}; overflow (24-bit) in torch: {report['overflow']}")
+        out.print("VERIFIED: identical" if report["identical"] else "[red]MISMATCH[/]")
+    if not report["identical"]:
+        raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Working folder (data, run, model)."),
+    per_class: int = typer.Option(160, "--per-class", min=5, help="Synthetic images per class."),
+    epochs: int = typer.Option(3, "--epochs", min=1),
+    held_out: int = typer.Option(8, "--held-out", min=1, help="Held-out images per class run on the simulator."),
+) -> None:
+    """The main job on the embedded default: synthesise smears, train, export, run on the Lava simulator."""
+    import dataclasses
+    import shutil
+
+    from lava_allnet.config import TrainConfig, get_model_config
+    from lava_allnet.data import synth
+    from lava_allnet.inference import load_dataset, run_backend
+    from netx.export import export as do_export
+    from training.loop import load_trained
+    from training.loop import train as run_train
+
+    t0 = time.perf_counter()
+    cfg = get_model_config("neurallnet-demo")
+    data_dir, test_dir, run_dir = out_dir / "data", out_dir / "held-out", out_dir / "run"
+    model_file = out_dir / "neurallnet-demo.net"
+    if not data_dir.exists():
+        err.print(f"[bold]1/4[/] synthetic smears: {per_class} per class for training/validation")
+        synth.generate_dataset(data_dir, per_class, size=cfg.input_size, seed=0)
+    if not test_dir.exists():
+        tmp = out_dir / "held-out-src"
+        synth.generate_dataset(tmp, per_class + held_out, size=cfg.input_size, seed=0)
+        # images per_class.. are never seen in training (same generator, later indices)
+        for c in synth.CLASS_NAMES:
+            (test_dir / c).mkdir(parents=True, exist_ok=True)
+            for f in sorted((tmp / c).iterdir())[per_class:]:
+                shutil.move(str(f), test_dir / c / f.name)
+        shutil.rmtree(tmp)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    err.print(f"[bold]2/4[/] training {cfg.name} ({epochs} epochs)")
+    metrics = run_train(run_dir, cfg, TrainConfig(epochs=epochs, seed=0), data_dir=data_dir, console=err)
+    net = load_trained(run_dir)
+    spec = do_export(net, model_file)
+    err.print(f"[bold]3/4[/] exported {model_file} ({model_file.stat().st_size / 1e3:.0f} kB)")
+    err.print(f"[bold]4/4[/] running {held_out * 4} held-out images on the Lava simulator (Loihi2SimCfg fixed_pt)")
+    data = load_dataset(test_dir, spec.input.shape[1], spec.class_names)
+    prog, update = _progress(len(data.paths), "sim")
+    with prog:
+        result = run_backend(spec, data, "sim", progress=update)
+    _print_results(result, spec)
+    best = metrics["best"]
+    out.print(f"validation accuracy (torch, best epoch {best['epoch']}): {best['val_accuracy']:.3f}")
+    out.print(f"held-out accuracy on the Lava simulator: {result.accuracy():.3f} ({len(result.results)} images; chance 0.25)")
+    out.print(f"simulator: {result.timing['ms_per_step']:.1f} ms/step, {result.timing['ms_per_image']:.0f} ms/image, "
+              f"compile {result.timing['compile_s']:.1f} s; demo took {time.perf_counter() - t0:.0f} s")
+
+
+# ------------------------------------------------------------------- main
+
+
+def main() -> None:
+    """Console entry point with the error policy."""
+    _quiet_lava()
+    debug = "--debug" in sys.argv[1:]
+    try:
+        rc = app(standalone_mode=False)  # click returns the exit code of typer.Exit here
+        sys.exit(rc or 0)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("interrupted")
+        sys.exit(130)
+    except AllnetError as exc:
+        if debug:
+            raise
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except Exception as exc:  # click usage errors and the unexpected
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        err.print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                  markup=False, highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Configurations as dataclasses, and a registry of named model configs."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+CLASS_NAMES = ("Benign", "Early", "Pre", "Pro")
+
+
+@dataclass(frozen=True)
+class NeuronConfig:
+    """SLAYER CUBA neuron parameters (for binary input; see fixed_point for scaling)."""
+
+    threshold: float = 1.25
+    current_decay: float = 0.25
+    voltage_decay: float = 0.03
+    tau_grad: float = 0.03
+    scale_grad: float = 3.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """NeurALLNet: strided CUBA conv layers, optional SE gates, a dense readout.
+
+    The image is the graded input of the first conv at every one of the
+    ``time_steps`` steps; the class is the output population with the most
+    spikes over those steps (ties go to the lowest class index).
+    """
+
+    name: str = "neurallnet"
+    input_size: int = 128
+    in_channels: int = 3
+    time_steps: int = 16
+    channels: tuple[int, ...] = (16, 32, 64, 128, 128)
+    strides: tuple[int, ...] = (2, 2, 2, 2, 2)
+    kernel_size: int = 3
+    se: tuple[bool, ...] = (False, False, True, True, True)
+    se_reduction: int = 4
+    gate_levels: int = 64
+    input_bits: int = 6
+    population: int = 8
+    num_classes: int = 4
+    class_names: tuple[str, ...] = CLASS_NAMES
+    neuron: NeuronConfig = field(default_factory=NeuronConfig)
+
+    def __post_init__(self) -> None:
+        n = len(self.channels)
+        if len(self.strides) != n or len(self.se) != n:
+            raise ValueError("channels, strides and se must have the same length")
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"{len(self.class_names)} class names for {self.num_classes} classes"
+            )
+        if self.time_steps < 1:
+            raise ValueError("time_steps must be >= 1")
+
+    def without_se(self) -> "ModelConfig":
+        return dataclasses.replace(self, se=tuple(False for _ in self.se))
+
+    def feature_sizes(self) -> list[int]:
+        """Spatial size after each conv (padding k//2)."""
+        sizes, s = [], self.input_size
+        pad = self.kernel_size // 2
+        for stride in self.strides:
+            s = (s + 2 * pad - self.kernel_size) // stride + 1
+            sizes.append(s)
+        return sizes
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        if "neuron" in d and isinstance(d["neuron"], dict):
+            d["neuron"] = NeuronConfig(**d["neuron"])
+        for key in ("channels", "strides", "se", "class_names"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    loss_scale: float = 10.0  # logits = loss_scale * output spike rate
+    augment: bool = True
+    threads: int = 0  # 0: torch default
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# A registry of named model configs (timm style).
+MODELS: dict[str, ModelConfig] = {
+    "neurallnet": ModelConfig(),
+    # small and quick: `make demo` trains it in about a minute on 2 CPU cores
+    "neurallnet-demo": ModelConfig(
+        name="neurallnet-demo",
+        input_size=64,
+        time_steps=8,
+        channels=(16, 32, 64, 64),
+        strides=(2, 2, 2, 2),
+        se=(False, False, True, True),
+        population=4,
+    ),
+    "neurallnet-tiny": ModelConfig(
+        name="neurallnet-tiny",
+        input_size=64,
+        time_steps=8,
+        channels=(8, 16, 32, 32),
+        strides=(2, 2, 2, 2),
+        se=(False, False, True, True),
+        population=4,
+    ),
+}
+
+
+def get_model_config(name: str, **overrides: Any) -> ModelConfig:
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    return dataclasses.replace(MODELS[name], **overrides) if overrides else MODELS[name]

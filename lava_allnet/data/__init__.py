@@ -1,0 +1,1 @@
+"""Datasets for lava-allnet: the embedded synthetic blood-smear generator and loaders."""

@@ -1,0 +1,345 @@
+"""NeurALLNet: a compact CUBA convolutional SNN with squeeze-and-excitation gates.
+
+Blocks follow lava-dl's SLAYER blocks (a block = synapse + neuron, the export
+lives in ``netx.export``): SLAYER's synapse weights with ``quantize_8bit`` and
+SLAYER's CUBA neuron, so the fixed-point behaviour is lava-dl's own.
+
+Timing. SLAYER blocks usually delay every layer by one step (``delay_shift``)
+to mimic Lava's one-step hop, so the output only sees T - depth steps. Here no
+block shifts: every stage sees all T steps of its input, aligned. The Lava
+graph (``netx.build``) runs each stage ``depth`` steps later and resets its
+neurons at the start of its own T-step window (``LIFReset`` offsets), which is
+exactly equivalent and lets T be smaller than the network depth.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from lava_allnet import fixed_point as fx
+from lava_allnet._lava import slayer
+from lava_allnet.config import ModelConfig, NeuronConfig
+
+
+def _neuron(cfg: NeuronConfig):
+    """SLAYER's CUBA neuron with a threshold epsilon that survives float32.
+
+    SLAYER emulates Loihi's ``v > vth`` as ``v >= vth + 0.01/4096``; in
+    float32 that epsilon vanishes for thresholds above ~8 (the scaled
+    thresholds of graded-input layers), so its Spike function fires at
+    v == vth while its reset does not. Half a state unit (2**-13) is exact in
+    float32 for every legal threshold (< 2048) and keeps both on ``v > vth``.
+    """
+    neuron = slayer().neuron.cuba.Neuron(
+        threshold=cfg.threshold,
+        current_decay=cfg.current_decay,
+        voltage_decay=cfg.voltage_decay,
+        tau_grad=cfg.tau_grad,
+        scale_grad=cfg.scale_grad,
+        scale=fx.WEIGHT_SCALE,
+        shared_param=True,
+        requires_grad=False,
+    )
+    neuron.threshold_eps = 0.5 / neuron.s_scale
+    return neuron
+
+
+def _to_time_major(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W, T) → (N*T, C, H, W) for conv2d."""
+    n, c, h, w, t = x.shape
+    return x.permute(0, 4, 1, 2, 3).reshape(n * t, c, h, w)
+
+
+def _from_time_major(y: torch.Tensor, n: int, t: int) -> torch.Tensor:
+    _, c, h, w = y.shape
+    return y.reshape(n, t, c, h, w).permute(0, 2, 3, 4, 1)
+
+
+class ConvBlock(torch.nn.Module):
+    """Strided conv synapse + CUBA neuron.
+
+    The conv runs as conv2d over (N*T) frames instead of SLAYER's conv3d;
+    with 2/64-grid weights and integer inputs every product and partial sum is
+    an exact float32, so the result is identical and much faster on CPU.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int],
+        padding: int | tuple[int, int],
+        neuron: NeuronConfig,
+        input_message_bits: int,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+    ) -> None:
+        """neuron.threshold is already scaled to the input (fixed_point.scaled_threshold);
+        input_message_bits: 0 for binary spikes, else the graded message width."""
+        super().__init__()
+        self.synapse = slayer().synapse.Conv(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+            dilation=dilation, groups=groups, pre_hook_fx=fx.quantize_weight,
+        )
+        self.neuron = _neuron(neuron)
+        self.input_message_bits = input_message_bits
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """Quantised weight (out, in, kH, kW)."""
+        return fx.quantize_weight(self.synapse.weight)[..., 0]
+
+    def synaptic_input(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.synapse
+        kw = dict(stride=s.stride[:2], padding=s.padding[:2], dilation=s.dilation[:2], groups=s.groups)
+        if x.dim() == 4:  # constant input (the image): one conv, broadcast in time
+            return F.conv2d(x, self.weight, **kw)
+        n, t = x.shape[0], x.shape[-1]
+        return _from_time_major(F.conv2d(_to_time_major(x), self.weight, **kw), n, t)
+
+    def forward(self, x: torch.Tensor, time_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (spikes (N, C, H, W, T), current) ."""
+        z = self.synaptic_input(x)
+        if z.dim() == 4:
+            z = z.unsqueeze(-1).expand(*z.shape, time_steps)
+        z = z.contiguous()
+        current, voltage = self.neuron.dynamics(z)
+        return self.neuron.spike(voltage), current
+
+
+class SEBlock(torch.nn.Module):
+    """Squeeze-and-excitation gate on spikes, in Lava's integer arithmetic.
+
+    gate = clamp(w2 relu(w1 mean(s) + b1) + b2, 0, 1) per channel and time
+    step, quantised by :class:`lava_allnet.fixed_point.SEFixedPoint`; the
+    output is the gated graded spike s * gate * G.
+    """
+
+    STAGES = ("squeeze", "excite", "scale")
+
+    def __init__(self, channels: int, hidden: int, height: int, width: int, gate_levels: int) -> None:
+        super().__init__()
+        self.fixed = fx.SEFixedPoint(channels, hidden, height, width, gate_levels)
+        self.fixed.validate()
+        self.w1 = torch.nn.Parameter(torch.empty(hidden, channels).uniform_(-1, 1) * (3 / channels) ** 0.5)
+        self.b1 = torch.nn.Parameter(torch.zeros(hidden))
+        self.w2 = torch.nn.Parameter(torch.empty(channels, hidden).uniform_(-1, 1) * (3 / hidden) ** 0.5)
+        self.b2 = torch.nn.Parameter(torch.full((channels,), 0.5))
+
+    def forward(self, spikes: torch.Tensor):
+        return self.fixed.forward(spikes, self.w1, self.b1, self.w2, self.b2)
+
+    def mantissas(self) -> dict[str, torch.Tensor]:
+        f = self.fixed
+        with torch.no_grad():
+            return {
+                "weight1": torch.round(fx.quantize_weight(self.w1) * fx.WEIGHT_SCALE),
+                "bias1": f.bias_mantissa(self.b1, 1),
+                "weight2": torch.round(fx.quantize_weight(self.w2) * fx.WEIGHT_SCALE),
+                "bias2": f.bias_mantissa(self.b2, 2),
+            }
+
+
+class DenseBlock(torch.nn.Module):
+    """Dense synapse + CUBA neuron over flattened (C, H, W) features."""
+
+    def __init__(
+        self, in_features: int, out_features: int, neuron: NeuronConfig, input_message_bits: int
+    ) -> None:
+        super().__init__()
+        self.synapse = slayer().synapse.Dense(in_features, out_features, pre_hook_fx=fx.quantize_weight)
+        self.neuron = _neuron(neuron)
+        self.input_message_bits = input_message_bits
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return fx.quantize_weight(self.synapse.weight).reshape(self.synapse.weight.shape[0], -1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, t = x.shape[0], x.shape[-1]
+        flat = x.reshape(n, -1, t)  # C-order (C, H, W) flatten, like Lava's transpose+flatten
+        z = torch.einsum("nft,of->not", flat, self.weight).contiguous()
+        current, voltage = self.neuron.dynamics(z)
+        return self.neuron.spike(voltage), current
+
+
+@dataclass
+class Output:
+    """What one forward pass produced, per image of the batch."""
+
+    class_counts: torch.Tensor  # (N, K) output spikes per class (population sum), differentiable
+    stage_steps: dict[str, torch.Tensor] = field(default_factory=dict)  # name → (N, T) messages per step
+    stage_weighted: dict[str, torch.Tensor] = field(default_factory=dict)  # name → (N, T) weighted messages
+    output_neurons: torch.Tensor | None = None  # (N, n_out) spikes per output neuron
+    overflow: int = 0  # current values outside Loihi's 24-bit range (must be 0)
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)  # only if asked
+
+    @property
+    def stage_counts(self) -> dict[str, torch.Tensor]:
+        return {k: v.sum(1) for k, v in self.stage_steps.items()}
+
+    def predictions(self) -> torch.Tensor:
+        """Most output spikes wins; ties go to the lowest class index."""
+        return torch.argmax(self.class_counts, dim=1)
+
+
+class Network(torch.nn.Module):
+    """A feed-forward chain of named blocks: ConvBlock / SEBlock ... DenseBlock.
+
+    The input is the encoded image (graded messages, constant in time); the
+    last block is the output population layer (``population`` neurons per class).
+    """
+
+    def __init__(
+        self,
+        blocks: list[tuple[str, torch.nn.Module]],
+        input_shape: tuple[int, int, int],
+        input_bits: int,
+        time_steps: int,
+        class_names: tuple[str, ...],
+        population: int,
+    ) -> None:
+        super().__init__()
+        if not blocks or not isinstance(blocks[-1][1], DenseBlock):
+            raise ValueError("the last block must be the dense output layer")
+        self.blocks = torch.nn.ModuleDict(blocks)
+        self.input_shape = tuple(input_shape)
+        self.input_bits = input_bits
+        self.time_steps = time_steps
+        self.class_names = tuple(class_names)
+        self.population = population
+        out = blocks[-1][1].synapse.out_channels
+        if out != len(class_names) * population:
+            raise ValueError(f"output layer has {out} neurons for {len(class_names)} classes x {population}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def stage_names(self) -> list[str]:
+        names = ["input"]
+        for name, block in self.blocks.items():
+            names += [f"{name}.{s}" for s in SEBlock.STAGES] if isinstance(block, SEBlock) else [name]
+        return names
+
+    def encode(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return fx.encode_pixels_torch(images_uint8, self.input_bits)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        record: bool = False,
+        keep: tuple[str, ...] = (),
+        weights: dict[str, torch.Tensor] | None = None,
+    ) -> Output:
+        """x: encoded input (N, C, H, W) float, see :meth:`encode`.
+
+        record: also count messages per stage and step, and check the 24-bit range.
+        keep: stage names whose tensors to return (e.g. for Grad-CAM).
+        weights: per-stage neuron weights (stage shape without N, T), e.g. fan-outs,
+            to count weighted messages (synaptic operations) per step.
+        """
+        steps: dict[str, torch.Tensor] = {}
+        weighted: dict[str, torch.Tensor] = {}
+        acts: dict[str, torch.Tensor] = {}
+        overflow = 0
+
+        def note(name: str, t: torch.Tensor) -> None:
+            if record:
+                nz = t.detach() != 0
+                steps[name] = nz.flatten(1, -2).sum(1)
+                if weights is not None and name in weights:
+                    w = weights[name].to(torch.float64).reshape(-1, 1)
+                    weighted[name] = (nz.flatten(1, -2).to(torch.float64) * w).sum(1).round().long()
+            if name in keep:
+                acts[name] = t
+
+        if record:
+            note("input", x.unsqueeze(-1).expand(*x.shape, self.time_steps))
+        for name, block in self.blocks.items():
+            if isinstance(block, SEBlock):
+                x, a1, rows, _gate = block(x)
+                note(f"{name}.squeeze", a1)
+                note(f"{name}.excite", rows)
+                note(f"{name}.scale", x)
+                continue
+            if isinstance(block, ConvBlock):
+                x, current = block(x, self.time_steps)
+            else:
+                x, current = block(x)
+            note(name, x)
+            if record:
+                overflow += fx.check_state_range(current.detach())
+        n = x.shape[0]
+        class_counts = x.reshape(n, self.num_classes, self.population, -1).sum(dim=(2, 3))
+        neurons = x.detach().sum(-1).long() if record else None
+        return Output(class_counts, steps, weighted, neurons, overflow, acts)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor, target_rate: float = 0.1, fc_rate: float = 0.15) -> dict[str, float]:
+        """Data-driven init: scale each layer's weights so it fires at ``target_rate``.
+
+        Without it, activity fades layer by layer and the output never spikes
+        (no surrogate gradient reaches the weights). x: an encoded batch.
+        Returns the achieved spike rate per layer.
+        """
+        rates: dict[str, float] = {}
+        h = x
+        for name, block in self.blocks.items():
+            if isinstance(block, SEBlock):
+                h = block(h)[0]
+                continue
+            run = (lambda inp: block(inp, self.time_steps)[0]) if isinstance(block, ConvBlock) else (lambda inp: block(inp)[0])
+            goal = fc_rate if isinstance(block, DenseBlock) else target_rate
+            w = block.synapse.weight
+            base = w.detach().clone()
+            lo, hi = 1e-3, 1e3
+            for _ in range(18):  # bisection on log scale
+                mid = (lo * hi) ** 0.5
+                w.copy_(base * mid)
+                rate = float((run(h) > 0).float().mean())
+                lo, hi = (mid, hi) if rate < goal else (lo, mid)
+            w.copy_(base * (lo * hi) ** 0.5)
+            h = run(h)
+            rates[name] = float((h > 0).float().mean())
+        return rates
+
+
+def build_model(config: ModelConfig) -> Network:
+    """NeurALLNet from its config (see ``lava_allnet.config.MODELS``)."""
+    cfg = config
+    sizes = cfg.feature_sizes()
+    blocks: list[tuple[str, torch.nn.Module]] = []
+
+    def neuron(scale: int) -> NeuronConfig:
+        return dataclasses.replace(cfg.neuron, threshold=fx.scaled_threshold(cfg.neuron.threshold, scale))
+
+    in_ch, scale, bits = cfg.in_channels, 1 << cfg.input_bits, cfg.input_bits
+    for i, (ch, stride, use_se) in enumerate(zip(cfg.channels, cfg.strides, cfg.se), start=1):
+        k = cfg.kernel_size
+        blocks.append((f"conv{i}", ConvBlock(in_ch, ch, k, stride, k // 2, neuron(scale), bits)))
+        scale, bits = 1, 0
+        if use_se:
+            s = sizes[i - 1]
+            blocks.append((f"se{i}", SEBlock(ch, max(1, ch // cfg.se_reduction), s, s, cfg.gate_levels)))
+            scale, bits = cfg.gate_levels, fx.gate_message_bits(cfg.gate_levels)
+        in_ch = ch
+    features = cfg.channels[-1] * sizes[-1] * sizes[-1]
+    blocks.append(("fc", DenseBlock(features, cfg.num_classes * cfg.population, neuron(scale), bits)))
+    net = Network(
+        blocks,
+        (cfg.in_channels, cfg.input_size, cfg.input_size),
+        cfg.input_bits,
+        cfg.time_steps,
+        cfg.class_names,
+        cfg.population,
+    )
+    net.config = cfg
+    return net

@@ -1,0 +1,93 @@
+"""Shared fixtures: small synthetic data and a small calibrated SE model exported to .net."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lava_allnet  # noqa: F401  (compatibility layer before lava)
+
+warnings.filterwarnings("ignore", category=UserWarning, module=r"lava(\.|$)")
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_DATA = REPO.parent / "shared" / "data" / "all-aria"
+
+SMALL = dict(
+    name="test-se",
+    input_size=32,
+    time_steps=6,
+    channels=(8, 16, 16),
+    strides=(2, 2, 2),
+    se=(False, True, True),
+    se_reduction=4,
+    population=2,
+)
+
+
+def pytest_configure(config):
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    from lava_allnet.data import synth
+
+    d = tmp_path_factory.mktemp("synth")
+    synth.generate_dataset(d, 6, size=64, seed=3)
+    return d
+
+
+@pytest.fixture(scope="session")
+def synth_images(synth_dir) -> tuple[np.ndarray, list[Path]]:
+    from lava_allnet.data import images as di
+
+    paths = di.collect_image_paths([synth_dir])
+    return di.load_images(paths, 32).images, paths
+
+
+def make_model(se: bool = True, seed: int = 0, calib: np.ndarray | None = None):
+    from lava_allnet.config import ModelConfig
+    from lava_allnet.model import build_model
+
+    cfg = ModelConfig(**SMALL)
+    if not se:
+        cfg = cfg.without_se()
+    torch.manual_seed(seed)
+    net = build_model(cfg)
+    if calib is not None:
+        # ~10% spike rates everywhere, so every stage (and the output) is active
+        net.calibrate(net.encode(torch.from_numpy(calib)))
+    net.eval()
+    return net
+
+
+@pytest.fixture(scope="session")
+def se_model_file(tmp_path_factory, synth_images) -> Path:
+    from netx.export import export
+
+    path = tmp_path_factory.mktemp("model") / "se.net"
+    export(make_model(True, calib=synth_images[0][:16]), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def nose_model_file(tmp_path_factory, synth_images) -> Path:
+    from netx.export import export
+
+    path = tmp_path_factory.mktemp("model") / "nose.net"
+    export(make_model(False, calib=synth_images[0][:16]), path)
+    return path
+
+
+def real_images(n_per_class: int = 1) -> list[Path]:
+    """A few real smear images read in place from ../shared (never copied)."""
+    folder = REAL_DATA / "original"
+    if not folder.is_dir():
+        return []
+    out = []
+    for cls in sorted(d for d in folder.iterdir() if d.is_dir()):
+        out += sorted(cls.glob("*.jp*g"))[:n_per_class]
+    return out

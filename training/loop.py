@@ -1,0 +1,314 @@
+"""SLAYER training of NeurALLNet: data, loop, validation, checkpoints, resume.
+
+Run directory:
+    config.json   model + training config, data source
+    classes.json  class names (index order)
+    split.json    the stratified seeded split (relative paths), reused on resume
+    checkpoint.pt latest state (model, optimiser, schedule, position) for --resume
+    best.pt       best validation model (what `lava-allnet export` exports)
+    metrics.json  per-epoch history and the best epoch
+
+Every random choice (init, shuffle, augmentation) derives from the seed and
+the (epoch, batch) position, so the same seed gives identical metrics on the
+same machine and a resumed run continues exactly where it was killed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import lava_allnet  # noqa: F401
+from lava_allnet.config import ModelConfig, TrainConfig
+from lava_allnet.data import images as di
+from lava_allnet.errors import AllnetError, DataError
+from lava_allnet.model import Network, build_model
+from training import augment
+from training.checkpoint import load_torch, save_json, save_torch
+
+CHECKPOINT_EVERY_S = 30.0  # mid-epoch checkpoint period (resume after a kill)
+
+
+@dataclass
+class TrainData:
+    images: torch.Tensor  # (N, 3, S, S) uint8
+    labels: torch.Tensor  # (N,)
+    split: dict[str, np.ndarray]
+    class_names: tuple[str, ...]
+    root: Path
+    skipped: list[tuple[Path, str]]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def enable_fast_cpu() -> bool:
+    """Use the fast CPU CUBA dynamics when available (identical results)."""
+    try:
+        from training import fast_cuba
+    except ImportError:
+        return False
+    fast_cuba.install()
+    return fast_cuba.available()
+
+
+def prepare_data(
+    run_dir: Path,
+    data_dir: Path | None,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    synth_per_class: int,
+    console=None,
+) -> TrainData:
+    console = console or _console()
+    if data_dir is None:
+        from lava_allnet.data import synth
+
+        data_dir = run_dir / "synthetic-data"
+        if not data_dir.exists():
+            console.print(f"generating synthetic smears: {synth_per_class} per class → {data_dir}")
+            synth.generate_dataset(data_dir, synth_per_class, size=model_cfg.input_size, seed=train_cfg.seed)
+    ds = di.scan_image_folder(data_dir, class_names=None)
+    split_path = run_dir / "split.json"
+    if split_path.exists():
+        split = di.load_split(split_path, ds)
+    else:
+        counts = np.bincount(ds.labels, minlength=len(ds.class_names))
+        if counts.min() < 3:
+            raise DataError(f"{data_dir}: every class needs at least 3 images for a split, found {counts.tolist()}")
+        split = di.stratified_split(ds.labels, train_cfg.val_fraction, train_cfg.test_fraction, train_cfg.seed)
+        di.save_split(split_path, ds, split, train_cfg.seed)
+    from rich.progress import Progress
+
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task("loading images", total=len(ds.paths))
+        loaded = di.load_images(ds.paths, model_cfg.input_size, labels=list(ds.labels),
+                                progress=lambda k: prog.update(task, completed=k))
+    if loaded.skipped:
+        console.print(f"[yellow]skipped {len(loaded.skipped)} unreadable image(s)[/], e.g. {loaded.skipped[0][1]}")
+        keep = {p: i for i, p in enumerate(loaded.paths)}
+        old_paths = ds.paths
+        split = {k: np.asarray([keep[old_paths[i]] for i in v if old_paths[i] in keep], dtype=np.int64)
+                 for k, v in split.items()}
+    return TrainData(
+        torch.from_numpy(loaded.images), torch.from_numpy(loaded.labels), split, ds.class_names, data_dir,
+        loaded.skipped,
+    )
+
+
+def class_logits(counts: torch.Tensor, net: Network, loss_scale: float) -> torch.Tensor:
+    """Output spike rate per class, scaled: the cross-entropy logits."""
+    return loss_scale * counts / (net.population * net.time_steps)
+
+
+@torch.no_grad()
+def evaluate(net: Network, images: torch.Tensor, labels: torch.Tensor, loss_scale: float, batch: int = 32) -> dict:
+    net.eval()
+    correct, loss_sum, preds = 0, 0.0, []
+    for i in range(0, len(images), batch):
+        x = net.encode(images[i : i + batch])
+        out = net(x)
+        y = labels[i : i + batch]
+        loss_sum += F.cross_entropy(class_logits(out.class_counts, net, loss_scale), y, reduction="sum").item()
+        p = out.predictions()
+        preds.append(p)
+        correct += int((p == y).sum())
+    n = max(1, len(images))
+    return {"accuracy": correct / n, "loss": loss_sum / n, "predictions": torch.cat(preds) if preds else torch.empty(0)}
+
+
+def _gen(*key: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
+    return g
+
+
+def train(
+    run_dir: str | Path,
+    model_cfg: ModelConfig | None = None,
+    train_cfg: TrainConfig | None = None,
+    data_dir: str | Path | None = None,
+    synth_per_class: int = 120,
+    resume: bool = False,
+    console=None,
+    show_progress: bool = True,
+    stop_after_batches: int | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) into ``run_dir``; returns the metrics dict.
+
+    stop_after_batches: for tests, stop (as if killed) after that many batches.
+    """
+    console = console or _console()
+    run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / "config.json").exists():
+            raise AllnetError(f"{run_dir}: nothing to resume (no config.json)")
+        saved = json.loads((run_dir / "config.json").read_text())
+        model_cfg = ModelConfig.from_dict(saved["model"])
+        train_cfg = TrainConfig(**saved["train"])
+        data_dir = saved["data"]["root"] if not saved["data"]["synthetic"] else None
+        synth_per_class = saved["data"].get("per_class", synth_per_class)
+    else:
+        model_cfg = model_cfg or ModelConfig()
+        train_cfg = train_cfg or TrainConfig()
+        if (run_dir / "checkpoint.pt").exists():
+            raise AllnetError(f"{run_dir}: already holds a training run (use --resume, or another --out)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
+    fast = enable_fast_cpu()
+
+    data = prepare_data(run_dir, Path(data_dir) if data_dir else None, model_cfg, train_cfg, synth_per_class, console)
+    if tuple(model_cfg.class_names) != data.class_names:
+        model_cfg = dataclasses.replace(model_cfg, class_names=data.class_names, num_classes=len(data.class_names))
+    if not resume:
+        save_json(
+            {
+                "model": model_cfg.to_dict(),
+                "train": train_cfg.to_dict(),
+                "data": {"root": str(data.root.resolve()), "synthetic": data_dir is None, "per_class": synth_per_class},
+            },
+            run_dir / "config.json",
+        )
+        save_json(list(data.class_names), run_dir / "classes.json")
+
+    torch.manual_seed(train_cfg.seed)
+    net = build_model(model_cfg)
+    if not resume:
+        train_np = data.split["train"]
+        pick = torch.from_numpy(train_np[torch.randperm(len(train_np), generator=_gen(train_cfg.seed, 99))[:32].numpy()])
+        rates = net.calibrate(net.encode(data.images[pick]))
+        console.print("initial spike rates: " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()))
+    opt = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    tr_idx = torch.from_numpy(data.split["train"])
+    va_idx = torch.from_numpy(data.split.get("val", data.split["train"]))
+    bs = train_cfg.batch_size
+    batches_per_epoch = (len(tr_idx) + bs - 1) // bs
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=train_cfg.lr, total_steps=max(1, train_cfg.epochs * batches_per_epoch), pct_start=0.15
+    )
+    state = {"epoch": 0, "batch": 0, "history": [], "best": None, "partial": {"loss": 0.0, "correct": 0, "seen": 0}}
+    ckpt_path = run_dir / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        ck = load_torch(ckpt_path)
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        state = ck["state"]
+        console.print(f"resuming at epoch {state['epoch'] + 1}, batch {state['batch']}")
+
+    def checkpoint() -> None:
+        save_torch({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "state": state}, ckpt_path)
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeRemainingColumn()]
+    batches_done = 0
+    last_ckpt = time.monotonic()
+    with Progress(*columns, console=console, disable=not show_progress) as prog:
+        while state["epoch"] < train_cfg.epochs:
+            epoch = state["epoch"]
+            task = prog.add_task(f"epoch {epoch + 1}/{train_cfg.epochs}", total=batches_per_epoch,
+                                 completed=state["batch"], info="")
+            perm = tr_idx[torch.randperm(len(tr_idx), generator=_gen(train_cfg.seed, epoch))]
+            net.train()
+            t_epoch = time.perf_counter()
+            seen_this_run = 0
+            part = state["partial"]
+            for b in range(state["batch"], batches_per_epoch):
+                idx = perm[b * bs : (b + 1) * bs]
+                x = data.images[idx]
+                if train_cfg.augment:
+                    x = augment.augment_batch(x, _gen(train_cfg.seed, epoch, b))
+                y = data.labels[idx]
+                out = net(net.encode(x))
+                loss = F.cross_entropy(class_logits(out.class_counts, net, train_cfg.loss_scale), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                part["loss"] += loss.item() * len(idx)
+                part["correct"] += int((out.predictions() == y).sum())
+                part["seen"] += len(idx)
+                seen_this_run += len(idx)
+                state["batch"] = b + 1
+                rate = seen_this_run / max(1e-9, time.perf_counter() - t_epoch)
+                prog.update(task, completed=b + 1, info=(
+                    f"loss {part['loss'] / part['seen']:.3f}  acc {part['correct'] / part['seen']:.3f}  {rate:.1f} img/s"))
+                batches_done += 1
+                if stop_after_batches is not None and batches_done >= stop_after_batches:
+                    checkpoint()
+                    return {"stopped": True, **state}
+                if time.monotonic() - last_ckpt > CHECKPOINT_EVERY_S:
+                    checkpoint()
+                    last_ckpt = time.monotonic()
+            val = evaluate(net, data.images[va_idx], data.labels[va_idx], train_cfg.loss_scale)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": part["loss"] / max(1, part["seen"]),
+                "train_accuracy": part["correct"] / max(1, part["seen"]),
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "lr": sched.get_last_lr()[0],
+                "seconds": time.perf_counter() - t_epoch,
+            }
+            state["history"].append(row)
+            prog.update(task, info=f"loss {row['train_loss']:.3f}  acc {row['train_accuracy']:.3f}  "
+                                   f"val acc {row['val_accuracy']:.3f}")
+            best = state["best"]
+            if best is None or (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
+                state["best"] = row
+                save_torch({"model": net.state_dict(), "config": model_cfg.to_dict(), "epoch": epoch + 1}, run_dir / "best.pt")
+            state["epoch"] = epoch + 1
+            state["batch"] = 0
+            state["partial"] = {"loss": 0.0, "correct": 0, "seen": 0}
+            checkpoint()
+            last_ckpt = time.monotonic()
+            save_json(_metrics(state, model_cfg, net, fast, data), run_dir / "metrics.json")
+    return _metrics(state, model_cfg, net, fast, data)
+
+
+def _metrics(state, model_cfg: ModelConfig, net: Network, fast: bool, data: TrainData) -> dict[str, Any]:
+    return {
+        "history": state["history"],
+        "best": state["best"],
+        "epochs_done": state["epoch"],
+        "parameters": net.num_parameters(),
+        "model": model_cfg.name,
+        "fast_cpu_dynamics": fast,
+        "split_sizes": {k: int(len(v)) for k, v in data.split.items()},
+        "skipped_images": [str(p) for p, _ in data.skipped],
+    }
+
+
+def load_trained(run_dir: str | Path) -> Network:
+    """The best model of a run directory (for export)."""
+    run_dir = Path(run_dir)
+    best = run_dir / "best.pt"
+    if not run_dir.is_dir():
+        raise AllnetError(f"{run_dir}: no such run directory")
+    if not best.exists():
+        raise AllnetError(f"{run_dir}: no best.pt (has training finished an epoch?)")
+    try:
+        ck = load_torch(best)
+        cfg = ModelConfig.from_dict(ck["config"])
+        net = build_model(cfg)
+        net.load_state_dict(ck["model"])
+    except AllnetError:
+        raise
+    except Exception as exc:
+        raise AllnetError(f"{best}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
+    net.eval()
+    return net
