@@ -1,6 +1,7 @@
 """Run a network on the Lava CPU simulator: one compiled graph streams all images."""
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 
 from lava_allnet import fixed_point as fx
+from lava_allnet.errors import AllnetError, SimulationError
+from hw_targets import lava_runtime
 from netx import build as nb
 from netx import format as nf
 
@@ -76,14 +79,13 @@ def run(
         total = n * T + graph.depth
         timing: dict[str, float] = {}
         t0 = time.perf_counter()
-        try:
-            graph.source.create_runtime(run_cfg=cfg)
+        with _as_simulation_error(), lava_runtime.running(graph.source, cfg):
             timing["compile_s"] = time.perf_counter() - t0
             t1 = time.perf_counter()
             done_steps = 0
             chunk = max(1, chunk_samples) * T
-            # the first chunk also fills the pipeline (depth steps)
             while done_steps < total:
+                # the first chunk also fills the pipeline (depth steps)
                 steps = min(total - done_steps, chunk + (graph.depth if done_steps == 0 else 0))
                 graph.source.run(condition=RunSteps(num_steps=steps), run_cfg=cfg)
                 done_steps += steps
@@ -92,17 +94,27 @@ def run(
             timing["run_s"] = time.perf_counter() - t1
             timing["steps"] = float(total)
             t2 = time.perf_counter()
+            # one bulk read per Var (Var.get costs per element, never loop over it)
             all_counts = np.asarray(graph.counters.counts.get(), dtype=np.int64)
             all_weighted = np.asarray(graph.counters.weighted.get(), dtype=np.int64) if fanouts else None
             out = np.asarray(graph.counters.neurons.get(), dtype=np.int64)
-            counts = {st.name: all_counts[st.index] for st in graph.stages}
-            weighted = {st.name: all_weighted[st.index] for st in graph.stages if fanouts and st.name in fanouts}
             timing["readout_s"] = time.perf_counter() - t2
-        finally:
-            graph.source.stop()
+    counts = {st.name: all_counts[st.index] for st in graph.stages}
+    weighted = {st.name: all_weighted[st.index] for st in graph.stages if fanouts and st.name in fanouts}
     timing["ms_per_step"] = 1000 * timing.get("run_s", 0.0) / max(1.0, timing.get("steps", 1.0))
     timing["ms_per_image"] = 1000 * timing.get("run_s", 0.0) / max(1, n)
     return SimRun(counts, weighted, out, timing)
+
+
+@contextlib.contextmanager
+def _as_simulation_error():
+    """Lava's own failures (a process model raising in a child) become one clear error."""
+    try:
+        yield
+    except AllnetError:
+        raise
+    except Exception as exc:
+        raise SimulationError(f"the Lava simulator failed ({type(exc).__name__}: {exc}); the runtime was stopped") from exc
 
 
 def _shard_worker(args) -> SimRun:
