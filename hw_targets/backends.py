@@ -26,6 +26,7 @@ class RawRun:
     output_neurons: np.ndarray
     timing: dict[str, float] = field(default_factory=dict)
     stage_weighted: dict[str, np.ndarray] = field(default_factory=dict)
+    stage_active: dict[str, np.ndarray] = field(default_factory=dict)
     overflow: int = 0
 
 
@@ -62,6 +63,7 @@ class TorchBackend(Backend):
 
         steps: dict[str, list[np.ndarray]] = {}
         weighted: dict[str, list[np.ndarray]] = {}
+        active: dict[str, list[np.ndarray]] = {}
         neurons, overflow = [], 0
         w = None if fanouts is None else {k: torch.as_tensor(v) for k, v in fanouts.items()}
         t0 = time.perf_counter()
@@ -73,6 +75,8 @@ class TorchBackend(Backend):
                     steps.setdefault(k, []).append(v.numpy())
                 for k, v in out.stage_weighted.items():
                     weighted.setdefault(k, []).append(v.numpy())
+                for k, v in out.stage_active.items():
+                    active.setdefault(k, []).append(v.numpy())
                 neurons.append(out.output_neurons.numpy())
                 overflow += out.overflow
                 if progress is not None:
@@ -84,7 +88,7 @@ class TorchBackend(Backend):
             "ms_per_step": 1000 * dt / max(1, len(images) * self.spec.time_steps),
         }
         cat = lambda d: {k: np.concatenate(v).astype(np.int64) for k, v in d.items()}  # noqa: E731
-        return RawRun(cat(steps), np.concatenate(neurons).astype(np.int64), timing, cat(weighted), overflow)
+        return RawRun(cat(steps), np.concatenate(neurons).astype(np.int64), timing, cat(weighted), cat(active), overflow)
 
 
 class SimBackend(Backend):
@@ -106,13 +110,29 @@ class SimBackend(Backend):
                                 fanouts=whc, progress=progress)
         else:
             r = sim.run(self.spec, images, fast=self.fast, float_mode=self.float_mode, fanouts=whc, progress=progress)
-        return RawRun(r.counts, r.output_neurons, r.timing, r.weighted)
+        return RawRun(r.counts, r.output_neurons, r.timing, r.weighted, r.active)
 
 
 def _to_lava_layout(a: np.ndarray) -> np.ndarray:
     from netx.build import chw_to_whc
 
     return chw_to_whc(a) if a.ndim == 3 else a
+
+
+LOIHI2_MISSING = (
+    "backend 'loihi2' needs Intel's lava-loihi extension (Loihi2HwCfg), which is not installed here; "
+    "it is distributed to Intel Neuromorphic Research Community members "
+    "(https://intel-ncl.atlassian.net/wiki/spaces/INRC). Use '--backend sim' for the bit-accurate "
+    "simulator and 'lava-allnet map MODEL.net --target loihi2' for a fit report."
+)
+
+
+def check_backend(name: str) -> None:
+    """Fail before any work when a backend is unknown or cannot run here."""
+    if name not in BACKENDS:
+        raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "loihi2" and not loihi2_available():
+        raise BackendUnavailable(LOIHI2_MISSING)
 
 
 class Loihi2Backend(Backend):
@@ -122,13 +142,7 @@ class Loihi2Backend(Backend):
 
     def __init__(self, spec: nf.NetworkSpec) -> None:
         super().__init__(spec)
-        if not loihi2_available():
-            raise BackendUnavailable(
-                "backend 'loihi2' needs Intel's lava-loihi extension (Loihi2HwCfg), which is not "
-                "installed here; it is distributed to Intel Neuromorphic Research Community members "
-                "(https://intel-ncl.atlassian.net/wiki/spaces/INRC). Use '--backend sim' for the "
-                "bit-accurate simulator and 'lava-allnet map MODEL.net --target loihi2' for a fit report."
-            )
+        check_backend(self.name)
 
     def run(self, images, fanouts=None, progress=None) -> RawRun:  # pragma: no cover - needs hardware
         from hw_targets import sim
@@ -136,7 +150,7 @@ class Loihi2Backend(Backend):
 
         whc = None if fanouts is None else {k: _to_lava_layout(v) for k, v in fanouts.items()}
         r = sim.run(self.spec, images, run_cfg=Loihi2HwCfg(), fanouts=whc, progress=progress)
-        return RawRun(r.counts, r.output_neurons, r.timing, r.weighted)
+        return RawRun(r.counts, r.output_neurons, r.timing, r.weighted, r.active)
 
 
 def loihi2_available() -> bool:
@@ -155,6 +169,5 @@ def get_backend(name: str, spec: nf.NetworkSpec, workers: int = 1, fast: bool = 
         return SimBackend(spec, fast=fast, workers=workers)
     if name == "sim-float":
         return SimBackend(spec, float_mode=True, fast=fast, workers=workers)
-    if name == "loihi2":
-        return Loihi2Backend(spec)
-    raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    check_backend(name)
+    return Loihi2Backend(spec)

@@ -28,6 +28,7 @@ class SimRun:
     counts: dict[str, np.ndarray]  # stage → (N, T) messages per window step
     weighted: dict[str, np.ndarray]  # stage → (N, T) weighted by the counter weights
     output_neurons: np.ndarray  # (N, n_out) output spikes per neuron
+    active: dict[str, np.ndarray] = field(default_factory=dict)  # stage → (N,) neurons active in the window
     timing: dict[str, float] = field(default_factory=dict)
 
 
@@ -98,12 +99,14 @@ def run(
             all_counts = np.asarray(graph.counters.counts.get(), dtype=np.int64)
             all_weighted = np.asarray(graph.counters.weighted.get(), dtype=np.int64) if fanouts else None
             out = np.asarray(graph.counters.neurons.get(), dtype=np.int64)
+            all_active = np.asarray(graph.counters.active.get(), dtype=np.int64)
             timing["readout_s"] = time.perf_counter() - t2
     counts = {st.name: all_counts[st.index] for st in graph.stages}
     weighted = {st.name: all_weighted[st.index] for st in graph.stages if fanouts and st.name in fanouts}
+    active = {st.name: all_active[st.index] for st in graph.stages}
     timing["ms_per_step"] = 1000 * timing.get("run_s", 0.0) / max(1.0, timing.get("steps", 1.0))
     timing["ms_per_image"] = 1000 * timing.get("run_s", 0.0) / max(1, n)
-    return SimRun(counts, weighted, out, timing)
+    return SimRun(counts, weighted, out, active, timing)
 
 
 @contextlib.contextmanager
@@ -166,6 +169,7 @@ def run_sharded(
     counts = {k: np.concatenate([p.counts[k] for p in parts]) for k in parts[0].counts}
     weighted = {k: np.concatenate([p.weighted[k] for p in parts]) for k in parts[0].weighted}
     out = np.concatenate([p.output_neurons for p in parts])
+    active = {k: np.concatenate([p.active[k] for p in parts]) for k in parts[0].active}
     wall = time.perf_counter() - t0
     timing = {
         "workers": float(workers),
@@ -176,4 +180,4 @@ def run_sharded(
     }
     if progress is not None:
         progress(n)
-    return SimRun(counts, weighted, out, timing)
+    return SimRun(counts, weighted, out, active, timing)

@@ -243,9 +243,12 @@ def run(
     """Classify images: predicted class, output spikes per class and spikes per layer for each image."""
     from lava_allnet.inference import load_inputs, run_backend
 
+    from hw_targets.backends import check_backend
+
     model_path, inputs = _resolve_model(paths, model)
     if not inputs:
         raise AllnetError("no images given (usage: lava-allnet run [MODEL.net] PATH...)")
+    check_backend(backend)
     spec = _read_spec(model_path)
     prog, update = _progress(0, "loading images")
     with prog:
@@ -341,6 +344,96 @@ def verify(
         raise typer.Exit(1)
 
 
+# ---------------------------------------------------------- profile / map
+
+
+@app.command()
+def profile(
+    model_file: Path = typer.Argument(..., help="Model file (.net)."),
+    paths: List[str] = typer.Argument(..., help="Image files and/or folders."),
+    backend: str = typer.Option("sim", "--backend", "-b", help="sim | torch | loihi2 (the counts are identical on sim and torch)."),
+    target: str = typer.Option("loihi1", "--target", help="Energy / limits table: loihi1 | loihi2."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write profile.csv, profile.json and PNG plots here."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Simulator processes."),
+) -> None:
+    """Per image and layer: spikes, rate, synaptic ops, neuron updates, active neurons, timing and energy proxy."""
+    from hw_targets import profile as hp
+    from hw_targets.backends import check_backend
+    from lava_allnet.inference import load_inputs, run_backend
+    from netx.analysis import stage_fanouts
+
+    check_backend(backend)
+    spec = _read_spec(model_file)
+    tgt = hp.load_target(target)
+    data = load_inputs(paths, spec.input.shape[1], spec.class_names)
+    prog, update = _progress(len(data.paths), backend)
+    with prog:
+        result = run_backend(spec, data, backend, workers=workers, fanouts=stage_fanouts(spec), progress=update)
+    report = hp.profile(spec, result, tgt)
+    written = hp.write_outputs(report, out_dir) if out_dir is not None else []
+    if as_json:
+        _emit_json({"model": str(model_file), **report, "written": [str(p) for p in written]})
+        return
+    t = Table(title=f"activity per image (mean of {report['n_images']}), {backend}, T={spec.time_steps}, target {target}")
+    for col in ("layer", "neurons", "spikes/msgs", "rate /neuron/step", "synaptic ops", "neuron updates", "active", "energy (nJ)"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for l in report["means"]["layers"]:
+        t.add_row(l["layer"], f"{l['neurons']:,}", f"{l['messages']:,.0f}", "-" if l["rate"] is None else f"{l['rate']:.4f}",
+                  f"{l['synaptic_ops']:,.0f}", f"{l['neuron_updates']:,.0f}", f"{l['active_neurons']:,.0f}",
+                  "-" if l["energy_pj"] is None else f"{l['energy_pj'] / 1e3:,.1f}")
+    m = report["means"]["totals"]
+    t.add_row("total", "", f"{m['messages']:,.0f}", "", f"{m['synaptic_ops']:,.0f}", f"{m['neuron_updates']:,.0f}",
+              f"{m['active_neurons']:,.0f}", "-" if m["energy_pj"] is None else f"{m['energy_pj'] / 1e3:,.1f}")
+    out.print(t)
+    e = t2 = Table(title="energy proxy per image")
+    e.add_column("model")
+    e.add_column("operations", justify="right")
+    e.add_column("energy (µJ)", justify="right")
+    e.add_row("ANN, same network (MACs x 4.6 pJ)", f"{report['ann_macs_per_image']:,}", f"{m['ann_energy_pj'] / 1e6:.2f}")
+    e.add_row("SNN (synaptic ops x 0.9 pJ)", f"{m['synaptic_ops']:,.0f}", f"{m['snn_synops_energy_pj'] / 1e6:.2f}")
+    if m["energy_pj"] is not None:
+        e.add_row(f"SNN on {target} (per-op energies)", "", f"{m['energy_pj'] / 1e6:.2f}")
+    out.print(t2)
+    if m["energy_pj"] is None:
+        out.print(report["energy_source"])
+    tm = report["timing"]
+    out.print(f"{tm['ms_per_image']:.1f} ms/image, {tm['ms_per_step']:.2f} ms/step on {backend}")
+    for p in written:
+        err.print(f"wrote {p}")
+
+
+@app.command("map")
+def map_cmd(
+    model_file: Path = typer.Argument(..., help="Model file (.net)."),
+    target: str = typer.Option("loihi2", "--target", help="loihi1 | loihi2."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Per layer: neurons, synapses, fan-in, synaptic memory and cores needed under the target's per-core limits."""
+    from hw_targets import profile as hp
+    from hw_targets.mapping import map_network
+
+    spec = _read_spec(model_file)
+    report = map_network(spec, hp.load_target(target))
+    if as_json:
+        _emit_json({"model": str(model_file), **report})
+        return
+    t = Table(title=f"{model_file} on {report['target_title']}")
+    for col in ("layer", "type", "neurons", "synapses", "fan-in", "syn. memory (B)", "graded", "cores", "limited by"):
+        t.add_column(col, justify="left" if col in ("layer", "type", "limited by") else "right")
+    for r in report["layers"]:
+        t.add_row(r["layer"], r["type"], f"{r['neurons']:,}", f"{r['synapses']:,}", f"{r['max_fan_in']:,}",
+                  f"{r['synaptic_memory_bytes']:,}", "yes" if r["graded_messages"] else "no", str(r["cores"]),
+                  r["limiting"] or "-")
+    out.print(t)
+    verdict = "fits one chip" if report["fits_one_chip"] else "does NOT fit one chip: " + "; ".join(report["problems"])
+    out.print(f"{report['total_cores']} of {report['chip_cores']} cores; {verdict}")
+    if report["limits_not_published"]:
+        out.print(f"not applied (unpublished per-core limits): {', '.join(report['limits_not_published'])}")
+    for n in report["notes"]:
+        out.print(f"note: {n}")
+
+
 # ------------------------------------------------------------------- demo
 
 
@@ -413,21 +506,19 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)
-    except AllnetError as exc:
+    except (AllnetError, OSError) as exc:  # expected: bad inputs, files, folders
         if debug:
             raise
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
-    except Exception as exc:  # click usage errors and the unexpected
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors (typer's click) and the unexpected
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(exc.exit_code)
         if debug:
             raise
         err.print(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
-                  markup=False, highlight=False)
+                  markup=False, highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

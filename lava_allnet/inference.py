@@ -77,7 +77,7 @@ def run_backend(
     )
     return Run(
         backend=backend, results=results, stage_steps=raw.stage_steps, output_neurons=raw.output_neurons,
-        timing=timing, stage_weighted=raw.stage_weighted,
+        timing=timing, stage_weighted=raw.stage_weighted, stage_active=raw.stage_active,
         skipped=[(str(p), r) for p, r in inputs.skipped], overflow=raw.overflow,
     )
 

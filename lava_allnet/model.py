@@ -175,6 +175,7 @@ class Output:
     stage_steps: dict[str, torch.Tensor] = field(default_factory=dict)  # name → (N, T) messages per step
     stage_weighted: dict[str, torch.Tensor] = field(default_factory=dict)  # name → (N, T) weighted messages
     output_neurons: torch.Tensor | None = None  # (N, n_out) spikes per output neuron
+    stage_active: dict[str, torch.Tensor] = field(default_factory=dict)  # name → (N,) neurons active
     overflow: int = 0  # current values outside Loihi's 24-bit range (must be 0)
     activations: dict[str, torch.Tensor] = field(default_factory=dict)  # only if asked
 
@@ -245,6 +246,7 @@ class Network(torch.nn.Module):
         """
         steps: dict[str, torch.Tensor] = {}
         weighted: dict[str, torch.Tensor] = {}
+        active: dict[str, torch.Tensor] = {}
         acts: dict[str, torch.Tensor] = {}
         overflow = 0
 
@@ -252,6 +254,7 @@ class Network(torch.nn.Module):
             if record:
                 nz = t.detach() != 0
                 steps[name] = nz.flatten(1, -2).sum(1)
+                active[name] = nz.any(-1).flatten(1).sum(1)
                 if weights is not None and name in weights:
                     w = weights[name].to(torch.float64).reshape(-1, 1)
                     weighted[name] = (nz.flatten(1, -2).to(torch.float64) * w).sum(1).round().long()
@@ -277,7 +280,7 @@ class Network(torch.nn.Module):
         n = x.shape[0]
         class_counts = x.reshape(n, self.num_classes, self.population, -1).sum(dim=(2, 3))
         neurons = x.detach().sum(-1).long() if record else None
-        return Output(class_counts, steps, weighted, neurons, overflow, acts)
+        return Output(class_counts, steps, weighted, neurons, active, overflow, acts)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

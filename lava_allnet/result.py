@@ -38,6 +38,7 @@ class Run:
     output_neurons: np.ndarray  # (N, n_out)
     timing: dict[str, float] = field(default_factory=dict)
     stage_weighted: dict[str, np.ndarray] = field(default_factory=dict)  # stage → (N, T)
+    stage_active: dict[str, np.ndarray] = field(default_factory=dict)  # stage → (N,) active neurons
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     overflow: int = 0  # torch only: 24-bit range violations (0 for a deployable model)
 

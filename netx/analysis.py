@@ -80,9 +80,9 @@ def stage_fanouts(spec: nf.NetworkSpec) -> dict[str, np.ndarray]:
         if isinstance(layer, nf.ConvSpec):
             nxt = layers[i + 1] if i + 1 < len(layers) else None
             if isinstance(nxt, nf.SESpec):
-                # each spike feeds the squeeze/FC1 Dense (hidden synapses) and the 3-hop relay
-                # chain (the relays' messages mirror the spikes one for one)
-                out[layer.name] = np.full(layer.shape, nxt.hidden + 3, dtype=np.int64)
+                # each spike feeds the squeeze/FC1 Dense (hidden synapses) and the first relay
+                # (see `se_relay_neurons`: the relays' own messages are counted separately)
+                out[layer.name] = np.full(layer.shape, nxt.hidden + 1, dtype=np.int64)
             else:
                 out[layer.name] = _consumer_fanout(layer.shape, next_consumer(i))
         elif isinstance(layer, nf.SESpec):
@@ -134,3 +134,26 @@ def layer_stats(spec: nf.NetworkSpec) -> list[LayerStats]:
 def totals(rows: list[LayerStats]) -> dict[str, int]:
     keys = ("parameters", "weight_bytes", "neurons", "synapses", "unique_weights", "ann_macs")
     return {k: int(sum(getattr(r, k) for r in rows)) for k in keys}
+
+
+def se_relay_neurons(layer: nf.SESpec) -> int:
+    """GradedVec relay neurons of an SE gate (two hops of C*H*W; the third hop ends in ProdNeuron)."""
+    return 2 * int(np.prod(layer.shape))
+
+
+def bias_fanout(spec: nf.NetworkSpec) -> int:
+    """Synapses driven, every step, by the always-firing bias neuron (the SE biases)."""
+    return sum(l.hidden + 2 * l.shape[0] for l in spec.layers if isinstance(l, nf.SESpec))
+
+
+def stage_neurons(spec: nf.NetworkSpec) -> dict[str, int]:
+    """Neurons (compartments) behind each counted stage; the image input has none on chip."""
+    out = {"input": 0}
+    for layer in spec.layers:
+        if isinstance(layer, (nf.ConvSpec, nf.DenseSpec)):
+            out[layer.name] = int(np.prod(layer.shape))
+        elif isinstance(layer, nf.SESpec):
+            out[f"{layer.name}.squeeze"] = layer.hidden
+            out[f"{layer.name}.excite"] = 2 * layer.shape[0]
+            out[f"{layer.name}.scale"] = int(np.prod(layer.shape))
+    return out

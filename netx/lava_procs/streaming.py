@@ -67,6 +67,7 @@ class StageCounters(AbstractProcess):
     layer would cost more than the layers. For stage i:
       counts[i, n, j]   messages in step j of sample n's window
       weighted[i, n, j] the same messages weighted by ``weights[i]`` (fan-out → synaptic ops)
+      active[i, n]      neurons that sent at least one message in sample n's window
     and neurons[n, k] counts per neuron of stage ``per_neuron`` (the output layer).
     """
 
@@ -92,6 +93,7 @@ class StageCounters(AbstractProcess):
             setattr(self, f"in{i}", InPort(shape=tuple(shape)))
         self.counts = Var(shape=(k, num_samples, steps), init=0)
         self.weighted = Var(shape=(k, num_samples, steps), init=0)
+        self.active = Var(shape=(k, num_samples), init=0)
         self.neurons = Var(shape=(num_samples, int(np.prod(shapes[per_neuron]))), init=0)
 
     @property
@@ -102,6 +104,7 @@ class StageCounters(AbstractProcess):
 class _StageCountersModelBase(PyLoihiProcessModel):
     counts: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=64)
     weighted: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=64)
+    active: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=64)
     neurons: np.ndarray = LavaPyType(np.ndarray, np.int64, precision=64)
 
     def __init__(self, proc_params) -> None:
@@ -112,6 +115,7 @@ class _StageCountersModelBase(PyLoihiProcessModel):
         self._weights = proc_params["weights"]
         self._per_neuron = int(proc_params["per_neuron"])
         self._ports: list = []
+        self._seen = [np.zeros(tuple(s), dtype=bool) for s in proc_params["shapes"]]
 
     def run_spk(self) -> None:
         if not self._ports:  # the builder attaches the real ports after __init__
@@ -126,6 +130,13 @@ class _StageCountersModelBase(PyLoihiProcessModel):
                 continue
             nz = msg != 0
             self.counts[i, n, j] += int(np.count_nonzero(nz))
+            seen = self._seen[i]
+            if j == 0:
+                seen[...] = nz
+            else:
+                seen |= nz
+            if j == self._steps - 1:
+                self.active[i, n] = int(np.count_nonzero(seen))
             w = self._weights[i]
             if w is not None:
                 self.weighted[i, n, j] += int(w[nz].sum())

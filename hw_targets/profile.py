@@ -1,0 +1,254 @@
+"""Activity profile and energy proxies of a Run, from per-stage counts and target tables.
+
+Per image and stage:
+  messages      spikes (binary stages) or non-zero graded messages
+  rate          messages / (neurons * T): spikes per neuron per step
+  synaptic_ops  each message times its fan-out (synapses it drives)
+  neuron_updates neurons * T (every compartment updates every step)
+  active        neurons that sent at least one message
+Energy (targets with published per-op energies, e.g. loihi1):
+  synaptic_ops * E_syn + messages * (E_active + E_spike) + (updates - messages) * E_inactive
+Conventional comparison: the same network as an ANN does ann_macs (one pass) at
+4.6 pJ/MAC, against the SNN's synaptic ops at the 0.9 pJ accumulate convention.
+
+Implicit stages: each SE gate's relay neurons (their messages mirror the
+gated layer's spikes, one per hop) and the always-firing bias neuron are
+added as rows so that nothing that costs energy is left out.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import lava_allnet  # noqa: F401
+from lava_allnet.errors import AllnetError
+from lava_allnet.result import Run
+from netx import analysis
+from netx import format as nf
+
+TARGETS_DIR = Path(__file__).resolve().parent / "targets"
+TARGETS = ("loihi1", "loihi2")
+
+
+def load_target(name: str) -> dict[str, Any]:
+    path = TARGETS_DIR / f"{name}.json"
+    if not path.exists():
+        known = sorted(p.stem for p in TARGETS_DIR.glob("*.json") if p.stem != "conventional")
+        raise AllnetError(f"unknown target {name!r}; known: {', '.join(known)}")
+    return json.loads(path.read_text())
+
+
+def conventional() -> dict[str, Any]:
+    return json.loads((TARGETS_DIR / "conventional.json").read_text())
+
+
+@dataclass
+class StageRows:
+    """Per-image arrays for every stage (explicit and implicit)."""
+
+    names: list[str]
+    neurons: dict[str, int]
+    messages: dict[str, np.ndarray]  # (N,)
+    per_step: dict[str, np.ndarray]  # (N, T)
+    synops: dict[str, np.ndarray]  # (N,)
+    active: dict[str, np.ndarray]  # (N,)
+
+
+def _rows(spec: nf.NetworkSpec, run: Run) -> StageRows:
+    T = spec.time_steps
+    n = len(run.results)
+    neurons = analysis.stage_neurons(spec)
+    names = list(run.stage_names)
+    messages = {k: v.sum(1) for k, v in run.stage_steps.items()}
+    per_step = dict(run.stage_steps)
+    synops = {k: run.stage_weighted[k].sum(1) if k in run.stage_weighted else np.zeros(n, np.int64) for k in names}
+    active = {k: run.stage_active.get(k, np.zeros(n, np.int64)) for k in names}
+    out_names: list[str] = []
+    for name in names:
+        out_names.append(name)
+        layer = next((l for l in spec.layers if isinstance(l, nf.SESpec) and name == f"{l.name}.scale"), None)
+        if layer is None:
+            continue
+        # relays: two GradedVec hops re-send the gated layer's spikes, fan-out 1 each
+        src = layer.name.replace("se", "conv", 1)  # an SE gate is named after the conv it follows
+        rname = f"{layer.name}.relay"
+        out_names.insert(len(out_names) - 3, rname)  # before squeeze/excite/scale
+        neurons[rname] = analysis.se_relay_neurons(layer)
+        messages[rname] = 2 * messages[src]
+        per_step[rname] = 2 * per_step[src]
+        synops[rname] = 2 * messages[src]
+        active[rname] = 2 * active[src]
+    if any(isinstance(l, nf.SESpec) for l in spec.layers):
+        out_names.append("bias")
+        neurons["bias"] = 1
+        messages["bias"] = np.full(n, T, np.int64)
+        per_step["bias"] = np.ones((n, T), np.int64)
+        synops["bias"] = np.full(n, T * analysis.bias_fanout(spec), np.int64)
+        active["bias"] = np.ones(n, np.int64)
+    return StageRows(out_names, neurons, messages, per_step, synops, active)
+
+
+def profile(spec: nf.NetworkSpec, run: Run, target: dict[str, Any]) -> dict[str, Any]:
+    """The full report (JSON-ready): per image, totals, means, timing, energy."""
+    T = spec.time_steps
+    rows = _rows(spec, run)
+    conv = conventional()
+    e = target.get("energy_pj")
+    ann_macs = analysis.totals(analysis.layer_stats(spec))["ann_macs"]
+    per_image = []
+    for i, r in enumerate(run.results):
+        layers = []
+        for name in rows.names:
+            nrn = rows.neurons.get(name, 0)
+            msg = int(rows.messages[name][i])
+            upd = nrn * T
+            row = {
+                "layer": name,
+                "neurons": nrn,
+                "messages": msg,
+                "rate": (msg / upd) if upd else None,
+                "synaptic_ops": int(rows.synops[name][i]),
+                "neuron_updates": upd,
+                "active_neurons": int(rows.active[name][i]),
+                "per_step": [int(v) for v in rows.per_step[name][i]],
+            }
+            if e is not None:
+                active_upd = min(msg, upd)
+                row["energy_pj"] = (row["synaptic_ops"] * e["synaptic_op"]
+                                    + active_upd * (e["neuron_update_active"] + e["spike_within_tile"])
+                                    + (upd - active_upd) * e["neuron_update_inactive"])
+            layers.append(row)
+        synops = sum(l["synaptic_ops"] for l in layers)
+        item = {
+            "path": r.path,
+            "prediction": r.prediction,
+            "label": r.label,
+            "layers": layers,
+            "totals": {
+                "messages": sum(l["messages"] for l in layers),
+                "synaptic_ops": synops,
+                "neuron_updates": sum(l["neuron_updates"] for l in layers),
+                "active_neurons": sum(l["active_neurons"] for l in layers),
+                "energy_pj": sum(l["energy_pj"] for l in layers) if e is not None else None,
+                "snn_synops_energy_pj": synops * conv["snn_synaptic_op_pj"],
+                "ann_macs": ann_macs,
+                "ann_energy_pj": ann_macs * conv["ann_mac_pj"],
+            },
+        }
+        per_image.append(item)
+
+    def mean(key: str) -> float | None:
+        vals = [im["totals"][key] for im in per_image]
+        return None if any(v is None for v in vals) else float(np.mean(vals))
+
+    layer_means = []
+    for j, name in enumerate(rows.names):
+        vals = [im["layers"][j] for im in per_image]
+        layer_means.append({
+            "layer": name,
+            "neurons": vals[0]["neurons"],
+            **{k: float(np.mean([v[k] for v in vals])) for k in ("messages", "synaptic_ops", "neuron_updates", "active_neurons")},
+            "rate": None if vals[0]["rate"] is None else float(np.mean([v["rate"] for v in vals])),
+            "energy_pj": float(np.mean([v["energy_pj"] for v in vals])) if e is not None else None,
+            "per_step": [float(x) for x in np.mean([v["per_step"] for v in vals], axis=0)],
+        })
+    timing = run.timing
+    return {
+        "backend": run.backend,
+        "target": target["name"],
+        "target_title": target["title"],
+        "energy_source": target["energy_source"],
+        "conventional_source": conv["source"],
+        "time_steps": T,
+        "n_images": len(per_image),
+        "timing": {
+            "ms_per_step": timing.get("ms_per_step"),
+            "ms_per_image": timing.get("ms_per_image"),
+            "compile_s": timing.get("compile_s"),
+        },
+        "means": {
+            "layers": layer_means,
+            "totals": {k: mean(k) for k in ("messages", "synaptic_ops", "neuron_updates", "active_neurons", "energy_pj",
+                                              "snn_synops_energy_pj", "ann_energy_pj")},
+        },
+        "totals": {
+            k: (None if any(im["totals"][k] is None for im in per_image) else float(sum(im["totals"][k] for im in per_image)))
+            for k in ("messages", "synaptic_ops", "neuron_updates", "energy_pj")
+        },
+        "ann_macs_per_image": ann_macs,
+        "images": per_image,
+    }
+
+
+def write_outputs(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """profile.csv, profile.json and three PNG plots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    csv_path = out_dir / "profile.csv"
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "prediction", "label", "layer", "neurons", "messages", "rate", "synaptic_ops",
+                    "neuron_updates", "active_neurons", "energy_pj"])
+        for im in report["images"]:
+            for l in im["layers"]:
+                w.writerow([im["path"], im["prediction"], im["label"] or "", l["layer"], l["neurons"], l["messages"],
+                            "" if l["rate"] is None else f"{l['rate']:.6f}", l["synaptic_ops"], l["neuron_updates"],
+                            l["active_neurons"], "" if l.get("energy_pj") is None else f"{l['energy_pj']:.1f}"])
+    written.append(csv_path)
+    js = out_dir / "profile.json"
+    js.write_text(json.dumps(report, indent=1))
+    written.append(js)
+
+    layers = report["means"]["layers"]
+    names = [l["layer"] for l in layers]
+    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(names)), 4))
+    ax.bar(names, [l["messages"] for l in layers], color="#5b6fb5")
+    ax.set_yscale("log")
+    ax.set_ylabel("spikes / messages per image (mean)")
+    ax.set_title(f"activity per layer ({report['backend']}, {report['n_images']} images, T={report['time_steps']})")
+    ax.tick_params(axis="x", rotation=60)
+    fig.tight_layout()
+    p = out_dir / "spikes_per_layer.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    written.append(p)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for l in layers:
+        if l["neurons"]:
+            ax.plot(range(1, report["time_steps"] + 1), np.asarray(l["per_step"]) / l["neurons"], marker="o", ms=3, label=l["layer"])
+    ax.set_xlabel("time step (within the image's window)")
+    ax.set_ylabel("messages per neuron")
+    ax.set_title("activity over time steps")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    p = out_dir / "activity_over_time.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    written.append(p)
+
+    t = report["means"]["totals"]
+    bars = {"ANN (MACs x 4.6 pJ)": t["ann_energy_pj"], "SNN (syn. ops x 0.9 pJ)": t["snn_synops_energy_pj"]}
+    if t["energy_pj"] is not None:
+        bars[f"SNN on {report['target']} (Davies 2018)"] = t["energy_pj"]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.bar(list(bars), [v / 1e6 for v in bars.values()], color=["#999999", "#5b6fb5", "#2e8b57"][: len(bars)])
+    ax.set_ylabel("energy per image (µJ)")
+    ax.set_title("energy proxy per image")
+    ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    p = out_dir / "energy_snn_vs_ann.png"
+    fig.savefig(p, dpi=120)
+    plt.close(fig)
+    written.append(p)
+    return written
