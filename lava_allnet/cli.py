@@ -120,10 +120,10 @@ def train(
     no_se: bool = typer.Option(False, "--no-se", help="The same network without SE gates (ablation)."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Override the input side in pixels."),
     time_steps: Optional[int] = typer.Option(None, "--time-steps", min=1, help="Override T."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per training step."),
     lr: float = typer.Option(3e-3, "--lr", help="Peak learning rate (one-cycle schedule)."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.5),
-    test_fraction: float = typer.Option(0.0, "--test-fraction", min=0.0, max=0.5),
+    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.5, help="Stratified validation share."),
+    test_fraction: float = typer.Option(0.0, "--test-fraction", min=0.0, max=0.5, help="Stratified test share, held out and saved in split.json."),
     per_class: int = typer.Option(150, "--per-class", min=3, help="Synthetic images per class (without --data)."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: default)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable flips/rotations/illumination jitter."),
@@ -441,7 +441,7 @@ def map_cmd(
 def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Working folder (data, run, model)."),
     per_class: int = typer.Option(160, "--per-class", min=5, help="Synthetic images per class."),
-    epochs: int = typer.Option(3, "--epochs", min=1),
+    epochs: int = typer.Option(3, "--epochs", min=1, help="Training epochs."),
     held_out: int = typer.Option(8, "--held-out", min=1, help="Held-out images per class run on the simulator."),
 ) -> None:
     """The main job on the embedded default: synthesise smears, train, export, run on the Lava simulator."""

@@ -1,0 +1,95 @@
+"""The command line: complete help, JSON output, one-line errors with exit code 2."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lava_allnet.cli import app
+
+EXE = str(Path(sys.executable).parent / "lava-allnet")
+COMMANDS = ["train", "export", "run", "info", "verify", "profile", "map", "demo", "models", "data synth"]
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    r = CliRunner().invoke(app, [*command.split(), "--help"])
+    assert r.exit_code == 0, r.output
+    assert "Usage" in r.output
+
+
+def test_every_command_and_parameter_is_documented():
+    import typer
+
+    root = typer.main.get_command(app)
+
+    def walk(cmd, path):
+        assert (cmd.help or "").strip(), f"{path}: no help text"
+        for sub_name, sub in getattr(cmd, "commands", {}).items():
+            walk(sub, f"{path} {sub_name}")
+        for p in cmd.params:
+            if p.name in ("help",):
+                continue
+            assert (getattr(p, "help", None) or "").strip(), f"{path}: parameter {p.name} has no help"
+
+    walk(root, "lava-allnet")
+
+
+def test_top_level_help_lists_commands():
+    r = CliRunner().invoke(app, ["--help"])
+    for c in ("train", "export", "run", "info", "verify", "profile", "map", "data"):
+        assert c in r.output
+
+
+def test_run_json_fields(se_model_file, synth_dir):
+    files = sorted((synth_dir / "Pro").glob("*.png"))[:2]
+    r = cli("run", str(se_model_file), *map(str, files), "--backend", "torch", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)  # nothing but JSON on stdout
+    assert set(doc) >= {"model", "backend", "time_steps", "class_names", "n_images", "accuracy", "results", "skipped", "timing"}
+    assert doc["n_images"] == 2 and doc["backend"] == "torch"
+    res = doc["results"][0]
+    assert set(res) >= {"path", "prediction", "predicted_index", "class_counts", "layer_counts", "label", "correct"}
+    assert res["label"] == "Pro"
+    assert set(res["class_counts"]) == set(doc["class_names"])
+    assert "conv1" in res["layer_counts"] and "se2.scale" in res["layer_counts"]
+
+
+def test_verify_passes_and_reports_layers(se_model_file, synth_dir):
+    r = cli("verify", str(se_model_file), str(synth_dir / "Early"), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["identical"] and all(l["equal"] for l in doc["layers"])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["run", "MODEL", "/no/such/image.png", "--backend", "torch"], "no such file or folder"),
+        (["info", "/no/such/model.net"], "no such model file"),
+        (["run", "MODEL", "IMAGE", "--backend", "loihi2"], "lava-loihi"),
+        (["run", "MODEL", "IMAGE", "--backend", "gpu"], "unknown backend"),
+        (["export", "/no/such/run", "--out", "x.net"], "no such run directory"),
+    ],
+)
+def test_expected_failures_are_one_line_exit_2(args, message, se_model_file, synth_dir):
+    image = str(sorted((synth_dir / "Pro").glob("*.png"))[0])
+    args = [str(se_model_file) if a == "MODEL" else image if a == "IMAGE" else a for a in args]
+    r = cli(*args)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_debug_shows_the_traceback():
+    r = cli("--debug", "info", "/no/such/model.net")
+    assert r.returncode != 0 and "Traceback" in r.stderr
