@@ -434,6 +434,171 @@ def map_cmd(
         out.print(f"note: {n}")
 
 
+# ------------------------------------------------------------- evaluation
+
+
+def _dataset_inputs(spec, data_dir: Path, split: Optional[Path], subset: str, limit: Optional[int], strict: bool = False):
+    """An ImageFolder (classes must be the model's), optionally restricted to a saved split."""
+    from lava_allnet.data import images as di
+    from lava_allnet.inference import Inputs
+
+    ds = di.scan_image_folder(data_dir, class_names=spec.class_names, require_all=split is None)
+    paths, labels = ds.paths, list(ds.labels)
+    if split is not None:
+        if not split.exists():
+            raise AllnetError(f"{split}: no such split file")
+        idx = di.load_split(split, ds).get(subset)
+        if idx is None:
+            raise AllnetError(f"{split}: has no '{subset}' subset")
+        paths, labels = [ds.paths[i] for i in idx], [int(ds.labels[i]) for i in idx]
+    if limit is not None:
+        # a stratified, deterministic subset: every k-th image of the sorted list
+        step = max(1, len(paths) // limit)
+        paths, labels = paths[::step][:limit], labels[::step][:limit]
+    prog, update = _progress(len(paths), "loading images")
+    with prog:
+        loaded = di.load_images(paths, spec.input.shape[1], labels=labels, strict=strict, progress=update)
+    for p, why in loaded.skipped:
+        err.print(f"[yellow]skipped[/] {why}")
+    return Inputs(loaded.images, loaded.paths, [int(v) for v in loaded.labels], loaded.skipped)
+
+
+@app.command()
+def evaluate(
+    model_file: Path = typer.Argument(..., help="Model file (.net)."),
+    data_dir: Path = typer.Argument(..., help="ImageFolder whose class folders are the model's classes."),
+    backend: str = typer.Option("sim", "--backend", "-b", help="sim | torch (identical predictions; torch is faster)."),
+    split: Optional[Path] = typer.Option(None, "--split", help="A run's split.json: evaluate only its --subset files."),
+    subset: str = typer.Option("test", "--subset", help="Which part of --split: test | val | train."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, predictions.csv and confusion_matrix.png."),
+    resamples: int = typer.Option(2000, "--resamples", min=1000, help="Bootstrap resamples for the 95% CI."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Simulator processes."),
+    strict: bool = typer.Option(False, "--strict", help="Fail on an unreadable image instead of skipping it."),
+) -> None:
+    """Accuracy with a bootstrapped 95% CI, per-class precision/recall/F1, confusion matrix, per-image predictions."""
+    from hw_targets.backends import check_backend
+    from lava_allnet.evaluation import classification_report, confusion_text, write_evaluation
+    from lava_allnet.inference import run_backend
+
+    check_backend(backend)
+    spec = _read_spec(model_file)
+    data = _dataset_inputs(spec, data_dir, split, subset, None, strict)
+    prog, update = _progress(len(data.paths), backend)
+    with prog:
+        result = run_backend(spec, data, backend, workers=workers, progress=update)
+    report = classification_report(data.labels, [r.predicted_index for r in result.results], spec.class_names, resamples, seed)
+    report.update({"model": str(model_file), "data": str(data_dir), "backend": backend, "timing": result.timing,
+                   "skipped": [{"path": p, "reason": w} for p, w in result.skipped]})
+    written = write_evaluation(report, result, out_dir) if out_dir is not None else []
+    if as_json:
+        _emit_json({**report, "written": [str(p) for p in written]})
+        return
+    lo, hi = report["accuracy_ci95"]
+    out.print(f"accuracy {report['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}, {resamples} bootstrap resamples) on "
+              f"{report['n_images']} images, backend {backend}")
+    t = Table("class", "precision", "recall", "F1", "support")
+    for c, m in report["per_class"].items():
+        t.add_row(c, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", str(m["support"]))
+    out.print(t)
+    out.print(confusion_text(report))
+    for p in written:
+        err.print(f"wrote {p}")
+
+
+@app.command()
+def robustness(
+    model_file: Path = typer.Argument(..., help="Model file (.net)."),
+    data_dir: Path = typer.Argument(..., help="ImageFolder whose class folders are the model's classes."),
+    backend: str = typer.Option("torch", "--backend", "-b", help="torch | sim (identical predictions; sim compiles once per distortion level)."),
+    split: Optional[Path] = typer.Option(None, "--split", help="A run's split.json: use only its --subset files."),
+    subset: str = typer.Option("test", "--subset", help="Which part of --split."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use at most this many images (evenly spaced)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    out_dir: Path = typer.Option(Path("robustness-out"), "--out", help="Where robustness.json and one PNG curve per distortion go."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random distortions and the bootstrap."),
+) -> None:
+    """Accuracy under Gaussian noise, salt-and-pepper, blur, occlusion, rotation and illumination, 3 severities each."""
+    import numpy as np
+
+    from hw_targets.backends import check_backend, get_backend
+    from lava_allnet.evaluation import robustness as rob
+    from lava_allnet.evaluation import write_robustness
+    from lava_allnet.result import make_results
+
+    check_backend(backend)
+    spec = _read_spec(model_file)
+    data = _dataset_inputs(spec, data_dir, split, subset, limit)
+    be = get_backend(backend, spec)
+
+    def predict(images):
+        raw = be.run(images)
+        res = make_results([str(i) for i in range(len(images))], spec.class_names, spec.population,
+                           raw.stage_steps, raw.output_neurons)
+        return np.asarray([r.predicted_index for r in res])
+
+    prog, update = _progress(1 + 18, "robustness")
+    done = [0]
+
+    def step(_label: str) -> None:
+        done[0] += 1
+        update(done[0])
+
+    with prog:
+        report = rob(predict, data.images, np.asarray(data.labels), seed=seed, progress=step)
+    report.update({"model": str(model_file), "data": str(data_dir), "backend": backend})
+    written = write_robustness(report, out_dir)
+    if as_json:
+        _emit_json({**report, "written": [str(p) for p in written]})
+        return
+    t = Table(title=f"accuracy under distortion ({report['n_images']} images, {backend}); clean {report['clean']['accuracy']:.4f}")
+    t.add_column("distortion")
+    for i in (1, 2, 3):
+        t.add_column(f"severity {i}", justify="right")
+    for kind, rows in report["distortions"].items():
+        t.add_row(kind, *[f"{r['accuracy']:.4f} ({r['parameter']:g})" for r in rows])
+    out.print(t)
+    for p in written:
+        err.print(f"wrote {p}")
+
+
+@app.command()
+def explain(
+    model_file: Path = typer.Argument(..., help="Model file (.net)."),
+    image: Path = typer.Argument(..., help="One image file."),
+    out_file: Path = typer.Option(..., "--out", help="PNG to write (input and Grad-CAM heat map)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Conv layer for Grad-CAM (default: deepest with a map of at least 8x8)."),
+    class_name: Optional[str] = typer.Option(None, "--class", help="Explain this class instead of the predicted one."),
+) -> None:
+    """Grad-CAM through the surrogate gradients: where the network looked for the predicted class."""
+    from lava_allnet.data.images import load_image
+    from lava_allnet.evaluation import grad_cam, save_cam_png
+    from netx.export import network_from_spec
+
+    spec = _read_spec(model_file)
+    net = network_from_spec(spec)
+    img = load_image(image, spec.input.shape[1])
+    k = None
+    if class_name is not None:
+        if class_name not in spec.class_names:
+            raise AllnetError(f"unknown class {class_name!r}; the model's classes are {list(spec.class_names)}")
+        k = spec.class_names.index(class_name)
+    try:
+        res = grad_cam(net, img, layer=layer, class_index=k)
+    except ValueError as exc:
+        raise AllnetError(str(exc)) from exc
+    display = load_image(image, max(224, spec.input.shape[1]))
+    import numpy as np
+    from PIL import Image
+
+    cam = np.asarray(Image.fromarray((res["cam"] * 255).astype(np.uint8)).resize(display.shape[1:][::-1], Image.BILINEAR)) / 255.0
+    cls = spec.class_names[res["class_index"]]
+    pred = spec.class_names[res["predicted_index"]]
+    save_cam_png(display, cam, out_file, f"Grad-CAM for {cls} at {res['layer']} (predicted {pred})")
+    out.print(f"{image}: predicted {pred}; Grad-CAM for {cls} at {res['layer']} → {out_file}")
+
+
 # ------------------------------------------------------------------- demo
 
 

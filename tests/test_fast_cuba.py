@@ -1,0 +1,339 @@
+"""training.fast_cuba must be bit-identical to lava-dl's stock CPU code.
+
+Every comparison runs the same computation with the patch uninstalled (stock)
+and installed (fast) and compares with torch.equal (exact; plus the raw bits
+of float outputs, so -0.0 vs +0.0 would also be caught).
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from typing import Callable, Iterator
+
+import pytest
+import torch
+
+from training import fast_cuba
+
+from lava.lib.dl import slayer  # noqa: E402  (after the compat layer)
+from lava.lib.dl.slayer.neuron import cuba
+from lava.lib.dl.slayer.neuron.dynamics import leaky_integrator
+from lava.lib.dl.slayer.spike.spike import Spike
+
+_shift_mod = sys.modules["lava.lib.dl.slayer.utils.time.shift"]
+STOCK_DYNAMICS = leaky_integrator.dynamics
+STOCK_SPIKE_FWD = Spike.forward
+STOCK_SPIKE_BWD = Spike.backward
+STOCK_SHIFT_GROUP = _shift_mod._shift_group
+
+requires_ext = pytest.mark.skipif(
+    not fast_cuba.available(), reason="C++ extension could not be built"
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore() -> Iterator[None]:
+    fast_cuba.uninstall()
+    yield
+    fast_cuba.uninstall()
+
+
+def _same(a: object, b: object) -> bool:
+    """Exact equality of tensors (dtype, shape, values; float32 bit for bit)."""
+    if a is None or b is None:
+        return a is None and b is None
+    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype == torch.float32:  # bits: also tells -0.0 from 0.0, and NaNs apart
+        return torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+    return torch.equal(a, b)
+
+
+def _both(fn: Callable[[], tuple]) -> tuple[tuple, tuple]:
+    """Run ``fn`` stock, then fast; return both results."""
+    fast_cuba.uninstall()
+    stock = fn()
+    fast_cuba.install()
+    fast = fn()
+    fast_cuba.uninstall()
+    return stock, fast
+
+
+def _assert_same(stock: tuple, fast: tuple, names: tuple[str, ...]) -> None:
+    for name, a, b in zip(names, stock, fast):
+        assert _same(a, b), f"{name} differs between stock and fast"
+
+
+def _ops_used(fn: Callable[[], object]) -> set[str]:
+    fast_cuba.install()
+    with torch.profiler.profile() as prof:
+        fn()
+    fast_cuba.uninstall()
+    return {e.name.split("::")[-1] for e in prof.events() if e.name.startswith("lava_allnet_cuba")}
+
+
+# ---------------------------------------------------------------------------
+# full CUBA neuron
+# ---------------------------------------------------------------------------
+NEURON_OUT = ("current", "voltage", "spikes", "grad_input", "grad_current_decay",
+              "grad_voltage_decay")
+
+
+def _neuron_run(
+    shape: tuple[int, ...], kwargs: dict, scale: float, seed: int, steps: int = 1
+) -> Callable[[], tuple]:
+    def run() -> tuple:
+        torch.manual_seed(seed)
+        neuron = cuba.Neuron(requires_grad=True, **kwargs)
+        out: tuple = ()
+        for _ in range(steps):  # >1 exercises persistent (non-zero) states
+            x = ((torch.rand(shape) - 0.4) * scale).requires_grad_(True)
+            current, voltage = neuron.dynamics(x)
+            spikes = neuron.spike(voltage)
+            w = torch.randn(3, *shape)
+            loss = (spikes * w[0]).sum() + (voltage * w[1]).sum() + (current * w[2]).sum()
+            loss.backward()
+            out = (current, voltage, spikes, x.grad,
+                   neuron.current_decay.grad, neuron.voltage_decay.grad)
+        return tuple(t.detach().clone() if t is not None else None for t in out)
+
+    return run
+
+
+SHAPES = [
+    (1, 3, 1),            # T = 1
+    (2, 5, 16),           # NCT
+    (1, 4, 5, 6, 8),      # NCHWT, batch 1
+    (3, 2, 5, 7, 32),     # NCHWT, batch 3, T = 32
+    (2, 37, 5),           # neuron count not a multiple of the SIMD block
+]
+DECAYS = [(0.0, 0.0), (1.0, 1.0), (0.25, 0.03), (0.731, 0.119)]
+THRESHOLDS = [0.01, 1.25, 1e4]
+
+
+@requires_ext
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("decays", DECAYS)
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+def test_neuron_shared_decay(shape, decays, threshold):
+    kwargs = dict(threshold=threshold, current_decay=decays[0], voltage_decay=decays[1],
+                  tau_grad=0.1, scale_grad=2)
+    stock, fast = _both(_neuron_run(shape, kwargs, scale=4.0, seed=hash(shape) % 1000))
+    _assert_same(stock, fast, NEURON_OUT)
+
+
+@requires_ext
+@pytest.mark.parametrize("shape", [(2, 6, 16), (1, 5, 3, 5, 8), (2, 4, 2, 4, 3)])
+@pytest.mark.parametrize("threshold", [0.3, 1.25])
+def test_neuron_per_channel_decay(shape, threshold):
+    # Stock's CPU path broadcasts a [C] decay against the trailing state dim, so
+    # it only runs for NCT input or NCHWT with W == C; we mirror exactly that.
+    kwargs = dict(threshold=threshold, current_decay=(0.1, 0.6), voltage_decay=(0.02, 0.3),
+                  shared_param=False, tau_grad=0.1, scale_grad=2)
+    stock, fast = _both(_neuron_run(shape, kwargs, scale=4.0, seed=7))
+    _assert_same(stock, fast, NEURON_OUT)
+
+
+@requires_ext
+@pytest.mark.parametrize("scale", [1e-3, 1e3, 1e9, 1e14])
+def test_neuron_magnitudes(scale):
+    # 1e-3: truncations to -0.0 (int64 has no -0). 1e9 and 1e14 leave the
+    # SIMD path's exact range (2^40); 1e14 also overflows int64 products
+    # (torch wraps around; so must we).
+    kwargs = dict(threshold=1.25, current_decay=0.2, voltage_decay=0.05)
+    stock, fast = _both(_neuron_run((2, 9, 3, 3, 12), kwargs, scale=scale, seed=3))
+    _assert_same(stock, fast, NEURON_OUT)
+
+
+@requires_ext
+def test_neuron_persistent_state_and_graded_spike():
+    kwargs = dict(threshold=0.5, current_decay=0.3, voltage_decay=0.1, persistent_state=True)
+    stock, fast = _both(_neuron_run((2, 4, 3, 3, 8), kwargs, scale=3.0, seed=5, steps=3))
+    _assert_same(stock, fast, NEURON_OUT)
+    kwargs = dict(threshold=0.5, current_decay=0.3, voltage_decay=0.1, graded_spike=True)
+    stock, fast = _both(_neuron_run((2, 4, 3, 3, 8), kwargs, scale=3.0, seed=5))
+    _assert_same(stock, fast, NEURON_OUT)
+
+
+@requires_ext
+def test_neuron_uses_fast_kernels():
+    kwargs = dict(threshold=1.25, current_decay=0.25, voltage_decay=0.03)
+    used = _ops_used(_neuron_run((2, 4, 5, 6, 8), kwargs, scale=4.0, seed=1))
+    assert {"li_fwd", "li_bwd", "spike_fwd", "spike_grad_exponent", "spike_grad_scale_"} <= used
+
+
+@requires_ext
+def test_per_channel_nchwt_mismatch_raises_like_stock():
+    def run() -> tuple:
+        neuron = cuba.Neuron(threshold=1.0, current_decay=0.2, voltage_decay=0.1,
+                             shared_param=False)
+        return (neuron(torch.rand(1, 4, 3, 6, 8)),)
+
+    for installed in (False, True):
+        fast_cuba.install() if installed else fast_cuba.uninstall()
+        with pytest.raises(RuntimeError):
+            run()
+
+
+# ---------------------------------------------------------------------------
+# leaky_integrator.dynamics directly
+# ---------------------------------------------------------------------------
+def _dynamics_run(make_input: Callable[[], torch.Tensor], decay: torch.Tensor,
+                  state: torch.Tensor, threshold, w_scale: int = 1 << 12) -> Callable[[], tuple]:
+    def run() -> tuple:
+        torch.manual_seed(11)
+        x = make_input().requires_grad_(True)
+        d = decay.clone().requires_grad_(True)
+        # stock scales a tensor threshold in place (`threshold *= w_scale`)
+        thr = threshold.clone() if isinstance(threshold, torch.Tensor) else threshold
+        y = leaky_integrator.dynamics(x, d, state, w_scale, thr)
+        grad = torch.randn(y.shape[::-1]).permute(*reversed(range(y.dim())))  # non-contiguous
+        y.backward(grad)
+        return y.detach(), x.grad, d.grad, torch.tensor(y.stride())
+
+    return run
+
+
+DYN_OUT = ("output", "grad_input", "grad_decay", "output_strides")
+
+
+@requires_ext
+@pytest.mark.parametrize("threshold", [None, -1, 0.7, 3, 1e-9])
+@pytest.mark.parametrize("w_scale", [1 << 12, 64, 100])
+def test_dynamics_thresholds_and_scales(threshold, w_scale):
+    run = _dynamics_run(lambda: torch.randn(3, 5, 4, 10) * 2, torch.tensor([700.0]),
+                        torch.randn(3, 5, 4) * 0.5, threshold, w_scale)
+    _assert_same(*_both(run), DYN_OUT)
+
+
+@requires_ext
+@pytest.mark.parametrize("offset", [0.5, 1.5, 2.5, 3.5])
+def test_dynamics_threshold_float_rounding(offset):
+    # Above 2^24 float32(state) rounds (ties to even): stock compares in
+    # float32, so states just below the threshold can spike.
+    base = float(1 << 24)
+
+    def make_input() -> torch.Tensor:
+        x = torch.zeros(2, 32, 3)
+        x[..., 0] = torch.arange(32) % 4
+        x[..., 1] = base
+        return x
+
+    run = _dynamics_run(make_input, torch.tensor([0.0]), torch.zeros(1), base + offset, 1)
+    _assert_same(*_both(run), DYN_OUT)
+
+
+@requires_ext
+@pytest.mark.parametrize("decay", [[0.0], [4096.0], [5000.0], [-300.0], [1234.0, 17.0, 4000.0]])
+def test_dynamics_decays(decay):
+    # Out-of-range decays ([5000], [-300]) take the exact scalar path.
+    run = _dynamics_run(lambda: torch.randn(2, 3, 9) * 3, torch.tensor(decay),
+                        torch.zeros(1), 0.5)
+    _assert_same(*_both(run), DYN_OUT)
+
+
+@requires_ext
+def test_dynamics_non_contiguous_and_broadcast_state():
+    run = _dynamics_run(lambda: torch.randn(2, 8, 6).transpose(1, 2),  # [2, 6, 8], T strided
+                        torch.tensor([900.0]), torch.randn(1, 6), 0.4)
+    _assert_same(*_both(run), DYN_OUT)
+
+
+@requires_ext
+def test_dynamics_fallbacks_match_stock():
+    # float64 input, tensor threshold, debug: all handled by stock code.
+    cases = [
+        _dynamics_run(lambda: torch.randn(2, 3, 5, dtype=torch.float64),
+                      torch.tensor([100.0]), torch.zeros(1), 0.5),
+        _dynamics_run(lambda: torch.randn(2, 3, 5), torch.tensor([100.0]), torch.zeros(1),
+                      torch.tensor(0.5)),
+    ]
+    for run in cases:
+        _assert_same(*_both(run), DYN_OUT)
+
+    def debug_run() -> tuple:
+        x = torch.randn(2, 3, 5)
+        return (leaky_integrator.dynamics(x, torch.tensor([10.0]), torch.zeros(1), 64, 0.5,
+                                          debug=True),)
+
+    assert _ops_used(debug_run) == set()
+
+
+# ---------------------------------------------------------------------------
+# blocks (synapse + neuron + axon delay)
+# ---------------------------------------------------------------------------
+@requires_ext
+@pytest.mark.parametrize("batch", [1, 3])
+def test_conv_block(batch):
+    params = {"threshold": 0.5, "current_decay": 0.25, "voltage_decay": 0.03,
+              "tau_grad": 0.03, "scale_grad": 3, "requires_grad": True}
+
+    def run() -> tuple:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(
+            slayer.block.cuba.Conv(params, 2, 6, 3, stride=2, padding=1, weight_scale=2),
+            slayer.block.cuba.Conv(params, 6, 4, 3, padding=1, weight_scale=2),
+        )
+        x = (torch.rand(batch, 2, 12, 12, 8) < 0.3).float().requires_grad_(True)
+        out = net(x)
+        loss = ((out.flatten(1, -2).mean(-1) - 0.1) ** 2).sum()
+        loss.backward()
+        grads = [p.grad for p in net.parameters()]
+        return (out.detach(), x.grad, *grads)
+
+    stock, fast = _both(run)
+    assert len(stock) == len(fast) == 2 + 2 * 3  # weight + 2 decays per block
+    _assert_same(stock, fast, ("output", "grad_input") + ("param_grad",) * 6)
+    assert {"li_fwd", "li_bwd", "spike_fwd", "time_shift"} <= _ops_used(run)
+
+
+@requires_ext
+@pytest.mark.parametrize("shift", [1, -1, 2, -3, 8, -9])
+def test_time_shift(shift):
+    x = torch.randn(3, 4, 7)
+    assert _same(STOCK_SHIFT_GROUP(x, shift, 1), fast_cuba._fast_shift_group(x, shift, 1))
+
+
+# ---------------------------------------------------------------------------
+# install / uninstall
+# ---------------------------------------------------------------------------
+def test_install_uninstall_restores_stock():
+    fast_cuba.install()
+    fast_cuba.install()  # idempotent
+    assert fast_cuba.is_installed()
+    assert leaky_integrator.dynamics is not STOCK_DYNAMICS
+    assert Spike.forward is not STOCK_SPIKE_FWD
+    fast_cuba.uninstall()
+    assert not fast_cuba.is_installed()
+    assert leaky_integrator.dynamics is STOCK_DYNAMICS
+    assert Spike.forward is STOCK_SPIKE_FWD
+    assert Spike.backward is STOCK_SPIKE_BWD
+    assert _shift_mod._shift_group is STOCK_SHIFT_GROUP
+    fast_cuba.uninstall()  # harmless when not installed
+    assert leaky_integrator.dynamics is STOCK_DYNAMICS
+
+
+def test_extension_builds():
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler")
+    assert fast_cuba.available()
+    assert fast_cuba.extension_dir().is_dir()
+
+
+def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setattr(fast_cuba, "_ops", None)
+    monkeypatch.setattr(fast_cuba, "_load_attempted", False)
+    monkeypatch.setattr(fast_cuba, "_SOURCE", tmp_path / "missing.cpp")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    x = torch.randn(2, 3, 4, 5)
+    expected = STOCK_DYNAMICS(x, torch.tensor([100.0]), torch.zeros(1), 64, 0.5)
+    fast_cuba.install()
+    with pytest.warns(RuntimeWarning, match="stock") as record:
+        outs = [leaky_integrator.dynamics(x, torch.tensor([100.0]), torch.zeros(1), 64, 0.5)
+                for _ in range(3)]
+        neuron = cuba.Neuron(threshold=1.0, current_decay=0.2, voltage_decay=0.1)
+        neuron(torch.rand(1, 3, 8))
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+    assert all(_same(o, expected) for o in outs)
+    assert not fast_cuba.available()
