@@ -147,7 +147,9 @@ def run_sharded(
     n = len(images_uint8)
     workers = max(1, min(workers, n))
     bounds = np.linspace(0, n, workers + 1).astype(int)
-    ctx = mp.get_context("spawn")  # a clean interpreter: no inherited torch threads or Lava state
+    # fork, as Lava itself does for its actors: a spawned interpreter cannot import Lava
+    # (it calls mp.set_start_method('fork') at import, which fails once a context is set)
+    ctx = mp.get_context("fork")
     t0 = time.perf_counter()
     with ctx.Manager() as manager:
         q = manager.Queue()

@@ -13,6 +13,7 @@ exactly equivalent and lets T be smaller than the network depth.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -45,6 +46,23 @@ def _neuron(cfg: NeuronConfig):
     )
     neuron.threshold_eps = 0.5 / neuron.s_scale
     return neuron
+
+
+_STOCK_SYNAPSE = False
+
+
+@contextlib.contextmanager
+def stock_synapses():
+    """Compute synapses with lava-dl's own SLAYER layers (conv3d), not our conv2d path.
+
+    Forward results are identical (see ConvBlock); this exists to measure and test that.
+    """
+    global _STOCK_SYNAPSE
+    old, _STOCK_SYNAPSE = _STOCK_SYNAPSE, True
+    try:
+        yield
+    finally:
+        _STOCK_SYNAPSE = old
 
 
 def _to_time_major(x: torch.Tensor) -> torch.Tensor:
@@ -95,6 +113,11 @@ class ConvBlock(torch.nn.Module):
 
     def synaptic_input(self, x: torch.Tensor) -> torch.Tensor:
         s = self.synapse
+        if _STOCK_SYNAPSE:
+            # lava-dl's own path (conv3d over NCHWT), for benchmarks and tests
+            if x.dim() == 4:
+                return s(x.unsqueeze(-1))[..., 0]
+            return s(x)
         kw = dict(stride=s.stride[:2], padding=s.padding[:2], dilation=s.dilation[:2], groups=s.groups)
         if x.dim() == 4:  # constant input (the image): one conv, broadcast in time
             return F.conv2d(x, self.weight, **kw)
@@ -162,7 +185,10 @@ class DenseBlock(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, t = x.shape[0], x.shape[-1]
         flat = x.reshape(n, -1, t)  # C-order (C, H, W) flatten, like Lava's transpose+flatten
-        z = torch.einsum("nft,of->not", flat, self.weight).contiguous()
+        if _STOCK_SYNAPSE:
+            z = self.synapse(flat)
+        else:
+            z = torch.einsum("nft,of->not", flat, self.weight).contiguous()
         current, voltage = self.neuron.dynamics(z)
         return self.neuron.spike(voltage), current
 
