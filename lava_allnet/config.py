@@ -44,6 +44,9 @@ class ModelConfig:
     gate_levels: int = 64
     input_bits: int = 6
     population: int = 8
+    # mean-only batch norm on each CUBA layer: a per-channel neuron bias on Loihi
+    # (measured: val accuracy 0.48 → 0.67 after 2 epochs on real smears at 64 px)
+    norm: bool = True
     num_classes: int = 4
     class_names: tuple[str, ...] = CLASS_NAMES
     neuron: NeuronConfig = field(default_factory=NeuronConfig)

@@ -101,7 +101,32 @@ def lava_lif_params(i_decay: int, v_decay: int, vth_mant: int) -> dict:
     """Lava LIF fixed-point arguments for a SLAYER CUBA neuron."""
     if not 1 <= i_decay <= 4096 or not 0 <= v_decay <= 4095:
         raise ValueError(f"decays out of range: iDecay={i_decay}, vDecay={v_decay}")
-    return {"du": int(i_decay) - 1, "dv": int(v_decay), "vth": int(vth_mant), "bias_exp": 6}
+    return {"du": int(i_decay) - 1, "dv": int(v_decay), "vth": int(vth_mant), "bias_exp": BIAS_EXP}
+
+
+# Neuron bias (mean-only batch norm): Lava LIF adds bias_mant << 6 to v every step,
+# i.e. bias_mant / 64 in SLAYER units; 13-bit signed mantissa (NetX's bias_exp is 6).
+BIAS_EXP = 6
+BIAS_MIN, BIAS_MAX = -4096, 4095
+
+
+def quantize_norm_mean(mean: torch.Tensor, descale: bool = False) -> torch.Tensor:
+    """The running mean a mean-only batch norm subtracts, on the bias grid (STE).
+
+    Subtracting m from the current in SLAYER adds -m * 4096 to v, which Lava
+    does exactly with bias_mant = -m * 64 and bias_exp = 6.
+    """
+    step = 1.0 / (1 << BIAS_EXP)
+    q = _RoundSTE.apply(mean, step).clamp(-BIAS_MAX * step, -BIAS_MIN * step)
+    return q * (1 << BIAS_EXP) if descale else q
+
+
+def bias_mantissa_from_mean(mean: torch.Tensor) -> np.ndarray:
+    return (-quantize_norm_mean(mean.detach().float(), descale=True)).round().cpu().numpy().astype(np.int32)
+
+
+def mean_from_bias_mantissa(mant: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(-np.asarray(mant, dtype=np.float32) / (1 << BIAS_EXP))
 
 
 def scaled_threshold(threshold: float, input_scale: int) -> float:

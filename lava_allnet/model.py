@@ -25,7 +25,7 @@ from lava_allnet._lava import slayer
 from lava_allnet.config import ModelConfig, NeuronConfig
 
 
-def _neuron(cfg: NeuronConfig):
+def _neuron(cfg: NeuronConfig, channels: int = 0):
     """SLAYER's CUBA neuron with a threshold epsilon that survives float32.
 
     SLAYER emulates Loihi's ``v > vth`` as ``v >= vth + 0.01/4096``; in
@@ -33,6 +33,8 @@ def _neuron(cfg: NeuronConfig):
     thresholds of graded-input layers), so its Spike function fires at
     v == vth while its reset does not. Half a state unit (2**-13) is exact in
     float32 for every legal threshold (< 2048) and keeps both on ``v > vth``.
+
+    channels > 0 adds a mean-only batch norm over that many channels.
     """
     neuron = slayer().neuron.cuba.Neuron(
         threshold=cfg.threshold,
@@ -45,6 +47,10 @@ def _neuron(cfg: NeuronConfig):
         requires_grad=False,
     )
     neuron.threshold_eps = 0.5 / neuron.s_scale
+    if channels:
+        # mean-only batch norm with the channel count fixed up front (so checkpoints load)
+        # and its mean on the Lava bias grid (SLAYER's default quantize_8bit clamps at +-4)
+        neuron.norm = slayer().neuron.norm.MeanOnlyBatchNorm(num_features=channels, pre_hook_fx=fx.quantize_norm_mean)
     return neuron
 
 
@@ -95,6 +101,7 @@ class ConvBlock(torch.nn.Module):
         input_message_bits: int,
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
+        norm: bool = False,
     ) -> None:
         """neuron.threshold is already scaled to the input (fixed_point.scaled_threshold);
         input_message_bits: 0 for binary spikes, else the graded message width."""
@@ -103,7 +110,7 @@ class ConvBlock(torch.nn.Module):
             in_channels, out_channels, kernel_size, stride=stride, padding=padding,
             dilation=dilation, groups=groups, pre_hook_fx=fx.quantize_weight,
         )
-        self.neuron = _neuron(neuron)
+        self.neuron = _neuron(neuron, out_channels if norm else 0)
         self.input_message_bits = input_message_bits
 
     @property
@@ -132,6 +139,14 @@ class ConvBlock(torch.nn.Module):
         z = z.contiguous()
         current, voltage = self.neuron.dynamics(z)
         return self.neuron.spike(voltage), current
+
+
+def neuron_bias(block: "ConvBlock | DenseBlock") -> torch.Tensor | None:
+    """The mean a block's batch norm subtracts (running mean), or None without norm."""
+    norm = block.neuron.norm
+    if norm is None:
+        return None
+    return norm.running_mean
 
 
 class SEBlock(torch.nn.Module):
@@ -171,11 +186,11 @@ class DenseBlock(torch.nn.Module):
     """Dense synapse + CUBA neuron over flattened (C, H, W) features."""
 
     def __init__(
-        self, in_features: int, out_features: int, neuron: NeuronConfig, input_message_bits: int
+        self, in_features: int, out_features: int, neuron: NeuronConfig, input_message_bits: int, norm: bool = False
     ) -> None:
         super().__init__()
         self.synapse = slayer().synapse.Dense(in_features, out_features, pre_hook_fx=fx.quantize_weight)
-        self.neuron = _neuron(neuron)
+        self.neuron = _neuron(neuron, out_features if norm else 0)
         self.input_message_bits = input_message_bits
 
     @property
@@ -353,7 +368,7 @@ def build_model(config: ModelConfig) -> Network:
     in_ch, scale, bits = cfg.in_channels, 1 << cfg.input_bits, cfg.input_bits
     for i, (ch, stride, use_se) in enumerate(zip(cfg.channels, cfg.strides, cfg.se), start=1):
         k = cfg.kernel_size
-        blocks.append((f"conv{i}", ConvBlock(in_ch, ch, k, stride, k // 2, neuron(scale), bits)))
+        blocks.append((f"conv{i}", ConvBlock(in_ch, ch, k, stride, k // 2, neuron(scale), bits, norm=cfg.norm)))
         scale, bits = 1, 0
         if use_se:
             s = sizes[i - 1]
@@ -361,7 +376,7 @@ def build_model(config: ModelConfig) -> Network:
             scale, bits = cfg.gate_levels, fx.gate_message_bits(cfg.gate_levels)
         in_ch = ch
     features = cfg.channels[-1] * sizes[-1] * sizes[-1]
-    blocks.append(("fc", DenseBlock(features, cfg.num_classes * cfg.population, neuron(scale), bits)))
+    blocks.append(("fc", DenseBlock(features, cfg.num_classes * cfg.population, neuron(scale), bits, norm=cfg.norm)))
     net = Network(
         blocks,
         (cfg.in_channels, cfg.input_size, cfg.input_size),

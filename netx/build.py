@@ -97,14 +97,18 @@ class _Builder:
         return p
 
     # ---- neurons
-    def lif(self, shape: tuple[int, ...], n: nf.NeuronSpec, depth: int) -> AbstractProcess:
+    def lif(self, shape: tuple[int, ...], n: nf.NeuronSpec, depth: int, bias: np.ndarray | None = None) -> AbstractProcess:
+        # per-channel bias (last axis of a (W, H, C) or (n,) shape), broadcast to every neuron
+        bias_full = np.zeros(shape) if bias is None else np.broadcast_to(np.asarray(bias), shape).copy()
         if self.float_mode:
             # Float simulator: the same dynamics in real units, no integer rounding.
             params = dict(
-                du=n.i_decay / 4096, dv=n.v_decay / 4096, vth=n.vth_mant / fx.WEIGHT_SCALE, bias_mant=0.0, bias_exp=0.0
+                du=n.i_decay / 4096, dv=n.v_decay / 4096, vth=n.vth_mant / fx.WEIGHT_SCALE,
+                bias_mant=bias_full.astype(np.float64) / (1 << fx.BIAS_EXP), bias_exp=0.0,
             )
         else:
             params = fx.lava_lif_params(n.i_decay, n.v_decay, n.vth_mant)
+            params["bias_mant"] = bias_full.astype(np.int32)
         if self.reset:
             # LIFReset zeroes u, v when time_step % T == offset: the first step of this stage's window.
             return self.add(LIFReset(shape=shape, reset_interval=self.T, reset_offset=(1 + depth) % self.T, **params))
@@ -183,7 +187,7 @@ def build(
             shape_whc = (ow, oh, oc)
             if tuple(conv.a_out.shape) != shape_whc:
                 raise ValueError(f"{layer.name}: Lava conv output {conv.a_out.shape} != {shape_whc}")
-            neuron = b.lif(shape_whc, layer.neuron, depth)
+            neuron = b.lif(shape_whc, layer.neuron, depth, layer.bias)
             conv.a_out.connect(neuron.a_in)
             out = neuron.s_out
             b.stage(layer.name, out, shape_whc, depth, "spike")
@@ -201,7 +205,7 @@ def build(
             flatten_next = False
             depth += 1
             shape_whc = tuple(layer.shape)
-            neuron = b.lif(shape_whc, layer.neuron, depth)
+            neuron = b.lif(shape_whc, layer.neuron, depth, layer.bias)
             dense.a_out.connect(neuron.a_in)
             out = neuron.s_out
             b.stage(layer.name, out, shape_whc, depth, "spike")

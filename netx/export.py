@@ -9,7 +9,7 @@ import torch
 import lava_allnet  # noqa: F401
 from lava_allnet import fixed_point as fx
 from lava_allnet.config import NeuronConfig
-from lava_allnet.model import ConvBlock, DenseBlock, Network, SEBlock
+from lava_allnet.model import ConvBlock, DenseBlock, Network, SEBlock, neuron_bias
 from netx import format as nf
 
 
@@ -21,6 +21,20 @@ def _neuron_spec(block: ConvBlock | DenseBlock) -> nf.NeuronSpec:
         vth_mant=int(n.v_th_mant),
         ref_delay=int(n.ref_delay),
     )
+
+
+def _bias(block: ConvBlock | DenseBlock) -> np.ndarray | None:
+    mean = neuron_bias(block)
+    return None if mean is None else fx.bias_mantissa_from_mean(mean)
+
+
+def _set_bias(block: ConvBlock | DenseBlock, bias: np.ndarray | None) -> None:
+    if bias is None:
+        block.neuron.norm = None
+        return
+    norm = block.neuron.norm
+    norm.running_mean.copy_(fx.mean_from_bias_mantissa(bias))
+    norm.update = False
 
 
 def _ints(t: torch.Tensor) -> np.ndarray:
@@ -45,7 +59,7 @@ def spec_from_network(net: Network) -> nf.NetworkSpec:
                     nf.ConvSpec(
                         (out_c, oh, ow), s.in_channels, out_c, (kh, kw), tuple(st), tuple(pd), tuple(dl),
                         s.groups, _ints(block.weight * fx.WEIGHT_SCALE), _neuron_spec(block),
-                        block.input_message_bits, name=name,
+                        block.input_message_bits, name=name, bias=_bias(block),
                     )
                 )
                 shape = (out_c, oh, ow)
@@ -64,7 +78,8 @@ def spec_from_network(net: Network) -> nf.NetworkSpec:
                     layers.append(nf.FlattenSpec(name="flatten"))
                 out = block.synapse.out_channels
                 layers.append(
-                    nf.DenseSpec((out,), _ints(block.weight * fx.WEIGHT_SCALE), _neuron_spec(block), block.input_message_bits, name=name)
+                    nf.DenseSpec((out,), _ints(block.weight * fx.WEIGHT_SCALE), _neuron_spec(block), block.input_message_bits,
+                                 name=name, bias=_bias(block))
                 )
                 shape = (out,)
             else:  # pragma: no cover
@@ -97,9 +112,11 @@ def network_from_spec(spec: nf.NetworkSpec) -> Network:
             block = ConvBlock(
                 layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
                 _neuron_config(layer.neuron), layer.input_message_bits, layer.dilation, layer.groups,
+                norm=layer.bias is not None,
             )
             with torch.no_grad():
                 block.synapse.weight.copy_(fx.weight_from_mantissa(layer.weight)[..., None])
+                _set_bias(block, layer.bias)
             blocks.append((layer.name, block))
             shape = layer.shape
         elif isinstance(layer, nf.SESpec):
@@ -115,8 +132,10 @@ def network_from_spec(spec: nf.NetworkSpec) -> Network:
             blocks.append((layer.name, block))
         elif isinstance(layer, nf.DenseSpec):
             n_in = int(np.prod(shape))
-            block = DenseBlock(n_in, layer.shape[0], _neuron_config(layer.neuron), layer.input_message_bits)
+            block = DenseBlock(n_in, layer.shape[0], _neuron_config(layer.neuron), layer.input_message_bits,
+                               norm=layer.bias is not None)
             with torch.no_grad():
+                _set_bias(block, layer.bias)
                 block.synapse.weight.copy_(fx.weight_from_mantissa(layer.weight).reshape(block.synapse.weight.shape))
             blocks.append((layer.name, block))
             shape = layer.shape

@@ -9,15 +9,16 @@ Layout (NetX-compatible where NetX has the layer; field names as lava-dl's
     /layer/0         type="input"   shape=(C,H,W) messageBits pixelShift
     /layer/i         type="conv"    shape=(C,H,W) inChannels outChannels kernelSize(2)
                                     stride(2) padding(2) dilation(2) groups
-                                    weight(out,in/groups,kH,kW) inputMessageBits
+                                    weight(out,in/groups,kH,kW) inputMessageBits [bias(out)]
                                     neuron/{type="CUBA",iDecay,vDecay,vThMant,refDelay,gradedSpike}
     /layer/i         type="se"      shape=(C,H,W) hidden weight1(hidden,C) bias1(hidden)
                                     weight2(C,hidden) bias2(C) squeezeExp exciteExp
                                     bias1Exp bias2Exp gateLevels
     /layer/i         type="flatten"
-    /layer/i         type="dense"   shape=(out,) weight(out,in) inputMessageBits neuron/{...}
+    /layer/i         type="dense"   shape=(out,) weight(out,in) inputMessageBits [bias(out)] neuron/{...}
 
-Weights and biases are the integer mantissas Lava receives. Stock NetX
+Weights and biases are the integer mantissas Lava receives (a neuron bias is
+added to v as bias << 6 every step, as NetX does). Stock NetX
 silently skips layer types it does not know; :func:`read` refuses any unknown
 type or missing / inconsistent field with :class:`ModelFileError` naming the
 layer index and type.
@@ -76,6 +77,7 @@ class ConvSpec:
     input_message_bits: int
     name: str = ""
     type: str = "conv"
+    bias: np.ndarray | None = None  # (out,) neuron bias mantissas (v += bias << 6 every step)
 
 
 @dataclass
@@ -113,6 +115,7 @@ class DenseSpec:
     input_message_bits: int
     name: str = ""
     type: str = "dense"
+    bias: np.ndarray | None = None  # (out,)
 
 
 LayerSpec = Union[InputSpec, ConvSpec, SESpec, FlattenSpec, DenseSpec]
@@ -174,8 +177,13 @@ class _Layer:
 
     def ints(self, key: str, shape: tuple[int, ...] | None = None, group: h5py.Group | None = None) -> np.ndarray:
         a = self._raw(key, group)
-        if a.dtype.kind not in "iub" and not (a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a))):
+        integral_float = (
+            a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)) and np.all(np.abs(a) < 2**31)
+        )
+        if a.dtype.kind not in "iub" and not integral_float:
             raise self.fail(f"field '{key}' must hold integers, found {a.dtype}")
+        if a.dtype.kind == "u" and a.size and a.max() > 2**31 - 1:
+            raise self.fail(f"field '{key}' has values outside int32")
         a = a.astype(np.int64)
         if np.any(np.abs(a) > 2**31 - 1):
             raise self.fail(f"field '{key}' has values outside int32")
@@ -215,6 +223,15 @@ class _Layer:
         if np.any(w % 2):
             raise self.fail(f"field '{key}' has odd mantissas (8-bit signed Loihi weights are even)")
         return w
+
+    def bias(self, n: int) -> np.ndarray | None:
+        """Optional per-channel neuron bias mantissas (13-bit signed, exponent 6 as in NetX)."""
+        if "bias" not in self.g:
+            return None
+        b = self.ints("bias", (n,))
+        if b.size and (b.min() < fx.BIAS_MIN or b.max() > fx.BIAS_MAX):
+            raise self.fail(f"field 'bias' has mantissas outside [{fx.BIAS_MIN}, {fx.BIAS_MAX}]")
+        return b
 
     def neuron(self) -> NeuronSpec:
         if "neuron" not in self.g or not isinstance(self.g["neuron"], h5py.Group):
@@ -288,7 +305,7 @@ def read(path: str | os.PathLike) -> NetworkSpec:
 
 def _read(f: h5py.File, source: str) -> NetworkSpec:
     fmt = _attr(f, "format") if "format" in f.attrs else None
-    if fmt != FORMAT_NAME:
+    if not (isinstance(fmt, str) and fmt == FORMAT_NAME):
         raise ModelFileError(
             f"not a lava-allnet model (root attribute 'format' is {fmt!r}, expected {FORMAT_NAME!r})"
         )
@@ -374,7 +391,7 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
             layers.append(
                 ConvSpec(
                     out_shape, in_ch, out_ch, k, stride, pad, dil, groups, weight, L.neuron(),
-                    L.int_("inputMessageBits", 0, 24), name=f"conv{last_conv}",
+                    L.int_("inputMessageBits", 0, 24), name=f"conv{last_conv}", bias=L.bias(out_ch),
                 )
             )
             shape = out_shape
@@ -425,7 +442,8 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
             out = L.shape(1)
             weight = L.weights("weight", (out[0], shape[0]))
             counters["dense"] += 1
-            layers.append(DenseSpec(out, weight, L.neuron(), L.int_("inputMessageBits", 0, 24), name="fc"))
+            layers.append(DenseSpec(out, weight, L.neuron(), L.int_("inputMessageBits", 0, 24), name="fc",
+                                    bias=L.bias(out[0])))
             shape = out
     if not isinstance(layers[-1], DenseSpec):
         raise ModelFileError(f"layer {len(layers) - 1} ({layers[-1].type}): the last layer must be 'dense'")
@@ -497,6 +515,8 @@ def _write_layer(g: h5py.Group, layer: LayerSpec) -> None:
         _w(g, "weight", layer.weight)
         _i(g, "inputMessageBits", layer.input_message_bits)
         _neuron(g, layer.neuron)
+        if layer.bias is not None:
+            _w(g, "bias", layer.bias)
     elif isinstance(layer, SESpec):
         _i(g, "shape", layer.shape)
         _i(g, "hidden", layer.hidden)
@@ -509,6 +529,8 @@ def _write_layer(g: h5py.Group, layer: LayerSpec) -> None:
         _w(g, "weight", layer.weight)
         _i(g, "inputMessageBits", layer.input_message_bits)
         _neuron(g, layer.neuron)
+        if layer.bias is not None:
+            _w(g, "bias", layer.bias)
     elif isinstance(layer, FlattenSpec):
         pass
     else:  # pragma: no cover - programming error

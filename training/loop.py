@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ from lava_allnet.model import Network, build_model
 from training import augment
 from training.checkpoint import load_torch, save_json, save_torch
 
-CHECKPOINT_EVERY_S = 30.0  # mid-epoch checkpoint period (resume after a kill)
+# mid-epoch checkpoint period (resume after a kill); the variable exists for tests
+CHECKPOINT_EVERY_S = float(os.environ.get("LAVA_ALLNET_CHECKPOINT_EVERY_S", "30"))
 
 
 @dataclass
