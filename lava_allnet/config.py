@@ -105,7 +105,8 @@ class TrainConfig:
     val_fraction: float = 0.2
     test_fraction: float = 0.0
     loss_scale: float = 10.0  # logits = loss_scale * output spike rate
-    augment: bool = True
+    augment: bool = True  # flips and 90-degree rotations
+    color_jitter: float = 0.0  # strength of brightness / stain / contrast jitter (0: off)
     threads: int = 0  # 0: torch default
 
     def to_dict(self) -> dict[str, Any]:
