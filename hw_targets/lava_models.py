@@ -405,3 +405,113 @@ def fast_exception_map() -> ty.Dict[type, type]:
         LIF: FastPyLifModelBitAcc,
         LIFReset: FastPyLifResetModelBitAcc,
     }
+
+
+# ------------------------------------------------------- floating point (sim-float)
+# The floating-point simulator runs the same graph in real units without integer
+# rounding. Lava ships no floating_pt models for GradedVec, GradedReluVec and
+# ProdNeuron, and its float Conv is the slow scipy loop; these fill the gap.
+from lava.magma.core.decorator import implements, requires, tag  # noqa: E402
+from lava.magma.core.model.py.model import PyLoihiProcessModel  # noqa: E402
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort  # noqa: E402
+from lava.magma.core.model.py.type import LavaPyType  # noqa: E402
+from lava.magma.core.resources import CPU  # noqa: E402
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol  # noqa: E402
+from lava.proc.conv.models import PyConvModelFloat  # noqa: E402
+from lava.proc.graded.process import GradedReluVec, GradedVec  # noqa: E402
+from lava.proc.prodneuron.process import ProdNeuron  # noqa: E402
+
+
+class _FloatConvPlan(ConvPlan):
+    """ConvPlan geometry with real-valued weights (no exactness bound needed)."""
+
+    def __init__(self, weight: np.ndarray, input_shape, stride, padding, dilation, groups) -> None:
+        super().__init__(np.zeros(weight.shape, np.int32), input_shape, stride, padding, dilation, groups)
+        c_out, kx, ky, c_grp = weight.shape
+        w = np.asarray(weight, dtype=np.float64)[:, ::-1, ::-1, :]
+        self.w_real = np.ascontiguousarray(
+            w.reshape(self.groups, c_out // self.groups, kx, ky, c_grp).transpose(0, 2, 3, 4, 1)
+             .reshape(self.groups, kx * ky * c_grp, c_out // self.groups))
+
+    def accumulate_real(self, x: np.ndarray) -> np.ndarray:
+        out = np.matmul(self._im2col(x, np.float64), self.w_real)
+        return out.transpose(1, 0, 2).reshape(self.out_shape)
+
+
+class FastPyConvModelFloat(_CacheMixin, PyConvModelFloat):
+    """``PyConvModelFloat`` via im2col + BLAS (same sums up to float rounding order)."""
+
+    _plan: ty.Optional[_FloatConvPlan] = None
+
+    def run_spk(self) -> None:
+        self.a_out.send(self.a_buf)
+        s_in = self.s_in.recv()
+        if self.num_message_bits.item() <= 0:
+            s_in = s_in.astype(bool)
+        if self._cache_dirty or self._plan is None:
+            self._plan = _FloatConvPlan(self.weight, self.s_in.shape, self.stride, self.padding,
+                                        self.dilation, self.groups[0])
+            self._cache_dirty = False
+        self.a_buf = self._plan.accumulate_real(s_in)
+
+
+@implements(proc=GradedVec, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyGradedVecModelFloat(PyLoihiProcessModel):
+    """v = a_in; s_out = v * (|v| > vth) in floating point."""
+
+    a_in = LavaPyType(PyInPort.VEC_DENSE, float)
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, float)
+    v: np.ndarray = LavaPyType(np.ndarray, float)
+    vth: np.ndarray = LavaPyType(np.ndarray, float)
+    exp: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def run_spk(self) -> None:
+        v = self.a_in.recv()
+        self.s_out.send(v * (np.abs(v) > self.vth))
+
+
+@implements(proc=GradedReluVec, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyGradedReluVecModelFloat(PyLoihiProcessModel):
+    """v = a_in; s_out = v * (v > vth) in floating point."""
+
+    a_in = LavaPyType(PyInPort.VEC_DENSE, float)
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, float)
+    v: np.ndarray = LavaPyType(np.ndarray, float)
+    vth: np.ndarray = LavaPyType(np.ndarray, float)
+    exp: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def run_spk(self) -> None:
+        v = self.a_in.recv()
+        self.s_out.send(v * (v > self.vth))
+
+
+@implements(proc=ProdNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyProdNeuronModelFloat(PyLoihiProcessModel):
+    """v = a_in1 * a_in2 / 2**exp; s_out = v * (|v| > vth) in floating point."""
+
+    a_in1 = LavaPyType(PyInPort.VEC_DENSE, float)
+    a_in2 = LavaPyType(PyInPort.VEC_DENSE, float)
+    s_out = LavaPyType(PyOutPort.VEC_DENSE, float)
+    v: np.ndarray = LavaPyType(np.ndarray, float)
+    vth: np.ndarray = LavaPyType(np.ndarray, float)
+    exp: np.ndarray = LavaPyType(np.ndarray, float)
+
+    def run_spk(self) -> None:
+        v = self.a_in1.recv() * self.a_in2.recv() / 2.0 ** float(self.exp[0])
+        self.s_out.send(v * (np.abs(v) > self.vth))
+
+
+def float_exception_map() -> ty.Dict[type, type]:
+    """``exception_proc_model_map`` for ``Loihi2SimCfg(select_tag='floating_pt')``."""
+    return {
+        Conv: FastPyConvModelFloat,
+        GradedVec: PyGradedVecModelFloat,
+        GradedReluVec: PyGradedReluVecModelFloat,
+        ProdNeuron: PyProdNeuronModelFloat,
+    }

@@ -34,14 +34,14 @@ class SimRun:
 
 def run_config(float_mode: bool = False, fast: bool = True, extra: dict | None = None) -> Loihi2SimCfg:
     exceptions = dict(extra or {})
-    if fast:
-        from hw_targets.lava_models import fast_exception_map
-
-        exceptions.update(fast_exception_map())
-    if float_mode:
+    if float_mode:  # the fast models are fixed point; the float map has its own fast conv
         from hw_targets.lava_models import float_exception_map
 
         exceptions.update(float_exception_map())
+    elif fast:
+        from hw_targets.lava_models import fast_exception_map
+
+        exceptions.update(fast_exception_map())
     return Loihi2SimCfg(
         select_tag="floating_pt" if float_mode else "fixed_pt",
         exception_proc_model_map=exceptions or None,

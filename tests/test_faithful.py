@@ -53,3 +53,16 @@ def test_stock_process_models_agree_with_fast_ones(se_model_file, synth_images):
     fast = run_backend(spec, inputs, "sim", fast=True)
     stock = run_backend(spec, inputs, "sim", fast=False)
     assert compare_runs(stock, fast)["identical"]
+
+
+def test_float_simulator_runs_the_same_graph_approximately(se_model_file, synth_images):
+    """sim-float: the same network in real units (no integer rounding): close, not identical."""
+    spec = nf.read(se_model_file)
+    inputs = _inputs(synth_images, extra_real=False)
+    inputs = Inputs(inputs.images[:3], inputs.paths[:3], [None] * 3, [])
+    fixed = run_backend(spec, inputs, "sim")
+    flt = run_backend(spec, inputs, "sim-float")
+    assert set(flt.stage_names) == set(fixed.stage_names)
+    np.testing.assert_array_equal(flt.stage_steps["input"], fixed.stage_steps["input"])
+    a, b = fixed.stage_steps["conv1"].sum(), flt.stage_steps["conv1"].sum()
+    assert abs(a - b) <= 0.05 * a, (a, b)
