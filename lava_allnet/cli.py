@@ -605,8 +605,8 @@ def explain(
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Working folder (data, run, model)."),
-    per_class: int = typer.Option(160, "--per-class", min=5, help="Synthetic images per class."),
-    epochs: int = typer.Option(3, "--epochs", min=1, help="Training epochs."),
+    per_class: int = typer.Option(300, "--per-class", min=5, help="Synthetic images per class."),
+    epochs: int = typer.Option(10, "--epochs", min=1, help="Training epochs."),
     held_out: int = typer.Option(8, "--held-out", min=1, help="Held-out images per class run on the simulator."),
 ) -> None:
     """The main job on the embedded default: synthesise smears, train, export, run on the Lava simulator."""
@@ -639,7 +639,7 @@ def demo(
     if run_dir.exists():
         shutil.rmtree(run_dir)
     err.print(f"[bold]2/4[/] training {cfg.name} ({epochs} epochs)")
-    metrics = run_train(run_dir, cfg, TrainConfig(epochs=epochs, seed=0), data_dir=data_dir, console=err)
+    metrics = run_train(run_dir, cfg, TrainConfig(epochs=epochs, seed=0, lr=1e-2), data_dir=data_dir, console=err)
     net = load_trained(run_dir)
     spec = do_export(net, model_file)
     err.print(f"[bold]3/4[/] exported {model_file} ({model_file.stat().st_size / 1e3:.0f} kB)")

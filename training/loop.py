@@ -270,6 +270,10 @@ def train(
             state["history"].append(row)
             prog.update(task, info=f"loss {row['train_loss']:.3f}  acc {row['train_accuracy']:.3f}  "
                                    f"val acc {row['val_accuracy']:.3f}")
+            if not console.is_terminal or not show_progress:  # logs get one line per epoch
+                console.print(f"epoch {row['epoch']}/{train_cfg.epochs}: loss {row['train_loss']:.4f} "
+                              f"acc {row['train_accuracy']:.4f} val loss {row['val_loss']:.4f} "
+                              f"val acc {row['val_accuracy']:.4f} ({row['seconds']:.0f} s)")
             best = state["best"]
             if best is None or (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
                 state["best"] = row
