@@ -455,11 +455,8 @@ class FastPyConvModelFloat(_CacheMixin, PyConvModelFloat):
         self.a_buf = self._plan.accumulate_real(s_in)
 
 
-@implements(proc=GradedVec, protocol=LoihiProtocol)
-@requires(CPU)
-@tag("floating_pt")
-class PyGradedVecModelFloat(PyLoihiProcessModel):
-    """v = a_in; s_out = v * (|v| > vth) in floating point."""
+class _GradedFloatBase(PyLoihiProcessModel):
+    """v = a_in; s_out = v where it passes the threshold test, in floating point."""
 
     a_in = LavaPyType(PyInPort.VEC_DENSE, float)
     s_out = LavaPyType(PyOutPort.VEC_DENSE, float)
@@ -467,26 +464,32 @@ class PyGradedVecModelFloat(PyLoihiProcessModel):
     vth: np.ndarray = LavaPyType(np.ndarray, float)
     exp: np.ndarray = LavaPyType(np.ndarray, float)
 
+    def passes(self, v: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
     def run_spk(self) -> None:
         v = self.a_in.recv()
-        self.s_out.send(v * (np.abs(v) > self.vth))
+        self.s_out.send(v * self.passes(v))
+
+
+@implements(proc=GradedVec, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("floating_pt")
+class PyGradedVecModelFloat(_GradedFloatBase):
+    """GradedVec: passes where |v| > vth."""
+
+    def passes(self, v: np.ndarray) -> np.ndarray:
+        return np.abs(v) > self.vth
 
 
 @implements(proc=GradedReluVec, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("floating_pt")
-class PyGradedReluVecModelFloat(PyLoihiProcessModel):
-    """v = a_in; s_out = v * (v > vth) in floating point."""
+class PyGradedReluVecModelFloat(_GradedFloatBase):
+    """GradedReluVec: passes where v > vth."""
 
-    a_in = LavaPyType(PyInPort.VEC_DENSE, float)
-    s_out = LavaPyType(PyOutPort.VEC_DENSE, float)
-    v: np.ndarray = LavaPyType(np.ndarray, float)
-    vth: np.ndarray = LavaPyType(np.ndarray, float)
-    exp: np.ndarray = LavaPyType(np.ndarray, float)
-
-    def run_spk(self) -> None:
-        v = self.a_in.recv()
-        self.s_out.send(v * (v > self.vth))
+    def passes(self, v: np.ndarray) -> np.ndarray:
+        return v > self.vth
 
 
 @implements(proc=ProdNeuron, protocol=LoihiProtocol)
