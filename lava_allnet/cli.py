@@ -190,7 +190,7 @@ def export(
 # -------------------------------------------------------------------- run
 
 
-def _print_results(run, spec, max_columns: int = 8) -> None:
+def _print_results(run, spec, max_columns: int = 8, max_images: int = 32) -> None:
     t = Table(title=f"predictions ({run.backend})")
     t.add_column("image", overflow="fold")
     t.add_column("prediction")
@@ -211,8 +211,8 @@ def _print_results(run, spec, max_columns: int = 8) -> None:
         for name in run.stage_names:
             lt.add_row(name, *[f"{r.layer_counts[name]:,}" for r in chunk])
         out.print(lt)
-        if start + max_columns >= 32 and n > 32:
-            out.print(f"... {n - start - len(chunk)} more images: use --json for all per-layer counts")
+        if start + max_columns >= max_images and n > max_images:
+            out.print(f"... per-layer counts of {n - start - len(chunk)} more images: use --json")
             break
 
 
@@ -606,7 +606,7 @@ def explain(
 def demo(
     out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Working folder (data, run, model)."),
     per_class: int = typer.Option(300, "--per-class", min=5, help="Synthetic images per class."),
-    epochs: int = typer.Option(10, "--epochs", min=1, help="Training epochs."),
+    epochs: int = typer.Option(8, "--epochs", min=1, help="Training epochs."),
     held_out: int = typer.Option(8, "--held-out", min=1, help="Held-out images per class run on the simulator."),
 ) -> None:
     """The main job on the embedded default: synthesise smears, train, export, run on the Lava simulator."""
@@ -648,7 +648,7 @@ def demo(
     prog, update = _progress(len(data.paths), "sim")
     with prog:
         result = run_backend(spec, data, "sim", progress=update)
-    _print_results(result, spec)
+    _print_results(result, spec, max_images=8)
     best = metrics["best"]
     out.print(f"validation accuracy (torch, best epoch {best['epoch']}): {best['val_accuracy']:.3f}")
     out.print(f"held-out accuracy on the Lava simulator: {result.accuracy():.3f} ({len(result.results)} images; chance 0.25)")

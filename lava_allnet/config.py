@@ -116,10 +116,10 @@ class TrainConfig:
 # A registry of named model configs (timm style).
 MODELS: dict[str, ModelConfig] = {
     "neurallnet": ModelConfig(),
-    # small and quick: `make demo` trains it in about a minute on 2 CPU cores
+    # small and quick: `make demo` trains it in a few minutes on 2 CPU cores
     "neurallnet-demo": ModelConfig(
         name="neurallnet-demo",
-        input_size=64,
+        input_size=96,
         time_steps=8,
         channels=(16, 32, 64, 64),
         strides=(2, 2, 2, 2),
