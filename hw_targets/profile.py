@@ -187,11 +187,9 @@ def profile(spec: nf.NetworkSpec, run: Run, target: dict[str, Any]) -> dict[str,
 
 def write_outputs(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """profile.csv, profile.json and three PNG plots."""
-    import matplotlib
+    from lava_allnet.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     csv_path = out_dir / "profile.csv"
@@ -217,11 +215,7 @@ def write_outputs(report: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_ylabel("spikes / messages per image (mean)")
     ax.set_title(f"activity per layer ({report['backend']}, {report['n_images']} images, T={report['time_steps']})")
     ax.tick_params(axis="x", rotation=60)
-    fig.tight_layout()
-    p = out_dir / "spikes_per_layer.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    written.append(p)
+    written.append(save(fig, out_dir / "spikes_per_layer.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for l in layers:
@@ -231,11 +225,7 @@ def write_outputs(report: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_ylabel("messages per neuron")
     ax.set_title("activity over time steps")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    p = out_dir / "activity_over_time.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    written.append(p)
+    written.append(save(fig, out_dir / "activity_over_time.png"))
 
     t = report["means"]["totals"]
     bars = {"ANN (MACs x 4.6 pJ)": t["ann_energy_pj"], "SNN (syn. ops x 0.9 pJ)": t["snn_synops_energy_pj"]}
@@ -246,9 +236,5 @@ def write_outputs(report: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.set_ylabel("energy per image (µJ)")
     ax.set_title("energy proxy per image")
     ax.tick_params(axis="x", labelsize=8)
-    fig.tight_layout()
-    p = out_dir / "energy_snn_vs_ann.png"
-    fig.savefig(p, dpi=120)
-    plt.close(fig)
-    written.append(p)
+    written.append(save(fig, out_dir / "energy_snn_vs_ann.png"))
     return written

@@ -52,11 +52,9 @@ def classification_report(
 
 
 def write_evaluation(report: dict[str, Any], run: Run, out_dir: Path) -> list[Path]:
-    import matplotlib
+    from lava_allnet.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     p = out_dir / "predictions.csv"
@@ -84,11 +82,7 @@ def write_evaluation(report: dict[str, Any], run: Run, out_dir: Path) -> list[Pa
     lo, hi = report["accuracy_ci95"]
     ax.set_title(f"accuracy {report['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f})", fontsize=9)
     fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    p = out_dir / "confusion_matrix.png"
-    fig.savefig(p, dpi=130)
-    plt.close(fig)
-    files.append(p)
+    files.append(save(fig, out_dir / "confusion_matrix.png", dpi=130))
     return files
 
 
@@ -183,11 +177,9 @@ def robustness(
 
 
 def write_robustness(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    import matplotlib
+    from lava_allnet.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
     p = out_dir / "robustness.json"
@@ -205,11 +197,7 @@ def write_robustness(report: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("accuracy")
         ax.set_title(kind.replace("_", " "))
-        fig.tight_layout()
-        p = out_dir / f"robustness_{kind}.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        files.append(p)
+        files.append(save(fig, out_dir / f"robustness_{kind}.png"))
     return files
 
 
@@ -266,11 +254,9 @@ def grad_cam(net, image_uint8: np.ndarray, layer: str | None = None, class_index
 
 
 def save_cam_png(image_uint8: np.ndarray, cam: np.ndarray, path: Path, title: str) -> None:
-    import matplotlib
+    from lava_allnet.plotting import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     img = image_uint8.transpose(1, 2, 0)
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
     axes[0].imshow(img)
@@ -280,7 +266,4 @@ def save_cam_png(image_uint8: np.ndarray, cam: np.ndarray, path: Path, title: st
     axes[1].set_title(title, fontsize=9)
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save(fig, path, dpi=130)

@@ -337,3 +337,196 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
     assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
     assert all(_same(o, expected) for o in outs)
     assert not fast_cuba.available()
+
+
+# ---------------------------------------------------------------------------
+# time-major API: li_dynamics_tm / spike_tm vs stock on the time-last tensor
+# ---------------------------------------------------------------------------
+S_SCALE = 1 << 12  # cuba.Neuron(scale=64).s_scale
+
+
+def _bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and _same(a.contiguous(), b.contiguous())
+
+
+def _tm_vs_stock(
+    x: torch.Tensor, decay: torch.Tensor, threshold, w_scale: int = S_SCALE,
+    decay_grad: bool = True,
+) -> None:
+    """li_dynamics_tm on x (N, T, *S) == stock dynamics on the time-last copy."""
+    g = torch.randn(x.shape)  # upstream gradient, time-major
+    x_tl = x.movedim(1, -1).contiguous().requires_grad_(True)
+    d_ref = decay.clone().requires_grad_(decay_grad)
+    y_ref = STOCK_DYNAMICS(x_tl, d_ref, torch.zeros(x_tl.shape[:-1]), w_scale, threshold)
+    y_ref.backward(g.movedim(1, -1).contiguous())
+
+    x_tm = x.clone().requires_grad_(True)
+    d_tm = decay.clone().requires_grad_(decay_grad)
+    y = fast_cuba.li_dynamics_tm(x_tm, d_tm, w_scale, threshold)
+    assert y.is_contiguous()
+    y.backward(g)
+
+    assert _bits(y, y_ref.detach().movedim(-1, 1)), "output"
+    assert _bits(x_tm.grad, x_tl.grad.movedim(-1, 1)), "grad_input"
+    if decay_grad:
+        assert d_tm.grad.shape == d_ref.grad.shape and _bits(d_tm.grad, d_ref.grad), "grad_decay"
+    else:
+        assert d_tm.grad is None
+
+
+TM_SHAPES = [(n, t, *s) for n in (1, 3) for t in (1, 2, 16) for s in ((5,), (4, 6, 7))]
+TM_SHAPES += [(3, 16), (2, 16, 1029)]  # no neuron dims; > 2 chunks of 512 neurons
+
+
+@requires_ext
+@pytest.mark.parametrize("shape", TM_SHAPES)
+@pytest.mark.parametrize("decay", ["zero", "full", "random"])
+@pytest.mark.parametrize("threshold", [None, 0.3, 80.0 + 0.5 / S_SCALE])
+def test_li_dynamics_tm(shape, decay, threshold):
+    torch.manual_seed(hash((shape, decay)) % 1000)
+    value = {"zero": 0.0, "full": 4096.0, "random": float(torch.randint(1, 4096, ()))}[decay]
+    x = torch.randn(shape) * 30  # crosses both thresholds
+    for decay_grad in (True, False):
+        _tm_vs_stock(x, torch.tensor([value]), threshold, decay_grad=decay_grad)
+
+
+@requires_ext
+@pytest.mark.parametrize("scale", [1e-3, 1e3, 1e9, 1e14])
+@pytest.mark.parametrize("threshold", [None, 1.25])
+def test_li_dynamics_tm_magnitudes(scale, threshold):
+    # 1e-3: truncation to -0.0; 1e9 / 1e14 leave the SIMD exact range (2^40)
+    # and 1e14 overflows int64 products (torch wraps, so must we).
+    torch.manual_seed(3)
+    x = (torch.rand(3, 12, 9, 3, 3) - 0.4) * scale
+    _tm_vs_stock(x, torch.tensor([819.0]), threshold)
+
+
+@requires_ext
+@pytest.mark.parametrize(
+    "decay, threshold, w_scale",
+    [(5000.0, 0.5, S_SCALE), (-300.0, 0.5, S_SCALE),  # outside the SIMD decay range
+     (700.0, 3, S_SCALE), (700.0, 0.7, 100), (700.0, -1, 64), (700.0, 0.0, 64)],
+)
+def test_li_dynamics_tm_other_paths(decay, threshold, w_scale):
+    # int threshold (integer compare), non-power-of-2 scale, threshold <= 0
+    torch.manual_seed(4)
+    _tm_vs_stock(torch.randn(2, 7, 3, 37) * 2, torch.tensor([decay]), threshold, w_scale)
+
+
+@requires_ext
+@pytest.mark.parametrize("offset", [0.5, 1.5, 2.5, 3.5])
+def test_li_dynamics_tm_threshold_float_rounding(offset):
+    # As test_dynamics_threshold_float_rounding: above 2^24 stock compares
+    # float32-rounded states, so states just below the threshold can reset.
+    base = float(1 << 24)
+    x = torch.zeros(2, 3, 32)
+    x[:, 0] = torch.arange(32) % 4
+    x[:, 1] = base
+    _tm_vs_stock(x, torch.tensor([0.0]), base + offset, w_scale=1)
+
+
+@requires_ext
+@pytest.mark.parametrize("shape", [(1, 1, 5), (3, 16, 4, 6, 7), (2, 5, 1029)])
+@pytest.mark.parametrize("threshold", [0.3, 80.0 + 0.5 / S_SCALE])
+def test_spike_tm(shape, threshold):
+    torch.manual_seed(5)
+    v = torch.randn(shape) * threshold * 2
+    v.view(-1)[:3] = threshold  # voltage == threshold spikes
+    g = torch.randn(shape)
+    tau_rho, scale_rho = threshold * 100, 0.5 * 0.1
+
+    v_ref = v.clone().requires_grad_(True)
+    s_ref = Spike.apply(v_ref, threshold, tau_rho, scale_rho, False, 0, 1)
+    s_ref.backward(g)
+    v_tm = v.clone().requires_grad_(True)
+    s = fast_cuba.spike_tm(v_tm, threshold, tau_rho, scale_rho)
+    s.backward(g)
+    assert _bits(s, s_ref.detach()) and _bits(v_tm.grad, v_ref.grad)
+
+
+def _cuba_tm_vs_neuron(shape: tuple[int, ...], requires_grad: bool, seed: int) -> None:
+    torch.manual_seed(seed)
+    neuron = cuba.Neuron(threshold=80, current_decay=0.25, voltage_decay=0.03,
+                         tau_grad=1, scale_grad=0.5, scale=64, requires_grad=requires_grad)
+    neuron.threshold_eps = 0.5 / neuron.s_scale
+    z = torch.randn(shape) * 40
+    w = torch.randn(3, *shape)  # gradients for spikes, voltage, current (time-major)
+
+    # reference: the neuron itself on the time-last tensor
+    z_tl = z.movedim(1, -1).contiguous().requires_grad_(True)
+    current, voltage = neuron.dynamics(z_tl)
+    spikes = neuron.spike(voltage)
+    ref = [t.detach().movedim(-1, 1) for t in (current, voltage, spikes)]
+    loss = sum((t * wi.movedim(1, -1)).sum() for t, wi in zip((spikes, voltage, current), w))
+    loss.backward()
+    ref_grads = [z_tl.grad.movedim(-1, 1)]
+    if requires_grad:
+        ref_grads += [neuron.current_decay.grad.clone(), neuron.voltage_decay.grad.clone()]
+        neuron.current_decay.grad = neuron.voltage_decay.grad = None
+
+    # time-major
+    z_tm = z.clone().requires_grad_(True)
+    thr = neuron.threshold + neuron.threshold_eps
+    current = fast_cuba.li_dynamics_tm(z_tm, slayer.utils.quantize(neuron.current_decay),
+                                       neuron.s_scale)
+    voltage = fast_cuba.li_dynamics_tm(current, slayer.utils.quantize(neuron.voltage_decay),
+                                       neuron.s_scale, thr)
+    spikes = fast_cuba.spike_tm(voltage, thr, neuron.tau_rho * cuba.TAU_RHO_MULT,
+                                neuron.scale_rho * cuba.SCALE_RHO_MULT)
+    loss = sum((t * wi).sum() for t, wi in zip((spikes, voltage, current), w))
+    loss.backward()
+    grads = [z_tm.grad]
+    if requires_grad:
+        grads += [neuron.current_decay.grad, neuron.voltage_decay.grad]
+
+    for name, a, b in zip(("current", "voltage", "spikes"), (current, voltage, spikes), ref):
+        assert _bits(a.detach(), b), name
+    assert 0 < float(spikes.detach().sum()) < spikes.numel()  # the test exercises resets
+    for name, a, b in zip(("grad_input", "grad_current_decay", "grad_voltage_decay"),
+                          grads, ref_grads):
+        assert _bits(a, b), name
+
+
+@requires_ext
+@pytest.mark.parametrize("shape", [(1, 16, 5), (3, 16, 4, 6, 7), (2, 8, 16, 9, 9)])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_cuba_neuron_tm(shape, requires_grad):
+    _cuba_tm_vs_neuron(shape, requires_grad, seed=len(shape))
+
+
+@requires_ext
+def test_cuba_neuron_tm_installed_and_fast_kernels():
+    # Reference with install() (the fast time-last kernels) is the same too,
+    # and the time-major path runs only the time-major kernels.
+    fast_cuba.install()
+    _cuba_tm_vs_neuron((2, 8, 4, 6, 7), True, seed=9)
+
+    def run() -> None:
+        z = torch.randn(2, 8, 4, 6, 7, requires_grad=True)
+        d = torch.tensor([1024.0])
+        v = fast_cuba.li_dynamics_tm(fast_cuba.li_dynamics_tm(z, d, S_SCALE), d, S_SCALE, 0.5)
+        fast_cuba.spike_tm(v, 0.5, 50.0, 0.05).sum().backward()
+
+    with torch.profiler.profile() as prof:
+        run()
+    used = {e.name.split("::")[-1] for e in prof.events()
+            if e.name.startswith("lava_allnet_cuba")}
+    assert used == {"li_fwd_tm", "li_bwd_tm", "spike_fwd", "spike_grad_exponent",
+                    "spike_grad_scale_"}
+
+
+def test_tm_fallbacks_match_stock(monkeypatch):
+    # float64 and per-neuron decays go to stock on the permuted tensor; so does
+    # everything when the extension is unavailable.
+    torch.manual_seed(6)
+    x = torch.randn(2, 5, 3, 4) * 3
+    _tm_vs_stock(x.double(), torch.tensor([700.0], dtype=torch.float64), 0.5)
+    y = fast_cuba.li_dynamics_tm(x, torch.tensor([700.0, 100.0, 5.0, 9.0]), S_SCALE)
+    ref = STOCK_DYNAMICS(x.movedim(1, -1).contiguous(), torch.tensor([700.0, 100.0, 5.0, 9.0]),
+                         torch.zeros(1), S_SCALE)
+    assert _bits(y, ref.movedim(-1, 1))
+    monkeypatch.setattr(fast_cuba, "_ops", None)
+    monkeypatch.setattr(fast_cuba, "_load_attempted", True)
+    _tm_vs_stock(x, torch.tensor([700.0]), 0.5)
+    v = torch.randn(2, 5, 3)
+    assert _bits(fast_cuba.spike_tm(v, 0.5, 50.0, 0.05), (v >= 0.5).float())

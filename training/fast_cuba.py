@@ -32,6 +32,23 @@ Usage::
 Separately, :func:`tune_malloc` stops glibc from unmapping large freed
 tensors, which matters as much as the kernels at batch 16 (process-wide,
 opt-in).
+
+Time-major API (no install needed): :func:`li_dynamics_tm` and
+:func:`spike_tm` run the same dynamics and spike function directly on
+(N, T, *S) tensors, the layout of conv2d over (N*T, C, H, W) frames, so a
+model need not permute to SLAYER's time-last (N, *S, T) and back. Results are
+bit-identical to stock on the permuted tensor. A slayer ``cuba.Neuron``
+``neuron`` maps to them as::
+
+    thr = neuron.threshold + neuron.threshold_eps
+    current = li_dynamics_tm(z, quantize(neuron.current_decay), neuron.s_scale)
+    # (neuron.norm, if any, goes here, on the current)
+    voltage = li_dynamics_tm(current, quantize(neuron.voltage_decay), neuron.s_scale, thr)
+    spikes = spike_tm(voltage, thr, neuron.tau_rho * cuba.TAU_RHO_MULT,
+                      neuron.scale_rho * cuba.SCALE_RHO_MULT)
+
+(``quantize`` from ``lava.lib.dl.slayer.utils``; zero initial state only, i.e.
+no ``persistent_state``; non-graded spikes only.)
 """
 from __future__ import annotations
 
@@ -57,6 +74,7 @@ _shift_mod = sys.modules["lava.lib.dl.slayer.utils.time.shift"]
 
 __all__ = [
     "install", "uninstall", "is_installed", "available", "extension_dir", "tune_malloc",
+    "li_dynamics_tm", "spike_tm",
 ]
 
 _SOURCE = Path(__file__).resolve().parent / "csrc" / "cuba_dynamics.cpp"
@@ -183,6 +201,16 @@ def _match_layout(result: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(like).copy_(result)
 
 
+def _scalars_ok(threshold: Any, w_scale: Any) -> bool:
+    """Whether threshold and w_scale are Python scalars the kernels take as is."""
+    if type(w_scale) is not int or not _INT64_MIN <= w_scale <= _INT64_MAX:
+        return False
+    if type(threshold) not in (int, float):
+        return False  # tensor thresholds etc.: leave to stock
+    scaled = threshold * w_scale
+    return not (isinstance(scaled, int) and not _INT64_MIN <= scaled <= _INT64_MAX)
+
+
 def _li_fast_path_ok(
     input: Any, decay: Any, state: Any, threshold: Any, w_scale: Any
 ) -> bool:
@@ -194,12 +222,7 @@ def _li_fast_path_ok(
         and state.is_cpu
     ):
         return False
-    if type(w_scale) is not int or not _INT64_MIN <= w_scale <= _INT64_MAX:
-        return False
-    if type(threshold) not in (int, float):
-        return False  # tensor thresholds etc.: leave to stock
-    scaled = threshold * w_scale
-    if isinstance(scaled, int) and not _INT64_MIN <= scaled <= _INT64_MAX:
+    if not _scalars_ok(threshold, w_scale):
         return False
     shape = input.shape[:-1]
     if state.shape == shape and _trailing_decay(decay, shape):
@@ -213,6 +236,18 @@ def _li_fast_path_ok(
 # --------------------------------------------------------------------------
 # leaky integrator
 # --------------------------------------------------------------------------
+def _reset_mode(threshold: float | int, w_scale: int) -> tuple[int, float, int]:
+    """(mode, float threshold, int threshold) of li_fwd for stock's arguments."""
+    threshold = threshold * w_scale  # stock: `threshold *= w_scale`
+    if threshold > 0:
+        mode = _INT_THRESHOLD if isinstance(threshold, int) else _FLOAT_THRESHOLD
+    else:
+        mode = _NO_RESET
+    thr_f = float(threshold) if mode == _FLOAT_THRESHOLD else 0.0
+    thr_i = int(threshold) if mode == _INT_THRESHOLD else 0
+    return mode, thr_f, thr_i
+
+
 def _fast_li_dynamics_fwd(
     input: torch.Tensor,
     decay: torch.Tensor,
@@ -221,13 +256,7 @@ def _fast_li_dynamics_fwd(
     w_scale: int,
 ) -> torch.Tensor:
     """``_li_dynamics_fwd(..., dtype=torch.int64)`` with the loop in C++."""
-    threshold = threshold * w_scale  # stock: `threshold *= w_scale`
-    if threshold > 0:
-        mode = _INT_THRESHOLD if isinstance(threshold, int) else _FLOAT_THRESHOLD
-    else:
-        mode = _NO_RESET
-    thr_f = float(threshold) if mode == _FLOAT_THRESHOLD else 0.0
-    thr_i = int(threshold) if mode == _INT_THRESHOLD else 0
+    mode, thr_f, thr_i = _reset_mode(threshold, w_scale)
 
     shape = input.shape[:-1]
     if (
@@ -413,13 +442,141 @@ def _fast_spike_backward(ctx: Any, grad_spikes: torch.Tensor) -> tuple[Any, ...]
         or _load_ops() is None
     ):
         return _stock("spike_backward")(ctx, grad_spikes)
-    # scale_rho / 2 / tau_rho * torch.exp(-torch.abs(voltage - threshold)
-    # / tau_rho) * grad_spikes, with the same float32 roundings.
-    exponent = _ops.spike_grad_exponent(voltage, threshold.item(), tau_rho.item())
-    exponent.exp_()  # torch's own exp kernel, as stock
-    coef = scale_rho / 2 / tau_rho
-    grad = _ops.spike_grad_scale_(exponent, coef.item(), grad_spikes)
+    coef = scale_rho / 2 / tau_rho  # 0-dim float32 ops, as stock
+    grad = _spike_grad(voltage, threshold.item(), tau_rho.item(), coef.item(), grad_spikes)
     return grad, None, None, None, None, None, None
+
+
+def _spike_grad(
+    voltage: torch.Tensor, threshold: float, tau_rho: float, coef: float, grad: torch.Tensor
+) -> torch.Tensor:
+    """Stock's non-graded ``scale_rho / 2 / tau_rho * torch.exp(-torch.abs(voltage
+    - threshold) / tau_rho) * grad`` with the same float32 roundings (``coef`` =
+    ``scale_rho / 2 / tau_rho`` and ``tau_rho`` already rounded as stock's
+    float32 tensors; contiguous float32 ``voltage`` and ``grad``)."""
+    exponent = _ops.spike_grad_exponent(voltage, threshold, tau_rho)
+    exponent.exp_()  # torch's own exp kernel, as stock
+    return _ops.spike_grad_scale_(exponent, coef, grad)
+
+
+# --------------------------------------------------------------------------
+# time-major API
+# --------------------------------------------------------------------------
+class _LIDynamicsTM(torch.autograd.Function):
+    """Leaky integrator on (N, T, *S), zero state, one shared decay (C++)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, decay: torch.Tensor, threshold: float | int, w_scale: int
+    ) -> torch.Tensor:
+        mode, thr_f, thr_i = _reset_mode(threshold, w_scale)
+        y = _ops.li_fwd_tm(x, decay.detach(), w_scale, mode, thr_f, thr_i)
+        # y is only needed for the decay gradient; not saving it otherwise
+        # lets a caller free e.g. the current early.
+        ctx.save_for_backward(decay, y if ctx.needs_input_grad[1] else None)
+        return y
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_y: torch.Tensor
+    ) -> tuple[Optional[torch.Tensor], ...]:
+        decay, y = ctx.saved_tensors
+        grad_x = _ops.li_bwd_tm(grad_y.contiguous(), decay.detach())
+        grad_decay = None
+        if ctx.needs_input_grad[1]:
+            # Stock: torch.sum(flatten(grad_input[..., 1:] * output[..., :-1]))
+            # on time-last tensors. Float sums depend on the order, so the
+            # terms are laid out time-last and summed by the same torch call.
+            terms = _ops.li_decay_terms_tm(grad_x, y)
+            grad_decay = torch.sum(terms.flatten(), dim=0, keepdim=True)
+        return grad_x, grad_decay, None, None
+
+
+def _stock_li_dynamics_tm(
+    x: torch.Tensor, decay: torch.Tensor, w_scale: int, threshold: Optional[float]
+) -> torch.Tensor:
+    """Reference/fallback: stock dynamics on the time-last permutation."""
+    x_tl = x.movedim(1, -1).contiguous()
+    state = torch.zeros(x_tl.shape[:-1], dtype=x.dtype, device=x.device)
+    y = _stock("dynamics")(x_tl, decay, state, w_scale, threshold)
+    return y.movedim(-1, 1).contiguous()
+
+
+def li_dynamics_tm(
+    x: torch.Tensor,
+    decay: torch.Tensor,
+    w_scale: int,
+    threshold: Optional[float] = None,
+) -> torch.Tensor:
+    """SLAYER's ``leaky_integrator.dynamics`` on a time-major tensor.
+
+    x: (N, T, *S) float32, e.g. (N, T, C, H, W); decay: the quantized integer
+    decay, numel 1 (``quantize(neuron.current_decay)``); w_scale: the state
+    scale (``neuron.s_scale``); threshold: None (no reset) or the reset
+    threshold (``neuron.threshold + neuron.threshold_eps``). Zero initial state.
+
+    Returns y (N, T, *S) contiguous, bit-identical to stock ``dynamics(
+    x.movedim(1, -1).contiguous(), decay, zeros, w_scale, threshold)
+    .movedim(-1, 1)``; autograd gives stock's gradients for x and decay (the
+    decay gradient is only computed when decay requires grad). CPU float32
+    with a shared decay runs the C++ kernels; anything else (CUDA, other
+    dtypes, per-neuron decays, no compiler) runs stock on the permuted tensor.
+    """
+    thr: Any = -1 if threshold is None else threshold  # as stock: -1 = no reset
+    if (
+        _is_cpu_f32(x)
+        and x.dim() >= 2
+        and _is_cpu_f32(decay)
+        and decay.numel() == 1
+        and _scalars_ok(thr, w_scale)
+        and _load_ops() is not None
+    ):
+        return _LIDynamicsTM.apply(x.contiguous(), decay, thr, w_scale)
+    return _stock_li_dynamics_tm(x, decay, w_scale, threshold)
+
+
+class _SpikeTM(torch.autograd.Function):
+    """Non-graded ``Spike``; elementwise, so any layout (C++)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, voltage: torch.Tensor, threshold: float, tau_rho: float, coef: float
+    ) -> torch.Tensor:
+        ctx.save_for_backward(voltage)
+        ctx.consts = (threshold, tau_rho, coef)
+        return _ops.spike_fwd(voltage, threshold)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_spikes: torch.Tensor
+    ) -> tuple[Optional[torch.Tensor], ...]:
+        (voltage,) = ctx.saved_tensors
+        grad = _spike_grad(voltage, *ctx.consts, grad_spikes.contiguous())
+        return grad, None, None, None
+
+
+def spike_tm(
+    voltage: torch.Tensor, threshold: float, tau_rho: float, scale_rho: float
+) -> torch.Tensor:
+    """SLAYER's non-graded spike function, for any layout (e.g. time-major).
+
+    Same spikes and input gradient bits as stock ``Spike.apply(voltage,
+    threshold, tau_rho, scale_rho, False, state, 1)``; from a cuba.Neuron pass
+    ``neuron.threshold + neuron.threshold_eps``, ``neuron.tau_rho *
+    cuba.TAU_RHO_MULT`` and ``neuron.scale_rho * cuba.SCALE_RHO_MULT``.
+    """
+    if (
+        _is_cpu_f32(voltage)
+        and type(threshold) in (int, float)
+        and type(tau_rho) in (int, float)
+        and type(scale_rho) in (int, float)
+        and _load_ops() is not None
+    ):
+        # Stock keeps these as float32 tensors; round them the same way.
+        tau = torch.tensor(tau_rho, dtype=torch.float32)
+        coef = torch.tensor(scale_rho, dtype=torch.float32) / 2 / tau
+        return _SpikeTM.apply(voltage.contiguous(), float(threshold), tau.item(), coef.item())
+    return _Spike.apply(voltage, threshold, tau_rho, scale_rho, False, 0, 1)
 
 
 # --------------------------------------------------------------------------

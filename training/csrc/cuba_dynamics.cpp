@@ -15,7 +15,9 @@
 //   * backward g = decay * g + grad    -> float32 multiply, then add; built
 //     with -ffp-contract=off so the compiler never fuses them into an FMA.
 //
-// Tensors are contiguous [..., T] (M neurons, time innermost). Decays are 1-D
+// Time-last kernels take contiguous [..., T] tensors (M neurons, time
+// innermost); the *_tm kernels take the time-major [N, T, M] layout instead
+// (see the section "time-major layout" below). Decays are 1-D
 // of length D with neuron m using decay[m % D]: D == 1 (shared), D == last
 // spatial dim (torch's trailing-dim broadcast of a per-channel decay against
 // [N, C]) or D == M (pre-expanded by the caller).
@@ -78,6 +80,23 @@ inline int64_t right_shift_to_zero(int64_t x) {
 
 inline int64_t decay_index(int64_t m, int64_t num_decay) {
   return num_decay == 1 ? 0 : m % num_decay;
+}
+
+// stock `(1 << 12) - decay.to(int64)` for one raw float32 decay (wrapping).
+inline int64_t decay_int_of(float raw) {
+  return static_cast<int64_t>(static_cast<uint64_t>(kMaxDecay) -
+                              static_cast<uint64_t>(static_cast<int64_t>(raw)));
+}
+
+// stock backward factor `1 - decay / (1 << 12)`, each op rounded to float32.
+inline float bwd_factor(float raw) {
+  const float scaled = raw / static_cast<float>(kMaxDecay);
+  return 1.0f - scaled;
+}
+
+// x / 2^k == x * 2^-k exactly; 2^-k is a normal float for these.
+inline bool pow2_scale(int64_t w_scale) {
+  return w_scale > 0 && w_scale <= (int64_t{1} << 62) && (w_scale & (w_scale - 1)) == 0;
 }
 
 // Neurons per parallel task: enough work to amortise the thread hand-off.
@@ -218,17 +237,22 @@ LAVA_ALLNET_AVX2 inline __m128 fwd_step(Lanes4& l, __m256d& ok, __m128 x,
   return _mm_div_ps(v_f, c.w_scale);
 }
 
-// decay_scaled[i] = decay[i] / 4096 as double (exact).
-template <bool Reset, bool Pow2Scale>
-LAVA_ALLNET_AVX2 void fwd_avx2(const FwdArgs& a, const double* decay_scaled, double spike_at,
-                               int64_t begin, int64_t end) {
+LAVA_ALLNET_AVX2 inline FwdConsts make_fwd_consts(float w_scale, double spike_at) {
   FwdConsts c;
-  c.w_scale = _mm_set1_ps(a.w_scale);
-  c.inv_w_scale = _mm_set1_ps(1.0f / a.w_scale);
+  c.w_scale = _mm_set1_ps(w_scale);
+  c.inv_w_scale = _mm_set1_ps(1.0f / w_scale);
   c.zero_f = _mm_setzero_ps();
   c.spike_at = _mm256_set1_pd(spike_at);
   c.lim = _mm256_set1_pd(kExactLimit);
   c.abs_mask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL));
+  return c;
+}
+
+// decay_scaled[i] = decay[i] / 4096 as double (exact).
+template <bool Reset, bool Pow2Scale>
+LAVA_ALLNET_AVX2 void fwd_avx2(const FwdArgs& a, const double* decay_scaled, double spike_at,
+                               int64_t begin, int64_t end) {
+  const FwdConsts c = make_fwd_consts(a.w_scale, spike_at);
   const int64_t steps = a.steps;
   const int64_t num_decay = a.num_decay;
 
@@ -387,9 +411,7 @@ at::Tensor li_fwd(const at::Tensor& input, const at::Tensor& state, const at::Te
   std::vector<int64_t> decay_int(num_decay);
   if (decay.scalar_type() == at::kFloat) {
     const float* src = decay.const_data_ptr<float>();
-    for (int64_t i = 0; i < num_decay; ++i)
-      decay_int[i] = static_cast<int64_t>(
-          static_cast<uint64_t>(kMaxDecay) - static_cast<uint64_t>(static_cast<int64_t>(src[i])));
+    for (int64_t i = 0; i < num_decay; ++i) decay_int[i] = decay_int_of(src[i]);
   } else {
     const int64_t* src = decay.const_data_ptr<int64_t>();
     std::copy(src, src + num_decay, decay_int.begin());
@@ -410,9 +432,7 @@ at::Tensor li_fwd(const at::Tensor& input, const at::Tensor& state, const at::Te
 
   bool simd = false;
 #ifdef LAVA_ALLNET_X86
-  // x / 2^k == x * 2^-k exactly; 2^-k is a normal float for these.
-  const bool pow2 = w_scale > 0 && w_scale <= (int64_t{1} << 62) &&
-                    (w_scale & (w_scale - 1)) == 0;
+  const bool pow2 = pow2_scale(w_scale);
   simd = has_avx2() && mode != kIntThreshold &&
          std::all_of(decay_int.begin(), decay_int.end(),
                      [](int64_t d) { return d >= -kMaxDecay && d <= kMaxDecay; });
@@ -450,10 +470,7 @@ at::Tensor li_bwd(const at::Tensor& grad_output, const at::Tensor& decay) {
   const int64_t num_decay = decay.numel();
   std::vector<float> factor(num_decay);
   const float* src = decay.const_data_ptr<float>();
-  for (int64_t i = 0; i < num_decay; ++i) {
-    const float scaled = src[i] / static_cast<float>(kMaxDecay);  // rounded, as torch
-    factor[i] = 1.0f - scaled;
-  }
+  for (int64_t i = 0; i < num_decay; ++i) factor[i] = bwd_factor(src[i]);
 
   at::Tensor grad_input = at::empty_like(grad_output);
   const float* go = grad_output.const_data_ptr<float>();
@@ -470,6 +487,249 @@ at::Tensor li_bwd(const at::Tensor& grad_output, const at::Tensor& decay) {
     bwd_scalar(go, dc, num_decay, gi, steps, begin, end);
   });
   return grad_input;
+}
+
+// ---------------------------------------------------------------------------
+// Time-major layout: contiguous [N, T, M] (batch, time, M neurons innermost),
+// i.e. conv2d's (N*T, C, H, W) frames. Zero initial state, one shared decay.
+// The recursion runs t outer and neurons inner, so SIMD lanes are contiguous
+// neurons (no transposes). One parallel task is a chunk of <= kTmChunk
+// neurons of one sample, whose state lives in a small (L1) buffer.
+// ---------------------------------------------------------------------------
+constexpr int64_t kTmChunk = 512;
+
+struct TmDims {
+  int64_t batch, steps, neurons, chunks;
+};
+
+TmDims tm_dims(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() >= 2 && x.is_contiguous() && x.scalar_type() == at::kFloat && x.is_cpu(),
+              name, ": expected a contiguous CPU float32 [N, T, ...] tensor");
+  TmDims d;
+  d.batch = x.size(0);
+  d.steps = x.size(1);
+  d.neurons = d.batch * d.steps == 0 ? 0 : x.numel() / (d.batch * d.steps);
+  d.chunks = (d.neurons + kTmChunk - 1) / kTmChunk;
+  return d;
+}
+
+// Runs fn(n, m0, m1) over every (sample, neuron chunk) in parallel.
+template <typename F>
+void tm_parallel(const TmDims& d, const F& fn) {
+  const int64_t units = d.batch * d.chunks;
+  const int64_t work = d.steps * std::min(d.neurons, kTmChunk);
+  at::parallel_for(0, units, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, work)),
+                   [&](int64_t begin, int64_t end) {
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t m0 = (u % d.chunks) * kTmChunk;
+      fn(u / d.chunks, m0, std::min(m0 + kTmChunk, d.neurons));
+    }
+  });
+}
+
+struct TmArgs {
+  const float* in;
+  float* out;
+  int64_t steps, neurons;
+  int64_t decay;  // 4096 - raw decay
+  float w_scale;
+  float thr_f;
+  int64_t thr_i;
+  int64_t mode;
+};
+
+// Exact scalar forward of neurons [m0, m1) of sample n (the reference for the
+// SIMD path; same per-element ops as fwd_neuron).
+template <int64_t Mode>
+void fwd_tm_scalar_mode(const TmArgs& a, int64_t n, int64_t m0, int64_t m1) {
+  int64_t state[kTmChunk] = {};
+  for (int64_t t = 0; t < a.steps; ++t) {
+    const int64_t row = (n * a.steps + t) * a.neurons;
+    const float* x = a.in + row;
+    float* y = a.out + row;
+    for (int64_t m = m0; m < m1; ++m) {
+      int64_t& s = state[m - m0];
+      const float scaled = a.w_scale * x[m];
+      const int64_t v = wrap_add(right_shift_to_zero(wrap_mul(s, a.decay)),
+                                 static_cast<int64_t>(scaled));
+      const float v_f = static_cast<float>(v);
+      y[m] = v_f / a.w_scale;
+      if constexpr (Mode == kFloatThreshold) {
+        s = v_f >= a.thr_f ? 0 : v;
+      } else if constexpr (Mode == kIntThreshold) {
+        s = v >= a.thr_i ? 0 : v;
+      } else {
+        s = v;
+      }
+    }
+  }
+}
+
+void fwd_tm_scalar(const TmArgs& a, int64_t n, int64_t m0, int64_t m1) {
+  switch (a.mode) {
+    case kFloatThreshold: fwd_tm_scalar_mode<kFloatThreshold>(a, n, m0, m1); break;
+    case kIntThreshold: fwd_tm_scalar_mode<kIntThreshold>(a, n, m0, m1); break;
+    default: fwd_tm_scalar_mode<kNoReset>(a, n, m0, m1);
+  }
+}
+
+void bwd_tm_scalar(const float* go, float d, float* gi, int64_t neurons, int64_t t,
+                   int64_t m0, int64_t m1) {
+  const float* g_out = go + t * neurons;
+  const float* next = gi + (t + 1) * neurons;
+  float* g_in = gi + t * neurons;
+  for (int64_t m = m0; m < m1; ++m) {
+    const float decayed = d * next[m];  // rounded to float32 before the add
+    g_in[m] = decayed + g_out[m];
+  }
+}
+
+#ifdef LAVA_ALLNET_X86
+// SIMD forward of neurons [m0, m1) of sample n, (m1 - m0) % 4 == 0, with the
+// same double-state scheme as fwd_avx2 (fwd_step). Returns false if a value
+// left the exact range; the caller then recomputes these neurons exactly.
+template <bool Reset, bool Pow2Scale>
+LAVA_ALLNET_AVX2 bool fwd_tm_avx2(const TmArgs& a, double spike_at, int64_t n, int64_t m0,
+                                  int64_t m1) {
+  const FwdConsts c = make_fwd_consts(a.w_scale, spike_at);
+  const __m256d decay = _mm256_set1_pd(static_cast<double>(a.decay) / kMaxDecay);
+  alignas(32) double state[kTmChunk] = {};
+  __m256d ok = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+  for (int64_t t = 0; t < a.steps; ++t) {
+    const int64_t row = (n * a.steps + t) * a.neurons;
+    const float* x = a.in + row;
+    float* y = a.out + row;
+    for (int64_t m = m0; m < m1; m += kLanes) {
+      double* s = state + (m - m0);
+      Lanes4 l{_mm256_load_pd(s), decay};
+      _mm_storeu_ps(y + m, fwd_step<Reset, Pow2Scale>(l, ok, _mm_loadu_ps(x + m), c));
+      _mm256_store_pd(s, l.s);
+    }
+  }
+  return _mm256_movemask_pd(ok) == 0xF;
+}
+
+LAVA_ALLNET_AVX2 void bwd_tm_avx2(const float* go, float d, float* gi, int64_t neurons, int64_t t,
+                                  int64_t m0, int64_t m1) {
+  const float* g_out = go + t * neurons;
+  const float* next = gi + (t + 1) * neurons;
+  float* g_in = gi + t * neurons;
+  const __m256 dv = _mm256_set1_ps(d);
+  int64_t m = m0;
+  for (; m + 8 <= m1; m += 8) {
+    const __m256 decayed = _mm256_mul_ps(dv, _mm256_loadu_ps(next + m));
+    _mm256_storeu_ps(g_in + m, _mm256_add_ps(decayed, _mm256_loadu_ps(g_out + m)));
+  }
+  bwd_tm_scalar(go, d, gi, neurons, t, m, m1);
+}
+#endif  // LAVA_ALLNET_X86
+
+// float32 raw decay of numel 1 (stock passes quantize(decay), shape [1]).
+float tm_decay(const at::Tensor& decay, const char* name) {
+  TORCH_CHECK(decay.is_cpu() && decay.scalar_type() == at::kFloat && decay.numel() == 1,
+              name, ": decay must be a CPU float32 tensor with one element");
+  return decay.contiguous().const_data_ptr<float>()[0];
+}
+
+// Time-major forward: input [N, T, ...] from a zero state; the output equals
+// stock's on input.movedim(1, -1), moved back. mode/thresholds as li_fwd.
+at::Tensor li_fwd_tm(const at::Tensor& input, const at::Tensor& decay, int64_t w_scale,
+                     int64_t mode, double threshold_f, int64_t threshold_i) {
+  const TmDims d = tm_dims(input, "li_fwd_tm");
+  TORCH_CHECK(mode >= kNoReset && mode <= kIntThreshold, "li_fwd_tm: bad mode");
+  at::Tensor output = at::empty_like(input);
+  if (output.numel() == 0) return output;
+  TmArgs a;
+  a.in = input.const_data_ptr<float>();
+  a.out = output.mutable_data_ptr<float>();
+  a.steps = d.steps;
+  a.neurons = d.neurons;
+  a.decay = decay_int_of(tm_decay(decay, "li_fwd_tm"));
+  a.w_scale = static_cast<float>(w_scale);
+  a.thr_f = static_cast<float>(threshold_f);
+  a.thr_i = threshold_i;
+  a.mode = mode;
+
+#ifdef LAVA_ALLNET_X86
+  const bool simd = has_avx2() && mode != kIntThreshold && a.decay >= -kMaxDecay &&
+                    a.decay <= kMaxDecay;
+  const bool pow2 = pow2_scale(w_scale);
+  const double spike_at = spike_boundary(a.thr_f);
+  const bool reset = mode == kFloatThreshold;
+  auto kernel = reset ? (pow2 ? fwd_tm_avx2<true, true> : fwd_tm_avx2<true, false>)
+                      : (pow2 ? fwd_tm_avx2<false, true> : fwd_tm_avx2<false, false>);
+#endif
+  tm_parallel(d, [&](int64_t n, int64_t m0, int64_t m1) {
+#ifdef LAVA_ALLNET_X86
+    if (simd) {
+      const int64_t m_vec = m0 + (m1 - m0) / kLanes * kLanes;
+      if (!kernel(a, spike_at, n, m0, m_vec)) fwd_tm_scalar(a, n, m0, m_vec);
+      fwd_tm_scalar(a, n, m_vec, m1);
+      return;
+    }
+#endif
+    fwd_tm_scalar(a, n, m0, m1);
+  });
+  return output;
+}
+
+// Time-major backward: grad_input[n, t] = f * grad_input[n, t + 1] +
+// grad_output[n, t] with stock's f = 1 - decay / 4096 (float32 ops).
+at::Tensor li_bwd_tm(const at::Tensor& grad_output, const at::Tensor& decay) {
+  const TmDims d = tm_dims(grad_output, "li_bwd_tm");
+  at::Tensor grad_input = at::empty_like(grad_output);
+  if (grad_input.numel() == 0) return grad_input;
+  const float f = bwd_factor(tm_decay(decay, "li_bwd_tm"));
+  const float* go = grad_output.const_data_ptr<float>();
+  float* gi = grad_input.mutable_data_ptr<float>();
+  const int64_t sample = d.steps * d.neurons;
+  tm_parallel(d, [&](int64_t n, int64_t m0, int64_t m1) {
+    const float* g_out = go + n * sample;
+    float* g_in = gi + n * sample;
+    // Last step is a plain copy (no 0 * f + g, which would turn -0 into +0).
+    const int64_t last = (d.steps - 1) * d.neurons;
+    std::copy(g_out + last + m0, g_out + last + m1, g_in + last + m0);
+    for (int64_t t = d.steps - 2; t >= 0; --t) {
+#ifdef LAVA_ALLNET_X86
+      if (has_avx2()) {
+        bwd_tm_avx2(g_out, f, g_in, d.neurons, t, m0, m1);
+        continue;
+      }
+#endif
+      bwd_tm_scalar(g_out, f, g_in, d.neurons, t, m0, m1);
+    }
+  });
+  return grad_input;
+}
+
+// The terms of stock's shared-decay gradient, grad_input[..., 1:] *
+// output[..., :-1], from time-major tensors but laid out time-last
+// [N, M, T - 1]: torch.sum over it then adds them in stock's order.
+at::Tensor li_decay_terms_tm(const at::Tensor& grad_input, const at::Tensor& output) {
+  const TmDims d = tm_dims(grad_input, "li_decay_terms_tm");
+  tm_dims(output, "li_decay_terms_tm");
+  TORCH_CHECK(grad_input.sizes() == output.sizes(), "li_decay_terms_tm: size mismatch");
+  const int64_t lag = std::max<int64_t>(d.steps - 1, 0);
+  at::Tensor terms = at::empty({d.batch, d.neurons, lag}, grad_input.options());
+  if (terms.numel() == 0) return terms;
+  const float* gi = grad_input.const_data_ptr<float>();
+  const float* y = output.const_data_ptr<float>();
+  float* o = terms.mutable_data_ptr<float>();
+  constexpr int64_t kBlockM = 64;  // contiguous reads; writes stay in L1
+  tm_parallel(d, [&](int64_t n, int64_t m0, int64_t m1) {
+    const float* g_n = gi + n * d.steps * d.neurons;
+    const float* y_n = y + n * d.steps * d.neurons;
+    float* o_n = o + n * d.neurons * lag;
+    for (int64_t mb = m0; mb < m1; mb += kBlockM) {
+      const int64_t me = std::min(mb + kBlockM, m1);
+      for (int64_t t = 0; t < lag; ++t) {
+        const float* g_row = g_n + (t + 1) * d.neurons;
+        const float* y_row = y_n + t * d.neurons;
+        for (int64_t m = mb; m < me; ++m) o_n[m * lag + t] = g_row[m] * y_row[m];
+      }
+    }
+  });
+  return terms;
 }
 
 // slayer Spike.forward (non-graded): (voltage >= threshold).to(float32); torch
@@ -556,6 +816,9 @@ at::Tensor time_shift(const at::Tensor& input, int64_t shift) {
 TORCH_LIBRARY(lava_allnet_cuba, m) {
   m.def("li_fwd", &li_fwd);
   m.def("li_bwd", &li_bwd);
+  m.def("li_fwd_tm", &li_fwd_tm);
+  m.def("li_bwd_tm", &li_bwd_tm);
+  m.def("li_decay_terms_tm", &li_decay_terms_tm);
   m.def("spike_fwd", &spike_fwd);
   m.def("spike_grad_exponent", &spike_grad_exponent);
   m.def("spike_grad_scale_", &spike_grad_scale_);
