@@ -223,7 +223,7 @@ def grad_cam(net, image_uint8: np.ndarray, layer: str | None = None, class_index
             h = net.encode(torch.from_numpy(image_uint8[None]))
             out = net(h, keep=tuple(convs))
         for n in convs:
-            sizes[n] = out.activations[n].shape[2]
+            sizes[n] = out.activations[n].shape[3]
         layer = max((n for n in convs if sizes[n] >= 8), key=convs.index, default=convs[-1])
     if layer not in convs:
         raise ValueError(f"layer {layer!r} is not a conv layer; choose one of {convs}")
@@ -231,15 +231,15 @@ def grad_cam(net, image_uint8: np.ndarray, layer: str | None = None, class_index
     x = net.encode(torch.from_numpy(image_uint8[None]))
     with torch.enable_grad():
         out = net(x, keep=(layer,))
-        act = out.activations[layer]  # (1, C, H, W, T)
+        act = out.activations[layer]  # (1, T, C, H, W)
         act.retain_grad()
         pred = int(out.predictions()[0])
         k = pred if class_index is None else class_index
         out.class_counts[0, k].backward()
-    grad = act.grad.detach()[0]  # (C, H, W, T)
+    grad = act.grad.detach()[0]  # (T, C, H, W)
     a = act.detach()[0]
-    weights = grad.mean(dim=(1, 2, 3))  # (C,)
-    cam = torch.relu((weights[:, None, None] * a.sum(-1)).sum(0))
+    weights = grad.mean(dim=(0, 2, 3))  # (C,)
+    cam = torch.relu((weights[:, None, None] * a.sum(0)).sum(0))
     if cam.max() > 0:
         cam = cam / cam.max()
     cam_up = F.interpolate(cam[None, None], size=image_uint8.shape[1:], mode="bilinear", align_corners=False)[0, 0]

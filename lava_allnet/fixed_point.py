@@ -244,24 +244,22 @@ class SEFixedPoint:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The gate in exact integer arithmetic (float64), differentiable by STE.
 
-        spikes: (N, C, H, W, T) binary. Returns (gated spikes, a1 (N,J,T),
-        the two ReLU rows (N,2C,T) that Lava's clamp uses, gate (N,C,T)).
+        spikes: (N, T, C, H, W) binary, time-major. Returns (gated spikes,
+        a1 (N, T, J), the two ReLU rows (N, T, 2C) that Lava's clamp uses,
+        gate (N, T, C)).
         """
-        s64 = spikes.double()
-        count = s64.sum(dim=(2, 3))  # (N, C, T)
+        count = spikes.double().sum(dim=(3, 4))  # (N, T, C)
         m1 = (quantize_weight(w1) * WEIGHT_SCALE).double()
         m2 = (quantize_weight(w2) * WEIGHT_SCALE).double()
         bias1 = self.bias_mantissa(b1, 1).double() * (2 ** self.bias1_exp)
         bias2 = self.bias_mantissa(b2, 2).double() * (2 ** self.bias2_exp)
-        s1 = torch.einsum("jc,nct->njt", m1, count)
-        a1 = torch.relu(floor_ste(s1 / 2 ** self.squeeze_exp) + bias1[None, :, None])
-        s2 = torch.einsum("cj,njt->nct", m2, a1)
-        z2 = floor_ste(s2 / 2 ** self.excite_exp) + bias2[None, :, None]
+        a1 = torch.relu(floor_ste(count @ m1.t() / 2 ** self.squeeze_exp) + bias1)
+        z2 = floor_ste(a1 @ m2.t() / 2 ** self.excite_exp) + bias2
         upper = torch.relu(z2 - self.gate_levels)
         lower = torch.relu(z2)
         gate = lower - upper  # == clamp(z2, 0, G), exactly as the Lava graph computes it
-        out = spikes * gate.to(spikes.dtype)[:, :, None, None, :]
-        return out, a1, torch.cat([lower, upper], dim=1), gate
+        out = spikes * gate.to(spikes.dtype)[..., None, None]
+        return out, a1, torch.cat([lower, upper], dim=2), gate
 
 
 def gate_message_bits(gate_levels: int) -> int:

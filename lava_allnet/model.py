@@ -57,28 +57,6 @@ def _neuron(cfg: NeuronConfig, channels: int = 0):
 _STOCK_SYNAPSE = False
 
 
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward hands on a contiguous gradient.
-
-    The conv2d path permutes spikes to (N*T, C, H, W), so the gradient reaching
-    the spike function arrives permuted; the fast CPU spike backward needs it
-    contiguous (else it falls back to seven stock passes). Values are unchanged.
-    """
-
-    @staticmethod
-    def forward(ctx, x):  # type: ignore[override]
-        return x
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        return grad.contiguous()
-
-
-def _spikes(neuron, voltage: torch.Tensor) -> torch.Tensor:
-    s = neuron.spike(voltage)
-    return _ContiguousGrad.apply(s) if s.requires_grad else s
-
-
 @contextlib.contextmanager
 def stock_synapses():
     """Compute synapses with lava-dl's own SLAYER layers (conv3d), not our conv2d path.
@@ -122,15 +100,45 @@ class _Conv2d(torch.autograd.Function):
         return gx, gw, None, None, None, None
 
 
-def _to_time_major(x: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W, T) → (N*T, C, H, W) for conv2d."""
-    n, c, h, w, t = x.shape
-    return x.permute(0, 4, 1, 2, 3).reshape(n * t, c, h, w)
+def _norm_tm(norm, current: torch.Tensor) -> torch.Tensor:
+    """SLAYER's MeanOnlyBatchNorm on a time-major (N, T, C, ...) current.
+
+    Same rule as ``MeanOnlyBatchNorm.forward`` (batch mean while training,
+    running mean otherwise, quantised by its pre-hook), with the channel on
+    axis 2 instead of 1. At inference (running mean) it is exact.
+    """
+    c = current.shape[2]
+    if norm.training and norm.update:
+        mean = current.transpose(1, 2).reshape(current.shape[0], c, -1).mean(dim=(0, 2))
+        with torch.no_grad():
+            norm.running_mean = (1 - norm.momentum) * norm.running_mean + norm.momentum * mean
+    else:
+        mean = norm.running_mean
+    shape = (1, 1, c) + (1,) * (current.dim() - 3)
+    return current - norm.pre_hook_fx(mean.view(shape))
 
 
-def _from_time_major(y: torch.Tensor, n: int, t: int) -> torch.Tensor:
-    _, c, h, w = y.shape
-    return y.reshape(n, t, c, h, w).permute(0, 2, 3, 4, 1)
+def cuba(neuron, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A SLAYER CUBA neuron on time-major input z (N, T, ...): (spikes, current), time-major.
+
+    Equal bit for bit to ``neuron.dynamics`` + ``neuron.spike`` on the time-last
+    tensor (SLAYER's layout), without the permute copies (training/fast_cuba).
+    Under :func:`stock_synapses` it runs lava-dl's own code on that layout.
+    """
+    if _STOCK_SYNAPSE:
+        current, voltage = neuron.dynamics(z.movedim(1, -1).contiguous())
+        return neuron.spike(voltage).movedim(-1, 1).contiguous(), current.movedim(-1, 1)
+    from training import fast_cuba
+
+    q = slayer().utils.quantize
+    thr = neuron.threshold + neuron.threshold_eps
+    current = fast_cuba.li_dynamics_tm(z, q(neuron.current_decay), neuron.s_scale)
+    driven = current if neuron.norm is None else _norm_tm(neuron.norm, current)
+    voltage = fast_cuba.li_dynamics_tm(driven, q(neuron.voltage_decay), neuron.s_scale, thr)
+    cuba_mod = slayer().neuron.cuba
+    spikes = fast_cuba.spike_tm(voltage, thr, neuron.tau_rho * cuba_mod.TAU_RHO_MULT,
+                                neuron.scale_rho * cuba_mod.SCALE_RHO_MULT)
+    return spikes, current
 
 
 class ConvBlock(torch.nn.Module):
@@ -169,27 +177,25 @@ class ConvBlock(torch.nn.Module):
         """Quantised weight (out, in, kH, kW)."""
         return fx.quantize_weight(self.synapse.weight)[..., 0]
 
-    def synaptic_input(self, x: torch.Tensor) -> torch.Tensor:
+    def synaptic_input(self, x: torch.Tensor, time_steps: int) -> torch.Tensor:
+        """Time-major synaptic current (N, T, C, H, W) from x (N, T, C, H, W) or a constant (N, C, H, W)."""
         s = self.synapse
-        if _STOCK_SYNAPSE:
-            # lava-dl's own path (conv3d over NCHWT), for benchmarks and tests
-            if x.dim() == 4:
-                return s(x.unsqueeze(-1))[..., 0]
-            return s(x)
-        conf = (tuple(s.stride[:2]), tuple(s.padding[:2]), tuple(s.dilation[:2]), s.groups)
         if x.dim() == 4:  # constant input (the image): one conv, broadcast in time
-            return _Conv2d.apply(x, self.weight, *conf)
-        n, t = x.shape[0], x.shape[-1]
-        return _from_time_major(_Conv2d.apply(_to_time_major(x), self.weight, *conf), n, t)
+            z = s(x.unsqueeze(-1))[..., 0] if _STOCK_SYNAPSE else _Conv2d.apply(x, self.weight, *self._conf())
+            return z.unsqueeze(1).expand(z.shape[0], time_steps, *z.shape[1:]).contiguous()
+        n, t = x.shape[:2]
+        if _STOCK_SYNAPSE:  # lava-dl's own path: conv3d over (N, C, H, W, T)
+            return s(x.movedim(1, -1).contiguous()).movedim(-1, 1).contiguous()
+        z = _Conv2d.apply(x.reshape(n * t, *x.shape[2:]), self.weight, *self._conf())
+        return z.view(n, t, *z.shape[1:])
+
+    def _conf(self) -> tuple:
+        s = self.synapse
+        return tuple(s.stride[:2]), tuple(s.padding[:2]), tuple(s.dilation[:2]), s.groups
 
     def forward(self, x: torch.Tensor, time_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (spikes (N, C, H, W, T), current) ."""
-        z = self.synaptic_input(x)
-        if z.dim() == 4:
-            z = z.unsqueeze(-1).expand(*z.shape, time_steps)
-        z = z.contiguous()
-        current, voltage = self.neuron.dynamics(z)
-        return _spikes(self.neuron, voltage), current
+        """Returns (spikes (N, T, C, H, W), current)."""
+        return cuba(self.neuron, self.synaptic_input(x, time_steps))
 
 
 def neuron_bias(block: "ConvBlock | DenseBlock") -> torch.Tensor | None:
@@ -208,7 +214,7 @@ class SEBlock(torch.nn.Module):
     output is the gated graded spike s * gate * G.
     """
 
-    STAGES = ("squeeze", "excite", "scale")
+    STAGES = ("squeeze", "excite", "scale")  # spikes and gates are time-major (N, T, ...)
 
     def __init__(self, channels: int, hidden: int, height: int, width: int, gate_levels: int) -> None:
         super().__init__()
@@ -249,14 +255,14 @@ class DenseBlock(torch.nn.Module):
         return fx.quantize_weight(self.synapse.weight).reshape(self.synapse.weight.shape[0], -1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n, t = x.shape[0], x.shape[-1]
-        flat = x.reshape(n, -1, t)  # C-order (C, H, W) flatten, like Lava's transpose+flatten
+        """x (N, T, ...) time-major; returns (spikes (N, T, out), current)."""
+        n, t = x.shape[:2]
+        flat = x.reshape(n, t, -1)  # C-order (C, H, W) flatten, like Lava's transpose+flatten
         if _STOCK_SYNAPSE:
-            z = self.synapse(flat)
+            z = self.synapse(flat.transpose(1, 2).contiguous()).transpose(1, 2).contiguous()
         else:
-            z = torch.einsum("nft,of->not", flat, self.weight).contiguous()
-        current, voltage = self.neuron.dynamics(z)
-        return _spikes(self.neuron, voltage), current
+            z = F.linear(flat, self.weight)
+        return cuba(self.neuron, z)
 
 
 @dataclass
@@ -343,18 +349,19 @@ class Network(torch.nn.Module):
         overflow = 0
 
         def note(name: str, t: torch.Tensor) -> None:
+            """t: (N, T, ...) time-major messages of one stage."""
             if record:
-                nz = t.detach() != 0
-                steps[name] = nz.flatten(1, -2).sum(1)
-                active[name] = nz.any(-1).flatten(1).sum(1)
+                nz = (t.detach() != 0).flatten(2)  # (N, T, neurons)
+                steps[name] = nz.sum(2)
+                active[name] = nz.any(1).sum(1)
                 if weights is not None and name in weights:
-                    w = weights[name].to(torch.float64).reshape(-1, 1)
-                    weighted[name] = (nz.flatten(1, -2).to(torch.float64) * w).sum(1).round().long()
+                    w = weights[name].to(torch.float64).reshape(-1)
+                    weighted[name] = (nz.to(torch.float64) @ w).round().long()
             if name in keep:
                 acts[name] = t
 
         if record:
-            note("input", x.unsqueeze(-1).expand(*x.shape, self.time_steps))
+            note("input", x.unsqueeze(1).expand(x.shape[0], self.time_steps, *x.shape[1:]))
         for name, block in self.blocks.items():
             if isinstance(block, SEBlock):
                 x, a1, rows, _gate = block(x)
@@ -370,8 +377,8 @@ class Network(torch.nn.Module):
             if record:
                 overflow += fx.check_state_range(current.detach())
         n = x.shape[0]
-        class_counts = x.reshape(n, self.num_classes, self.population, -1).sum(dim=(2, 3))
-        neurons = x.detach().sum(-1).long() if record else None
+        class_counts = x.reshape(n, -1, self.num_classes, self.population).sum(dim=(1, 3))
+        neurons = x.detach().sum(1).long() if record else None
         return Output(class_counts, steps, weighted, neurons, active, overflow, acts)
 
     def num_parameters(self) -> int:

@@ -32,8 +32,8 @@ def test_gate_depends_on_the_image(synth_images):
     net = make_model(True, calib=images[:16])
     gates = _gates(net, net.encode(torch.from_numpy(images[:8])))
     assert gates
-    for name, g in gates.items():  # (N, C, T), integer levels in [0, G]
-        per_image = g.float().mean(dim=2)
+    for name, g in gates.items():  # (N, T, C), integer levels in [0, G]
+        per_image = g.float().mean(dim=1)
         assert g.min() >= 0 and g.max() <= net.blocks[name].fixed.gate_levels
         assert torch.unique(per_image, dim=0).shape[0] > 1, f"{name}: same gate for every image"
         assert g.float().std() > 0
@@ -59,14 +59,14 @@ def test_integer_gate_matches_real_valued_se():
     torch.manual_seed(1)
     c, h, w, t = 16, 8, 8, 5
     block = SEBlock(c, 4, h, w, 64)
-    spikes = (torch.rand(3, c, h, w, t) < 0.3).float()
+    spikes = (torch.rand(3, t, c, h, w) < 0.3).float()  # time-major
     _, _, _, gate = block(spikes)
     q = lambda v: fx.quantize_weight(v)  # noqa: E731
-    mean = spikes.mean(dim=(2, 3))  # (N, C, T)
+    mean = spikes.mean(dim=(3, 4))  # (N, T, C)
     b1 = block.fixed.bias_mantissa(block.b1, 1) * 2**block.fixed.bias1_exp / 2**block.fixed.hidden_bits
     b2 = block.fixed.bias_mantissa(block.b2, 2) * 2**block.fixed.bias2_exp / 64
-    a1 = torch.relu(torch.einsum("jc,nct->njt", q(block.w1), mean) + b1[None, :, None])
-    real = torch.clamp(torch.einsum("cj,njt->nct", q(block.w2), a1) + b2[None, :, None], 0, 1)
+    a1 = torch.relu(mean @ q(block.w1).t() + b1)
+    real = torch.clamp(a1 @ q(block.w2).t() + b2, 0, 1)
     err = (gate.float() / 64 - real).abs().max()
     assert err <= 2.5 / 64, err  # two floors of at most one level each
 
@@ -82,3 +82,26 @@ def test_default_model_size_budget(tmp_path):
     spec = nf.read(path)
     assert sum(isinstance(l, nf.SESpec) for l in spec.layers) == sum(cfg.se)
     assert build_model(cfg.without_se()).num_parameters() < net.num_parameters()
+
+
+def test_fast_path_equals_lava_dl_stock_path(synth_images):
+    """Our time-major conv2d + C++ CUBA path gives exactly lava-dl's spikes (conv3d + stock dynamics)."""
+    from lava_allnet.model import stock_synapses
+    from training import fast_cuba
+
+    images, _ = synth_images
+    net = make_model(True, calib=images[:16])
+    x = net.encode(torch.from_numpy(images[:6]))
+    with torch.no_grad():
+        ours = net(x, record=True)
+        was = fast_cuba.is_installed()
+        fast_cuba.uninstall()
+        try:
+            with stock_synapses():
+                stock = net(x, record=True)
+        finally:
+            if was:
+                fast_cuba.install()
+    assert torch.equal(ours.class_counts, stock.class_counts)
+    for k in ours.stage_steps:
+        assert torch.equal(ours.stage_steps[k], stock.stage_steps[k]), k
