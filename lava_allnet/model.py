@@ -54,23 +54,6 @@ def _neuron(cfg: NeuronConfig, channels: int = 0):
     return neuron
 
 
-_STOCK_SYNAPSE = False
-
-
-@contextlib.contextmanager
-def stock_synapses():
-    """Compute synapses with lava-dl's own SLAYER layers (conv3d), not our conv2d path.
-
-    Forward results are identical (see ConvBlock); this exists to measure and test that.
-    """
-    global _STOCK_SYNAPSE
-    old, _STOCK_SYNAPSE = _STOCK_SYNAPSE, True
-    try:
-        yield
-    finally:
-        _STOCK_SYNAPSE = old
-
-
 class _Conv2d(torch.autograd.Function):
     """conv2d whose backward uses conv_transpose2d and conv2d_weight.
 
@@ -122,12 +105,9 @@ def cuba(neuron, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A SLAYER CUBA neuron on time-major input z (N, T, ...): (spikes, current), time-major.
 
     Equal bit for bit to ``neuron.dynamics`` + ``neuron.spike`` on the time-last
-    tensor (SLAYER's layout), without the permute copies (training/fast_cuba).
-    Under :func:`stock_synapses` it runs lava-dl's own code on that layout.
+    tensor (SLAYER's layout), without the permute copies (training/fast_cuba;
+    see :func:`reference_forward` for lava-dl's own path).
     """
-    if _STOCK_SYNAPSE:
-        current, voltage = neuron.dynamics(z.movedim(1, -1).contiguous())
-        return neuron.spike(voltage).movedim(-1, 1).contiguous(), current.movedim(-1, 1)
     from training import fast_cuba
 
     q = slayer().utils.quantize
@@ -179,13 +159,10 @@ class ConvBlock(torch.nn.Module):
 
     def synaptic_input(self, x: torch.Tensor, time_steps: int) -> torch.Tensor:
         """Time-major synaptic current (N, T, C, H, W) from x (N, T, C, H, W) or a constant (N, C, H, W)."""
-        s = self.synapse
         if x.dim() == 4:  # constant input (the image): one conv, broadcast in time
-            z = s(x.unsqueeze(-1))[..., 0] if _STOCK_SYNAPSE else _Conv2d.apply(x, self.weight, *self._conf())
+            z = _Conv2d.apply(x, self.weight, *self._conf())
             return z.unsqueeze(1).expand(z.shape[0], time_steps, *z.shape[1:]).contiguous()
         n, t = x.shape[:2]
-        if _STOCK_SYNAPSE:  # lava-dl's own path: conv3d over (N, C, H, W, T)
-            return s(x.movedim(1, -1).contiguous()).movedim(-1, 1).contiguous()
         z = _Conv2d.apply(x.reshape(n * t, *x.shape[2:]), self.weight, *self._conf())
         return z.view(n, t, *z.shape[1:])
 
@@ -258,11 +235,7 @@ class DenseBlock(torch.nn.Module):
         """x (N, T, ...) time-major; returns (spikes (N, T, out), current)."""
         n, t = x.shape[:2]
         flat = x.reshape(n, t, -1)  # C-order (C, H, W) flatten, like Lava's transpose+flatten
-        if _STOCK_SYNAPSE:
-            z = self.synapse(flat.transpose(1, 2).contiguous()).transpose(1, 2).contiguous()
-        else:
-            z = F.linear(flat, self.weight)
-        return cuba(self.neuron, z)
+        return cuba(self.neuron, F.linear(flat, self.weight))
 
 
 @dataclass
@@ -412,6 +385,27 @@ class Network(torch.nn.Module):
             h = run(h)
             rates[name] = float((h > 0).float().mean())
         return rates
+
+
+def reference_forward(net: Network, x: torch.Tensor) -> torch.Tensor:
+    """The same network computed the way lava-dl's SLAYER does it, for tests and benchmarks.
+
+    Layout (N, C, H, W, T) throughout, the image repeated over T, SLAYER's
+    conv3d / dense synapses and its CUBA ``dynamics`` and ``spike``. Returns the
+    output-class spike counts (N, K); equal to ``net(x).class_counts``.
+    """
+    t = net.time_steps
+    h = x.unsqueeze(-1).expand(*x.shape, t)
+    for block in net.blocks.values():
+        if isinstance(block, SEBlock):
+            h = block(h.movedim(-1, 1))[0].movedim(1, -1)  # the gate maths is layout-free
+            continue
+        if isinstance(block, DenseBlock):
+            h = h.reshape(h.shape[0], -1, t)
+        z = block.synapse(h)
+        _current, voltage = block.neuron.dynamics(z)
+        h = block.neuron.spike(voltage)
+    return h.reshape(h.shape[0], net.num_classes, net.population, t).sum(dim=(2, 3))
 
 
 def build_model(config: ModelConfig) -> Network:
