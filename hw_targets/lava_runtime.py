@@ -64,6 +64,19 @@ def force_shutdown(runtime) -> None:
     runtime._is_running = False
 
 
+def child_errors(runtime) -> list[str]:
+    """The last line of each exception raised inside the runtime's process models."""
+    out = []
+    mi = getattr(runtime, "_messaging_infrastructure", None)
+    for a in list(getattr(mi, "actors", []) or []):
+        with contextlib.suppress(Exception):
+            exc = a.exception
+            if exc:
+                err, tb = exc
+                out.append(f"{type(err).__name__}: {err}")
+    return out
+
+
 def stop(runtime, timeout: float = STOP_TIMEOUT_S) -> None:
     """Stop a healthy runtime; fall back to :func:`force_shutdown` past the deadline or on error."""
     if runtime is None:
@@ -98,6 +111,12 @@ def running(proc: AbstractProcess, run_cfg) -> Iterator[object]:
             proc.create_runtime(executable=executable)
         yield proc.runtime
         ok = True
+    except Exception as exc:
+        # Lava only logs the process models' tracebacks; keep their gist in the error
+        errors = child_errors(getattr(proc, "runtime", None))
+        if errors:
+            exc.add_note("in a Lava process model: " + "; ".join(dict.fromkeys(errors)))
+        raise
     finally:
         if ok:
             stop(proc.runtime)

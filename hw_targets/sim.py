@@ -117,7 +117,11 @@ def _as_simulation_error():
     except AllnetError:
         raise
     except Exception as exc:
-        raise SimulationError(f"the Lava simulator failed ({type(exc).__name__}: {exc}); the runtime was stopped") from exc
+        detail = "; ".join(getattr(exc, "__notes__", []))
+        raise SimulationError(
+            f"the Lava simulator failed ({type(exc).__name__}: {exc}{'; ' + detail if detail else ''}); "
+            "the runtime was stopped"
+        ) from exc
 
 
 def _shard_worker(args) -> SimRun:

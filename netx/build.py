@@ -12,7 +12,7 @@ SE gate (channel c, per step), verified exact against ``fixed_point.SEFixedPoint
     spikes ──Dense(W1 tiled over positions, exp -e1) + bias──▶ GradedReluVec(vth 0) = a1
            ──Dense([W2; W2], exp -e2) + bias [B2; B2-G]──▶ GradedReluVec(2C) = relu(z2), relu(z2-G)
            ──Sparse([+2; -2] per position, exp -1)──▶ ProdNeuron.a_in2 = clamp(z2, 0, G)
-    spikes ──Conv 1x1 depthwise──▶ GradedVec ──Conv──▶ GradedVec ──Conv──▶ ProdNeuron.a_in1
+    spikes ──Sparse 1:1──▶ GradedVec ──Sparse 1:1──▶ GradedVec ──Sparse 1:1──▶ ProdNeuron.a_in1
     ProdNeuron(vth 0): spike * gate → next layer (graded)
 Both paths into ProdNeuron take 3 hops, so the gate meets the spikes it was
 computed from.
@@ -144,10 +144,10 @@ class _Builder:
                  groups=groups, num_message_bits=message_bits)
         )
 
-    def identity_conv(self, shape_whc: tuple[int, int, int], message_bits: int) -> Conv:
-        c = shape_whc[2]
-        w = np.ones((c, 1, 1, 1), dtype=np.int32)
-        return self.add(Conv(weight=w, input_shape=shape_whc, groups=c, num_message_bits=message_bits))
+    def identity(self, n: int, message_bits: int) -> Sparse:
+        """A one-to-one connection (a relay hop). Not a depthwise Conv: Lava stores
+        Conv's ``groups`` as int8, so 128 or more channels wrap around."""
+        return self.sparse(sp.identity(n, dtype=np.int32, format="csr"), 0, message_bits)
 
     def stage(self, name: str, port: OutPort, shape, depth: int, kind: str) -> None:
         self.stages.append(Stage(name, port, tuple(shape), depth, kind))
@@ -263,15 +263,15 @@ def _build_se(b: _Builder, layer: nf.SESpec, spikes: OutPort, shape_whc, depth: 
     prod = b.add(ProdNeuron(shape=shape_whc, vth=0, exp=0))
     bcast.a_out.reshape(shape_whc).connect(prod.a_in2)
 
-    # delay the spikes by the same 3 hops
-    port, bits = spikes, 0
+    # delay the spikes by the same 3 hops (one-to-one Sparse + GradedVec relays)
+    port, bits = spikes.flatten(), 0
     for hop in range(3):
-        relay = b.identity_conv(shape_whc, bits)
+        relay = b.identity(n_pos * C, bits)
         port.connect(relay.s_in)
         if hop == 2:
-            relay.a_out.connect(prod.a_in1)
+            relay.a_out.reshape(shape_whc).connect(prod.a_in1)
         else:
-            gv = b.add(GradedVec(shape=shape_whc, vth=0))
+            gv = b.add(GradedVec(shape=(n_pos * C,), vth=0))
             relay.a_out.connect(gv.a_in)
             port, bits = gv.s_out, 24
 

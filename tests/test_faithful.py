@@ -66,3 +66,25 @@ def test_float_simulator_runs_the_same_graph_approximately(se_model_file, synth_
     np.testing.assert_array_equal(flt.stage_steps["input"], fixed.stage_steps["input"])
     a, b = fixed.stage_steps["conv1"].sum(), flt.stage_steps["conv1"].sum()
     assert abs(a - b) <= 0.05 * a, (a, b)
+
+
+def test_default_model_on_the_simulator(tmp_path, synth_images):
+    """The full-size NeurALLNet (128 channels, three SE gates) runs on Lava identically to torch."""
+    import torch
+
+    from lava_allnet.config import get_model_config
+    from lava_allnet.data.synth import CLASS_NAMES, image_rng, render_field
+    from lava_allnet.model import build_model
+    from netx.export import export
+
+    cfg = get_model_config("neurallnet")
+    imgs = np.stack([render_field(image_rng(5, i, i), CLASS_NAMES[i], cfg.input_size) for i in range(2)])
+    imgs = imgs.transpose(0, 3, 1, 2).copy()
+    torch.manual_seed(0)
+    net = build_model(cfg)
+    net.calibrate(net.encode(torch.from_numpy(imgs)))
+    export(net, tmp_path / "default.net")
+    spec = nf.read(tmp_path / "default.net")
+    inputs = Inputs(imgs, ["a", "b"], [None, None], [])
+    report = compare_runs(run_backend(spec, inputs, "torch"), run_backend(spec, inputs, "sim"))
+    assert report["identical"], [l for l in report["layers"] if not l["equal"]]
