@@ -28,6 +28,7 @@ demo: $(STAMP)
 	$(BIN)/lava-allnet demo --out $(DEMO)
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_torch.py
 	$(BIN)/python benchmarks/bench_cuba.py
 	$(BIN)/python benchmarks/bench_sim.py
 

@@ -23,9 +23,19 @@ STOP_TIMEOUT_S = 20.0
 
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
-    """Children forked inside inherit SIG_IGN for SIGINT; the parent's handler is restored."""
+    """Children forked inside ignore SIGINT; a Ctrl-C meanwhile is delivered to the parent afterwards.
+
+    Forking a large network's actors takes seconds: with SIG_IGN in the parent a
+    Ctrl-C in that window would be lost. The recording handler is inherited by
+    the children too, where it is as good as ignoring the signal.
+    """
+    pending: list[int] = []
+
+    def _record(signum, frame) -> None:
+        pending.append(signum)
+
     try:
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        old = signal.signal(signal.SIGINT, _record)
     except ValueError:  # not the main thread: leave signals alone
         yield
         return
@@ -33,6 +43,8 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, old)
+    if pending:
+        signal.raise_signal(signal.SIGINT)
 
 
 def force_shutdown(runtime) -> None:

@@ -171,6 +171,14 @@ class _Layer:
         if not isinstance(obj, h5py.Dataset):
             raise self.fail(f"field '{key}' is not a dataset")
         try:
+            kind, size = obj.dtype.kind, obj.size
+        except Exception as exc:
+            raise self.fail(f"field '{key}' cannot be read ({exc})") from exc
+        if kind not in "iufbS":
+            raise self.fail(f"field '{key}' has an unsupported type ({obj.dtype})")
+        if size > MAX_FIELD_ELEMENTS:
+            raise self.fail(f"field '{key}' is implausibly large ({size} values)")
+        try:
             return np.asarray(obj[()])
         except Exception as exc:  # corrupt chunk, unreadable dtype
             raise self.fail(f"field '{key}' cannot be read ({exc})") from exc
@@ -265,11 +273,32 @@ def _conv_out(size: int, k: int, s: int, p: int, d: int) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
+# Variable-length strings live in HDF5's global heap, and a damaged heap can send the
+# HDF5 library into an endless loop (found by the fuzz test); our files hold only
+# fixed-size values, checked (type and size) before anything is read.
+MAX_FIELD_ELEMENTS = 1 << 24
+MAX_ATTR_BYTES = 1 << 16
+
+
 def _attr(f: h5py.File, key: str) -> Any:
     if key not in f.attrs:
         raise ModelFileError(f"missing root attribute '{key}'")
+    try:
+        aid = f.attrs.get_id(key)
+        kind, size, nbytes = aid.dtype.kind, aid.get_storage_size(), aid.dtype.itemsize
+    except Exception as exc:
+        raise ModelFileError(f"root attribute '{key}' cannot be read ({exc})") from exc
+    if kind not in "iufbS" or size > MAX_ATTR_BYTES or nbytes > MAX_ATTR_BYTES:
+        raise ModelFileError(f"root attribute '{key}' must be a number or a fixed-length string")
     v = f.attrs[key]
-    return v.decode() if isinstance(v, bytes) else v
+    if isinstance(v, np.ndarray) and v.size == 1:
+        v = v.reshape(-1)[0]
+    if isinstance(v, (bytes, np.bytes_)):
+        try:
+            return bytes(v).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelFileError(f"root attribute '{key}' is not UTF-8 text") from exc
+    return v
 
 
 def _int_attr(f: h5py.File, key: str, lo: int, hi: int) -> int:
@@ -467,13 +496,14 @@ def write(spec: NetworkSpec, path: str | os.PathLike) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
-        f.attrs["format"] = FORMAT_NAME
+        # np.bytes_: fixed-length strings (see MAX_ATTR_BYTES)
+        f.attrs["format"] = np.bytes_(FORMAT_NAME)
         f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["class_names"] = json.dumps(list(spec.class_names))
+        f.attrs["class_names"] = np.bytes_(json.dumps(list(spec.class_names)).encode())
         f.attrs["time_steps"] = int(spec.time_steps)
         f.attrs["population"] = int(spec.population)
         if spec.model_config is not None:
-            f.attrs["model_config"] = json.dumps(spec.model_config, sort_keys=True)
+            f.attrs["model_config"] = np.bytes_(json.dumps(spec.model_config, sort_keys=True).encode())
         lg = f.create_group("layer")
         for i, layer in enumerate(spec.layers):
             g = lg.create_group(str(i))

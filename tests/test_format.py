@@ -31,7 +31,7 @@ def test_round_trip_is_exact(se_model_file, synth_images):
 
 def test_file_has_version_attribute(se_model_file):
     with h5py.File(se_model_file) as f:
-        assert f.attrs["format"] == nf.FORMAT_NAME
+        assert f.attrs["format"].decode() == nf.FORMAT_NAME
         assert int(f.attrs["format_version"]) == nf.FORMAT_VERSION
 
 
