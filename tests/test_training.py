@@ -78,10 +78,11 @@ def test_kill_mid_epoch_and_resume_gives_the_uninterrupted_result(tiny_data, tmp
 
 
 def test_training_learns_above_chance(tmp_path):
-    """Two epochs on fresh synthetic smears (no --data) beat chance clearly."""
+    """A few epochs on fresh synthetic smears (no --data) beat chance (0.25) clearly."""
     from lava_allnet.config import TrainConfig, get_model_config
     from training.loop import train
 
-    cfg = get_model_config("neurallnet-demo")
-    m = train(tmp_path / "run", cfg, TrainConfig(epochs=2, seed=0), synth_per_class=60, show_progress=False)
-    assert m["best"]["val_accuracy"] >= 0.40, m["history"]
+    cfg = get_model_config("neurallnet-demo", input_size=64)
+    m = train(tmp_path / "run", cfg, TrainConfig(epochs=3, seed=0, lr=1e-2), synth_per_class=100,
+              show_progress=False)
+    assert m["best"]["val_accuracy"] >= 0.45, m["history"]
