@@ -95,6 +95,10 @@ class ModelConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+# peak learning rate for the synthetic smears (few images, few steps: a higher rate learns faster)
+SYNTH_LR = 1e-2
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
