@@ -76,8 +76,9 @@ def test_ctrl_c_during_a_run_exits_cleanly(se_model_file, synth_dir, tmp_path):
     """SIGINT to `lava-allnet run`: exit 130, one line, no leftover processes or segments."""
     exe = Path(sys.executable).parent / "lava-allnet"
     before_shm = _shm()
+    # the folder 40 times (960 images): the run must still be going when the signal comes
     proc = subprocess.Popen(
-        [str(exe), "run", str(se_model_file), str(synth_dir), "--backend", "sim"],
+        [str(exe), "run", str(se_model_file), *[str(synth_dir)] * 40, "--backend", "sim"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     # wait until the simulator's actors exist, then interrupt the parent only
@@ -90,7 +91,8 @@ def test_ctrl_c_during_a_run_exits_cleanly(se_model_file, synth_dir, tmp_path):
     else:
         proc.kill()
         pytest.fail("the simulator never started")
-    time.sleep(1.0)
+    time.sleep(2.0)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     os.kill(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
