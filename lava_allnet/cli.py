@@ -128,6 +128,8 @@ def train(
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: default)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable flips/rotations/illumination jitter."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this best.pt (fine-tuning; same model config)."),
+    range_weight: float = typer.Option(1.0, "--range-weight", min=0.0, help="Weight of the penalty that keeps neuron states in Loihi's 24-bit range."),
 ) -> None:
     """Train NeurALLNet with SLAYER (CUBA neurons, SE gates): progress bar, validation each epoch, best checkpoint."""
     import dataclasses
@@ -151,7 +153,8 @@ def train(
             # measured, 2 epochs: synthetic val 0.42 at 3e-3 vs 0.50 at 1e-2; real smears are steadier at 3e-3
             lr = SYNTH_LR if data is None else TrainConfig.lr
         tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
-                           test_fraction=test_fraction, augment=not no_augment, threads=threads)
+                           test_fraction=test_fraction, augment=not no_augment, threads=threads,
+                           init_from=str(init) if init else "", range_weight=range_weight)
         metrics = run_train(out_dir, cfg, tcfg, data_dir=data, synth_per_class=per_class, console=err)
         run_dir = out_dir
     best = metrics.get("best") or {}

@@ -1,6 +1,7 @@
 """The data path as one function: files → images → encoding → backend → Results."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,12 @@ def run_backend(
         [str(p) for p in inputs.paths], spec.class_names, spec.population, raw.stage_steps, raw.output_neurons,
         inputs.labels,
     )
+    if raw.overflow:
+        # one line, not an error: the torch result is still SLAYER's; Lava/Loihi would differ
+        sys.stderr.write(
+            f"warning: the torch reference left Loihi's 24-bit neuron state range {raw.overflow} time(s) "
+            f"(Lava wraps u and saturates v): the sim backend and the chip will disagree with it\n"
+        )
     return Run(
         backend=backend, results=results, stage_steps=raw.stage_steps, output_neurons=raw.output_neurons,
         timing=timing, stage_weighted=raw.stage_weighted, stage_active=raw.stage_active,

@@ -115,6 +115,7 @@ def cuba(neuron, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     current = fast_cuba.li_dynamics_tm(z, q(neuron.current_decay), neuron.s_scale)
     driven = current if neuron.norm is None else _norm_tm(neuron.norm, current)
     voltage = fast_cuba.li_dynamics_tm(driven, q(neuron.voltage_decay), neuron.s_scale, thr)
+    neuron.last_voltage = voltage  # for the 24-bit range check and penalty (Network.forward)
     cuba_mod = slayer().neuron.cuba
     spikes = fast_cuba.spike_tm(voltage, thr, neuron.tau_rho * cuba_mod.TAU_RHO_MULT,
                                 neuron.scale_rho * cuba_mod.SCALE_RHO_MULT)
@@ -247,7 +248,8 @@ class Output:
     stage_weighted: dict[str, torch.Tensor] = field(default_factory=dict)  # name → (N, T) weighted messages
     output_neurons: torch.Tensor | None = None  # (N, n_out) spikes per output neuron
     stage_active: dict[str, torch.Tensor] = field(default_factory=dict)  # name → (N,) neurons active
-    overflow: int = 0  # current values outside Loihi's 24-bit range (must be 0)
+    overflow: int = 0  # u/v values outside Loihi's 24-bit range (must be 0)
+    range_penalty: torch.Tensor | float = 0.0  # training only: fixed_point.state_range_penalty summed
     activations: dict[str, torch.Tensor] = field(default_factory=dict)  # only if asked
 
     @property
@@ -320,6 +322,7 @@ class Network(torch.nn.Module):
         active: dict[str, torch.Tensor] = {}
         acts: dict[str, torch.Tensor] = {}
         overflow = 0
+        penalty: torch.Tensor | float = 0.0
 
         def note(name: str, t: torch.Tensor) -> None:
             """t: (N, T, ...) time-major messages of one stage."""
@@ -347,12 +350,16 @@ class Network(torch.nn.Module):
             else:
                 x, current = block(x)
             note(name, x)
+            voltage = block.neuron.last_voltage
+            block.neuron.last_voltage = None
             if record:
-                overflow += fx.check_state_range(current.detach())
+                overflow += fx.check_state_range(current.detach(), voltage.detach())
+            if self.training and torch.is_grad_enabled():
+                penalty = penalty + fx.state_range_penalty(current, voltage)
         n = x.shape[0]
         class_counts = x.reshape(n, -1, self.num_classes, self.population).sum(dim=(1, 3))
         neurons = x.detach().sum(1).long() if record else None
-        return Output(class_counts, steps, weighted, neurons, active, overflow, acts)
+        return Output(class_counts, steps, weighted, neurons, active, overflow, activations=acts, range_penalty=penalty)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

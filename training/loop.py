@@ -214,7 +214,13 @@ def train(
 
     torch.manual_seed(train_cfg.seed)
     net = build_model(model_cfg)
-    if not resume:
+    if train_cfg.init_from and not resume:
+        try:
+            net.load_state_dict(load_torch(Path(train_cfg.init_from))["model"])
+        except Exception as exc:
+            raise AllnetError(f"{train_cfg.init_from}: cannot start from this checkpoint ({type(exc).__name__}: {exc})") from exc
+        console.print(f"starting from {train_cfg.init_from}")
+    elif not resume:
         train_np = data.split["train"]
         pick = torch.from_numpy(train_np[torch.randperm(len(train_np), generator=_gen(train_cfg.seed, 99))[:32].numpy()])
         rates = net.calibrate(net.encode(data.images[pick]))
@@ -267,6 +273,8 @@ def train(
                 y = data.labels[idx]
                 out = net(net.encode(x))
                 loss = F.cross_entropy(class_logits(out.class_counts, net, train_cfg.loss_scale), y)
+                # keep u and v inside Loihi's 24-bit registers, where Lava wraps/saturates and SLAYER does not
+                loss = loss + train_cfg.range_weight * out.range_penalty
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
