@@ -233,6 +233,7 @@ def _run_json(run, spec, model_path: Path) -> dict:
         "results": [r.to_dict() for r in run.results],
         "skipped": [{"path": p, "reason": why} for p, why in run.skipped],
         "timing": run.timing,
+        "state_range_violations": run.overflow,
     }
 
 
