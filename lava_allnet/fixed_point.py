@@ -276,7 +276,7 @@ def check_state_range(current: torch.Tensor, voltage: torch.Tensor | None = None
     limit = 1 << (STATE_BITS - 1)
     n = int(((current * STATE_SCALE).abs() >= limit).sum().item())
     if voltage is not None:
-        n += int(((voltage * STATE_SCALE).abs() >= limit - 1).sum().item())
+        n += int(((voltage * STATE_SCALE).abs() > limit - 1).sum().item())  # v saturates at +-(2**23 - 1)
     return n
 
 
