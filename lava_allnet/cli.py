@@ -129,7 +129,7 @@ def train(
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable flips/rotations/illumination jitter."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this best.pt (fine-tuning; same model config)."),
-    range_weight: float = typer.Option(1.0, "--range-weight", min=0.0, help="Weight of the penalty that keeps neuron states in Loihi's 24-bit range."),
+    range_weight: float = typer.Option(1e-3, "--range-weight", min=0.0, help="Weight of the penalty that keeps neuron states in Loihi's 24-bit range."),
 ) -> None:
     """Train NeurALLNet with SLAYER (CUBA neurons, SE gates): progress bar, validation each epoch, best checkpoint."""
     import dataclasses

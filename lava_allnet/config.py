@@ -112,7 +112,7 @@ class TrainConfig:
     augment: bool = True  # flips and 90-degree rotations
     color_jitter: float = 0.0  # strength of brightness / stain / contrast jitter (0: off)
     threads: int = 0  # 0: torch default
-    range_weight: float = 1.0  # weight of the 24-bit state-range penalty (fixed_point.state_range_penalty)
+    range_weight: float = 1e-3  # weight of the 24-bit state-range penalty (fixed_point.state_range_penalty)
     init_from: str = ""  # a best.pt to start from (fine-tuning) instead of a fresh initialisation
 
     def to_dict(self) -> dict[str, Any]:
