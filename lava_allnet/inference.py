@@ -79,8 +79,8 @@ def run_backend(
     if raw.overflow:
         # one line, not an error: the torch result is still SLAYER's; Lava/Loihi would differ
         sys.stderr.write(
-            f"warning: the torch reference left Loihi's 24-bit neuron state range {raw.overflow} time(s) "
-            f"(Lava wraps u and saturates v): the sim backend and the chip may disagree with it\n"
+            f"warning: the torch reference left Loihi's 24-bit neuron current range {raw.overflow} time(s) "
+            f"(Lava wraps it): the sim backend and the chip disagree with this result\n"
         )
     return Run(
         backend=backend, results=results, stage_steps=raw.stage_steps, output_neurons=raw.output_neurons,

@@ -353,7 +353,7 @@ class Network(torch.nn.Module):
             voltage = block.neuron.last_voltage
             block.neuron.last_voltage = None
             if record:
-                overflow += fx.check_state_range(current.detach(), voltage.detach())
+                overflow += fx.check_state_range(current.detach())
             if self.training and torch.is_grad_enabled():
                 penalty = penalty + fx.state_range_penalty(current, voltage)
         n = x.shape[0]
