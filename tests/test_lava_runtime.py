@@ -80,6 +80,9 @@ def test_ctrl_c_during_a_run_exits_cleanly(se_model_file, synth_dir, tmp_path):
     proc = subprocess.Popen(
         [str(exe), "run", str(se_model_file), *[str(synth_dir)] * 40, "--backend", "sim"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # a background job of a non-interactive shell (CI) inherits SIGINT ignored, and Python
+        # then keeps ignoring it: give the child the default disposition a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # wait until the simulator's actors exist, then interrupt the parent only
     deadline = time.time() + 120
