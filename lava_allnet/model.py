@@ -248,7 +248,7 @@ class Output:
     stage_weighted: dict[str, torch.Tensor] = field(default_factory=dict)  # name → (N, T) weighted messages
     output_neurons: torch.Tensor | None = None  # (N, n_out) spikes per output neuron
     stage_active: dict[str, torch.Tensor] = field(default_factory=dict)  # name → (N,) neurons active
-    overflow: int = 0  # u/v values outside Loihi's 24-bit range (must be 0)
+    overflow: int = 0  # currents outside Loihi's 24-bit register, where Lava wraps (must be 0)
     range_penalty: torch.Tensor | float = 0.0  # training only: fixed_point.state_range_penalty summed
     activations: dict[str, torch.Tensor] = field(default_factory=dict)  # only if asked
 
