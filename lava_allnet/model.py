@@ -101,8 +101,8 @@ def _norm_tm(norm, current: torch.Tensor) -> torch.Tensor:
     return current - norm.pre_hook_fx(mean.view(shape))
 
 
-def cuba(neuron, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A SLAYER CUBA neuron on time-major input z (N, T, ...): (spikes, current), time-major.
+def cuba(neuron, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A SLAYER CUBA neuron on time-major input z (N, T, ...): (spikes, current, voltage), time-major.
 
     Equal bit for bit to ``neuron.dynamics`` + ``neuron.spike`` on the time-last
     tensor (SLAYER's layout), without the permute copies (training/fast_cuba;
@@ -115,11 +115,10 @@ def cuba(neuron, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     current = fast_cuba.li_dynamics_tm(z, q(neuron.current_decay), neuron.s_scale)
     driven = current if neuron.norm is None else _norm_tm(neuron.norm, current)
     voltage = fast_cuba.li_dynamics_tm(driven, q(neuron.voltage_decay), neuron.s_scale, thr)
-    neuron.last_voltage = voltage  # for the 24-bit range check and penalty (Network.forward)
     cuba_mod = slayer().neuron.cuba
     spikes = fast_cuba.spike_tm(voltage, thr, neuron.tau_rho * cuba_mod.TAU_RHO_MULT,
                                 neuron.scale_rho * cuba_mod.SCALE_RHO_MULT)
-    return spikes, current
+    return spikes, current, voltage
 
 
 class ConvBlock(torch.nn.Module):
@@ -171,8 +170,8 @@ class ConvBlock(torch.nn.Module):
         s = self.synapse
         return tuple(s.stride[:2]), tuple(s.padding[:2]), tuple(s.dilation[:2]), s.groups
 
-    def forward(self, x: torch.Tensor, time_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (spikes (N, T, C, H, W), current)."""
+    def forward(self, x: torch.Tensor, time_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (spikes (N, T, C, H, W), current, voltage)."""
         return cuba(self.neuron, self.synaptic_input(x, time_steps))
 
 
@@ -232,8 +231,8 @@ class DenseBlock(torch.nn.Module):
     def weight(self) -> torch.Tensor:
         return fx.quantize_weight(self.synapse.weight).reshape(self.synapse.weight.shape[0], -1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (N, T, ...) time-major; returns (spikes (N, T, out), current)."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, T, ...) time-major; returns (spikes (N, T, out), current, voltage)."""
         n, t = x.shape[:2]
         flat = x.reshape(n, t, -1)  # C-order (C, H, W) flatten, like Lava's transpose+flatten
         return cuba(self.neuron, F.linear(flat, self.weight))
@@ -346,12 +345,10 @@ class Network(torch.nn.Module):
                 note(f"{name}.scale", x)
                 continue
             if isinstance(block, ConvBlock):
-                x, current = block(x, self.time_steps)
+                x, current, voltage = block(x, self.time_steps)
             else:
-                x, current = block(x)
+                x, current, voltage = block(x)
             note(name, x)
-            voltage = block.neuron.last_voltage
-            block.neuron.last_voltage = None
             if record:
                 overflow += fx.check_state_range(current.detach())
             if self.training and torch.is_grad_enabled():
