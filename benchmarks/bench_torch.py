@@ -2,8 +2,11 @@
 
 stock: lava-dl as shipped (``model.reference_forward``): (N, C, H, W, T) layout, the
        image repeated over T, conv3d synapses, Python-loop CUBA dynamics and spike
-ours:  ``Network.forward``: time-major, conv2d over (batch x time) frames, the image
-       convolved once, the C++ CUBA kernels of training.fast_cuba
+ours:  ``Network.forward``: time-major and channels-last, conv2d over (batch x time)
+       frames, the image convolved once and held (never repeated T times),
+       event-driven convs where the input is sparse (training.event_conv), and
+       fused C++ CUBA layer kernels (current; norm + voltage + spikes) of
+       training.fast_cuba
 
 Prints ms/image for inference at batch 1 and 16 and for a training step at
 batch 16 (forward, cross-entropy on output rates, backward, Adam step), the

@@ -55,23 +55,44 @@ def _neuron(cfg: NeuronConfig, channels: int = 0):
 
 
 class _Conv2d(torch.autograd.Function):
-    """conv2d whose backward uses conv_transpose2d and conv2d_weight.
+    """conv2d whose NCHW backward uses conv_transpose2d and conv2d_weight.
 
-    Same forward; on this CPU the combined mkldnn backward of strided convs was
-    ~2x slower than these two kernels (measured 510 vs 225 ms for a
-    16->32, 64x64, stride-2 layer at 256 frames).
+    Same forward; on this CPU the combined mkldnn backward of strided NCHW convs
+    was ~2x slower than these two kernels (measured 510 vs 225 ms for a
+    16->32, 64x64, stride-2 layer at 256 frames). Channels-last tensors take
+    the combined backward, faster still.
     """
 
     @staticmethod
     def forward(ctx, x, w, stride, padding, dilation, groups):  # type: ignore[override]
+        from training import event_conv
+
         ctx.save_for_backward(x, w)
         ctx.conf = (stride, padding, dilation, groups)
+        # spikes are mostly zeros: skip them where that pays (same result, exactly)
+        ctx.events = event_conv.supported(x, w, stride, padding, dilation, groups) and event_conv.worthwhile(x)
+        if ctx.events:
+            return event_conv.conv2d(x, w, stride[0], padding[0])
         return F.conv2d(x, w, None, stride, padding, dilation, groups)
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
         x, w = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
+        if x.is_contiguous(memory_format=torch.channels_last):
+            # channels-last (what ConvBlock uses): mkldnn's combined backward
+            # is as fast as the pair below and ~2x faster than NCHW.
+            g = g.contiguous(memory_format=torch.channels_last)
+            weight_events = ctx.events and ctx.needs_input_grad[1]
+            gx, gw, _ = torch.ops.aten.convolution_backward(
+                g, x, w, None, stride, padding, dilation, False, (0, 0), groups,
+                (ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not weight_events, False),
+            )
+            if weight_events:
+                from training import event_conv
+
+                gw = event_conv.conv2d_weight(x, w.shape[2], g, stride[0], padding[0])
+            return gx, gw, None, None, None, None
         gx = gw = None
         if ctx.needs_input_grad[0]:
             out_pad = tuple(
@@ -83,42 +104,130 @@ class _Conv2d(torch.autograd.Function):
         return gx, gw, None, None, None, None
 
 
-def _norm_tm(norm, current: torch.Tensor) -> torch.Tensor:
-    """SLAYER's MeanOnlyBatchNorm on a time-major (N, T, C, ...) current.
+def _norm_tm(norm, current: torch.Tensor, channel_axis: int = 2) -> torch.Tensor:
+    """SLAYER's MeanOnlyBatchNorm on a time-major (N, T, ...) current.
 
     Same rule as ``MeanOnlyBatchNorm.forward`` (batch mean while training,
     running mean otherwise, quantised by its pre-hook), with the channel on
-    axis 2 instead of 1. At inference (running mean) it is exact.
+    ``channel_axis`` (2: (N, T, C, ...); -1: channels-last (N, T, H, W, C))
+    instead of 1. At inference (running mean) it is exact.
     """
-    c = current.shape[2]
+    axis = channel_axis % current.dim()
+    c = current.shape[axis]
+    shape = [1] * current.dim()
+    shape[axis] = c
     if norm.training and norm.update:
-        mean = current.transpose(1, 2).reshape(current.shape[0], c, -1).mean(dim=(0, 2))
         with torch.no_grad():
+            mean = current.mean(dim=[d for d in range(current.dim()) if d != axis])
             norm.running_mean = (1 - norm.momentum) * norm.running_mean + norm.momentum * mean
-    else:
-        mean = norm.running_mean
-    shape = (1, 1, c) + (1,) * (current.dim() - 3)
-    return current - norm.pre_hook_fx(mean.view(shape))
+        return _SubtractBatchMean.apply(current, mean, norm.pre_hook_fx, axis)
+    return current - norm.pre_hook_fx(norm.running_mean.view(shape))
 
 
-def cuba(neuron, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A SLAYER CUBA neuron on time-major input z (N, T, ...): (spikes, current, voltage), time-major.
+class _SubtractBatchMean(torch.autograd.Function):
+    """current - hook(mean) with mean = current's per-channel batch mean, differentiated through it.
 
-    Equal bit for bit to ``neuron.dynamics`` + ``neuron.spike`` on the time-last
-    tensor (SLAYER's layout), without the permute copies (training/fast_cuba;
-    see :func:`reference_forward` for lava-dl's own path).
+    The gradient autograd gives ``current - hook(current.mean(dims))``
+    (g - hook'(mean) sum(g) / count), in one reduction and one fused pass instead
+    of a negation, a reduction, a division and an addition over the whole state.
+    """
+
+    @staticmethod
+    def forward(ctx, current, mean, hook, axis):  # type: ignore[override]
+        with torch.enable_grad():  # hook (quantise + clamp) on C values, differentiated in backward
+            ctx.mean = mean.detach().requires_grad_()
+            ctx.centre = hook(ctx.mean)
+        ctx.axis = axis
+        ctx.count = current.numel() // current.shape[axis]
+        shape = [1] * current.dim()
+        shape[axis] = current.shape[axis]
+        ctx.shape = shape
+        return current - ctx.centre.detach().view(shape)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[override]
+        dims = [d for d in range(g.dim()) if d != ctx.axis]
+        (g_mean,) = torch.autograd.grad(ctx.centre, ctx.mean, -g.sum(dim=dims))
+        return g + (g_mean / ctx.count).view(ctx.shape), None, None, None
+
+
+def _channels_last_tm(z: torch.Tensor) -> bool:
+    """Whether a time-major (N, T, C, H, W) tensor is laid out (N, T, H, W, C) in memory."""
+    return z.dim() == 5 and not z.is_contiguous() and z.permute(0, 1, 3, 4, 2).is_contiguous()
+
+
+def cuba(
+    neuron, z: torch.Tensor, time_steps: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A SLAYER CUBA neuron on time-major input: (spikes, current, voltage), time-major (N, T, ...).
+
+    z: (N, T, ...), or (N, ...) held for ``time_steps`` steps (a conv of the
+    static image). Equal bit for bit to ``neuron.dynamics`` + ``neuron.spike``
+    on the time-last tensor (SLAYER's layout), without the permute copies
+    (training/fast_cuba; see :func:`reference_forward` for lava-dl's own path).
     """
     from training import fast_cuba
 
+    held = time_steps is not None
+    # The dynamics are per neuron, so a channels-last z runs as its contiguous
+    # (N, [T,] H, W, C) permutation (no copy) and the results are permuted back.
+    cl = _channels_last_tm(z.unsqueeze(1) if held else z)
+    if cl:
+        z = z.permute(0, 2, 3, 1) if held else z.permute(0, 1, 3, 4, 2)
     q = slayer().utils.quantize
     thr = neuron.threshold + neuron.threshold_eps
-    current = fast_cuba.li_dynamics_tm(z, q(neuron.current_decay), neuron.s_scale)
-    driven = current if neuron.norm is None else _norm_tm(neuron.norm, current)
-    voltage = fast_cuba.li_dynamics_tm(driven, q(neuron.voltage_decay), neuron.s_scale, thr)
     cuba_mod = slayer().neuron.cuba
-    spikes = fast_cuba.spike_tm(voltage, thr, neuron.tau_rho * cuba_mod.TAU_RHO_MULT,
-                                neuron.scale_rho * cuba_mod.SCALE_RHO_MULT)
+    tau_rho = neuron.tau_rho * cuba_mod.TAU_RHO_MULT
+    scale_rho = neuron.scale_rho * cuba_mod.SCALE_RHO_MULT
+    decay_u, decay_v = q(neuron.current_decay), q(neuron.voltage_decay)
+    axis = -1 if cl else 2
+    if fast_cuba.fused_ok(z, decay_u, decay_v):
+        # One kernel per state: the held input is never repeated T times, and
+        # the norm's subtraction and the spikes ride along with the voltage.
+        batch_mean = neuron.norm is not None and neuron.norm.training and neuron.norm.update
+        current, time_sums = fast_cuba.current_tm(z, time_steps, decay_u, neuron.s_scale, batch_mean)
+        bias, norm_grad = None, None
+        if neuron.norm is not None:
+            centre, norm_grad = _norm_centre(neuron.norm, current, axis, time_sums)
+            bias = centre.expand(current.shape[2:]).contiguous().reshape(-1)
+        voltage, spikes = fast_cuba.voltage_spike_tm(
+            current, bias, decay_v, neuron.s_scale, thr, tau_rho, scale_rho, norm_grad
+        )
+    else:
+        if held:
+            z = z.unsqueeze(1).expand(z.shape[0], time_steps, *z.shape[1:])
+        current = fast_cuba.li_dynamics_tm(z, decay_u, neuron.s_scale)
+        driven = current if neuron.norm is None else _norm_tm(neuron.norm, current, axis)
+        voltage = fast_cuba.li_dynamics_tm(driven, decay_v, neuron.s_scale, thr)
+        spikes = fast_cuba.spike_tm(voltage, thr, tau_rho, scale_rho)
+    if cl:
+        return tuple(t.permute(0, 1, 4, 2, 3) for t in (spikes, current, voltage))  # type: ignore[return-value]
     return spikes, current, voltage
+
+
+def _norm_centre(norm, current: torch.Tensor, channel_axis: int, time_sums: torch.Tensor | None = None):
+    """What :func:`_norm_tm` subtracts, shaped to broadcast over one sample's neurons
+    (current.shape[2:]), and for a batch mean the (mean, centre, axis, shape) its
+    gradient needs (see fast_cuba.voltage_spike_tm); None at inference.
+    time_sums: the current's sums over time per sample and neuron, if at hand."""
+    from training import fast_cuba
+
+    axis = channel_axis % current.dim()
+    shape = [1] * current.dim()
+    shape[axis] = current.shape[axis]
+    if norm.training and norm.update:
+        with torch.no_grad():
+            if time_sums is None:
+                mean = current.mean(dim=[d for d in range(current.dim()) if d != axis])
+            else:
+                mean = fast_cuba.channel_sums(time_sums, current.shape, axis) / (current.numel() // current.shape[axis])
+            norm.running_mean = (1 - norm.momentum) * norm.running_mean + norm.momentum * mean
+        with torch.enable_grad():
+            leaf = mean.detach().requires_grad_()
+            centre = norm.pre_hook_fx(leaf)
+        return centre.detach().view(shape[2:]), (leaf, centre, axis, shape)
+    with torch.no_grad():
+        return norm.pre_hook_fx(norm.running_mean).view(shape[2:]), None
 
 
 class ConvBlock(torch.nn.Module):
@@ -158,12 +267,18 @@ class ConvBlock(torch.nn.Module):
         return fx.quantize_weight(self.synapse.weight)[..., 0]
 
     def synaptic_input(self, x: torch.Tensor, time_steps: int) -> torch.Tensor:
-        """Time-major synaptic current (N, T, C, H, W) from x (N, T, C, H, W) or a constant (N, C, H, W)."""
+        """Time-major synaptic current (N, T, C, H, W) from x (N, T, C, H, W) or a constant (N, C, H, W).
+
+        Channels-last in memory (mkldnn's strided convs and their gradients
+        ran ~2x faster so on this CPU); the neurons work in any layout.
+        """
+        cl = torch.channels_last
         if x.dim() == 4:  # constant input (the image): one conv, broadcast in time
-            z = _Conv2d.apply(x, self.weight, *self._conf())
-            return z.unsqueeze(1).expand(z.shape[0], time_steps, *z.shape[1:]).contiguous()
+            z = _Conv2d.apply(x.contiguous(memory_format=cl), self.weight, *self._conf())
+            return z.unsqueeze(1).expand(z.shape[0], time_steps, *z.shape[1:])
         n, t = x.shape[:2]
-        z = _Conv2d.apply(x.reshape(n * t, *x.shape[2:]), self.weight, *self._conf())
+        frames = x.reshape(n * t, *x.shape[2:]).contiguous(memory_format=cl)  # no copy when x is already
+        z = _Conv2d.apply(frames, self.weight, *self._conf())
         return z.view(n, t, *z.shape[1:])
 
     def _conf(self) -> tuple:
@@ -172,6 +287,9 @@ class ConvBlock(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, time_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (spikes (N, T, C, H, W), current, voltage)."""
+        if x.dim() == 4:  # the static image: its conv is held for every step, not repeated
+            z = _Conv2d.apply(x.contiguous(memory_format=torch.channels_last), self.weight, *self._conf())
+            return cuba(self.neuron, z, time_steps)
         return cuba(self.neuron, self.synaptic_input(x, time_steps))
 
 
@@ -308,6 +426,7 @@ class Network(torch.nn.Module):
         record: bool = False,
         keep: tuple[str, ...] = (),
         weights: dict[str, torch.Tensor] | None = None,
+        range_penalty: bool = False,
     ) -> Output:
         """x: encoded input (N, C, H, W) float, see :meth:`encode`.
 
@@ -315,6 +434,8 @@ class Network(torch.nn.Module):
         keep: stage names whose tensors to return (e.g. for Grad-CAM).
         weights: per-stage neuron weights (stage shape without N, T), e.g. fan-outs,
             to count weighted messages (synaptic operations) per step.
+        range_penalty: also return the differentiable 24-bit state-range penalty
+            (training only; a full pass over every state, so only when asked).
         """
         steps: dict[str, torch.Tensor] = {}
         weighted: dict[str, torch.Tensor] = {}
@@ -351,7 +472,7 @@ class Network(torch.nn.Module):
             note(name, x)
             if record:
                 overflow += fx.check_state_range(current.detach())
-            if self.training and torch.is_grad_enabled():
+            if range_penalty and torch.is_grad_enabled():
                 penalty = penalty + fx.state_range_penalty(current, voltage)
         n = x.shape[0]
         class_counts = x.reshape(n, -1, self.num_classes, self.population).sum(dim=(1, 3))

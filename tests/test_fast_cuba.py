@@ -324,7 +324,7 @@ def test_extension_builds():
 def test_build_failure_falls_back_with_one_warning(monkeypatch, tmp_path):
     monkeypatch.setattr(fast_cuba, "_ops", None)
     monkeypatch.setattr(fast_cuba, "_load_attempted", False)
-    monkeypatch.setattr(fast_cuba, "_SOURCE", tmp_path / "missing.cpp")
+    monkeypatch.setattr(fast_cuba, "_SOURCES", (tmp_path / "missing.cpp",))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     x = torch.randn(2, 3, 4, 5)
     expected = STOCK_DYNAMICS(x, torch.tensor([100.0]), torch.zeros(1), 64, 0.5)

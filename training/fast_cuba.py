@@ -77,7 +77,9 @@ __all__ = [
     "li_dynamics_tm", "spike_tm",
 ]
 
-_SOURCE = Path(__file__).resolve().parent / "csrc" / "cuba_dynamics.cpp"
+_CSRC = Path(__file__).resolve().parent / "csrc"
+# neuron dynamics and spikes; event-driven convolutions (sparse spike input)
+_SOURCES = (_CSRC / "cuba_dynamics.cpp", _CSRC / "sparse_conv.cpp")
 _EXT_NAME = "lava_allnet_cuba"
 # -ffp-contract=off: float32 `a * b + c` must stay a rounded multiply and a
 # rounded add (as in torch), never a fused multiply-add.
@@ -131,7 +133,7 @@ def _load_ops() -> Any:
             # (no pybind11 / torch/extension.h: a much faster compile).
             load(
                 name=_EXT_NAME,
-                sources=[str(_SOURCE)],
+                sources=[str(p) for p in _SOURCES],
                 extra_cflags=_CFLAGS,
                 extra_ldflags=["-fopenmp"],
                 build_directory=str(build_dir),
@@ -577,6 +579,158 @@ def spike_tm(
         coef = torch.tensor(scale_rho, dtype=torch.float32) / 2 / tau
         return _SpikeTM.apply(voltage.contiguous(), float(threshold), tau.item(), coef.item())
     return _Spike.apply(voltage, threshold, tau_rho, scale_rho, False, 0, 1)
+
+
+# --------------------------------------------------------------------------
+# fused CUBA layer pieces (time-major)
+# --------------------------------------------------------------------------
+_NO_TENSOR = torch.empty(0)
+
+
+class _CurrentTM(torch.autograd.Function):
+    """CUBA current of an (N, T, *S) input, or of an (N, *S) input held for ``steps`` steps,
+    plus its sums over time (N, M) for a batch mean (not differentiable)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, steps: int, decay: torch.Tensor, w_scale: int,  # type: ignore[override]
+                sums: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        y, _, time_sums = _ops.li_fwd_tm_ex(
+            x, steps, decay.detach(), w_scale, _NO_RESET, 0.0, 0, _NO_TENSOR, float("nan"), sums
+        )
+        ctx.save_for_backward(decay)
+        ctx.held = steps > 0
+        ctx.mark_non_differentiable(time_sums)
+        return y, time_sums
+
+    @staticmethod
+    def backward(ctx: Any, grad_y: torch.Tensor, _grad_sums: Any) -> tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
+        (decay,) = ctx.saved_tensors
+        op = _ops.li_bwd_tm_sum if ctx.held else _ops.li_bwd_tm
+        return op(grad_y.contiguous(), decay.detach()), None, None, None, None
+
+
+def fused_ok(x: torch.Tensor, *decays: torch.Tensor) -> bool:
+    """Whether the fused time-major CUBA kernels apply (CPU float32, fixed shared decays, extension built)."""
+    return (
+        _is_cpu_f32(x)
+        and all(_is_cpu_f32(d) and d.numel() == 1 and not d.requires_grad for d in decays)
+        and _load_ops() is not None
+    )
+
+
+def current_tm(
+    x: torch.Tensor, steps: Optional[int], decay: torch.Tensor, w_scale: int, time_sums: bool = False
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """CUBA current ``li_dynamics_tm(x, decay, w_scale)`` (bit for bit) of x (N, T, *S), or of
+    x (N, *S) held for ``steps`` steps without materialising the repeat (its input
+    gradient is then the sum over time, added in falling t).
+
+    Returns (current (N, T, *S), its sums over time (N, prod(S)) if ``time_sums``
+    else None). Requires :func:`fused_ok`.
+    """
+    y, sums = _CurrentTM.apply(x.contiguous(), steps or 0, decay, w_scale, time_sums)
+    return y, (sums if time_sums else None)
+
+
+def channel_sums(time_sums: torch.Tensor, shape: torch.Size | tuple[int, ...], axis: int) -> torch.Tensor:
+    """Per-channel totals from per-neuron sums over time (N, prod(S)) of an (N, T, *S)
+    tensor whose channel is ``axis`` (an axis of the (N, T, *S) shape, >= 2)."""
+    per_neuron = time_sums.sum(0).view(tuple(shape[2:]))
+    axis = axis % len(shape) - 2
+    others = [d for d in range(per_neuron.dim()) if d != axis]
+    return per_neuron.sum(dim=others) if others else per_neuron  # dim=[] would sum everything
+
+
+class _VoltageSpikeTM(torch.autograd.Function):
+    """CUBA voltage (with reset) of ``current - bias`` and its spikes in one pass; backward likewise."""
+
+    @staticmethod
+    def forward(ctx: Any, current: torch.Tensor, bias: Optional[torch.Tensor], decay: torch.Tensor,  # type: ignore[override]
+                w_scale: int, threshold: float, tau_rho: float, coef: float, norm: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        mode, thr_f, thr_i = _reset_mode(threshold, w_scale)
+        voltage, spikes, _ = _ops.li_fwd_tm_ex(
+            current, 0, decay.detach(), w_scale, mode, thr_f, thr_i,
+            _NO_TENSOR if bias is None else bias, float(threshold), False,
+        )
+        ctx.save_for_backward(voltage, decay)
+        ctx.consts = (float(threshold), tau_rho, coef)
+        ctx.norm = norm
+        ctx.set_materialize_grads(False)  # an unused voltage gets None, not a zero tensor to add
+        return voltage, spikes
+
+    @staticmethod
+    def backward(ctx: Any, grad_voltage: Optional[torch.Tensor],  # type: ignore[override]
+                 grad_spikes: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], ...]:
+        voltage, decay = ctx.saved_tensors
+        if grad_spikes is None:
+            grad = torch.zeros_like(voltage)
+        else:
+            grad = _spike_grad(voltage, *ctx.consts, grad_spikes.contiguous())
+        if grad_voltage is not None:
+            grad = grad + grad_voltage
+        if ctx.norm is None:
+            return _ops.li_bwd_tm(grad.contiguous(), decay.detach()), None, None, None, None, None, None, None
+        # the centre is hook(batch mean of the current): the gradient flows through it too
+        grad, time_sums = _ops.li_bwd_tm_ex(grad.contiguous(), decay.detach())
+        mean, centre, axis, shape = ctx.norm
+        (g_mean,) = torch.autograd.grad(centre, mean, -channel_sums(time_sums, grad.shape, axis))
+        grad.add_((g_mean / (grad.numel() // grad.shape[axis])).view(shape))
+        return grad, None, None, None, None, None, None, None
+
+
+def voltage_spike_tm(
+    current: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    decay: torch.Tensor,
+    w_scale: int,
+    threshold: float,
+    tau_rho: float,
+    scale_rho: float,
+    norm: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SLAYER's CUBA voltage ``dynamics(current - bias, decay, w_scale, threshold)`` and
+    ``spike`` (as :func:`li_dynamics_tm` then :func:`spike_tm`, bit for bit) in one pass.
+
+    current: (N, T, *S) contiguous; bias: per-neuron float32 (numel prod(S)) or
+    None; norm: None, or (mean leaf, centre = hook(mean), channel axis, view
+    shape) when bias is a batch norm's centre computed from this current, whose
+    gradient then flows back through the mean. Requires :func:`fused_ok`.
+    """
+    tau = torch.tensor(tau_rho, dtype=torch.float32)  # rounded as stock's float32 tensors
+    coef = torch.tensor(scale_rho, dtype=torch.float32) / 2 / tau
+    return _VoltageSpikeTM.apply(current.contiguous(), bias, decay, w_scale, threshold, tau.item(), coef.item(), norm)
+
+
+# --------------------------------------------------------------------------
+# 24-bit range penalty
+# --------------------------------------------------------------------------
+class _RangePenalty(torch.autograd.Function):
+    """sum(relu(|x| * scale - margin)^2) in one C++ pass each way."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: float, margin: float) -> torch.Tensor:  # type: ignore[override]
+        total = _ops.range_penalty_fwd(x, scale, margin)
+        # A model that stays in range (the usual case) has nothing to push
+        # back: the backward then skips its full-size pass.
+        ctx.save_for_backward(x if bool(total > 0) else None)
+        ctx.consts = (scale, margin)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        if x is None:
+            return None, None, None  # autograd reads None as a zero gradient
+        return _ops.range_penalty_bwd(x, *ctx.consts, float(grad)), None, None
+
+
+def range_penalty(x: torch.Tensor, scale: float, margin: float) -> torch.Tensor:
+    """``torch.relu(x.abs() * scale - margin).square().sum()`` (0-dim), fused on CPU float32."""
+    if _is_cpu_f32(x) and _load_ops() is not None:
+        if x.dim() == 5 and not x.is_contiguous() and x.permute(0, 1, 3, 4, 2).is_contiguous():
+            x = x.permute(0, 1, 3, 4, 2)  # a sum over elements: any order, no copy (channels-last states)
+        return _RangePenalty.apply(x.contiguous(), float(scale), float(margin))
+    return torch.relu(x.abs() * scale - margin).square().sum()
 
 
 # --------------------------------------------------------------------------

@@ -271,7 +271,7 @@ def train(
                 if train_cfg.augment:
                     x = augment.augment_batch(x, _gen(train_cfg.seed, epoch, b), strength=train_cfg.color_jitter)
                 y = data.labels[idx]
-                out = net(net.encode(x))
+                out = net(net.encode(x), range_penalty=train_cfg.range_weight > 0)
                 loss = F.cross_entropy(class_logits(out.class_counts, net, train_cfg.loss_scale), y)
                 # keep u and v inside Loihi's 24-bit registers, where Lava wraps/saturates and SLAYER does not
                 loss = loss + train_cfg.range_weight * out.range_penalty

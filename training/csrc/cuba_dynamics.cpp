@@ -33,6 +33,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -536,6 +538,12 @@ struct TmArgs {
   float thr_f;
   int64_t thr_i;
   int64_t mode;
+  // Input row of (n, t) at in + n * in_n + t * in_t (in_t = 0: the same input
+  // at every step, e.g. a conv of the static image).
+  int64_t in_n = 0, in_t = 0;
+  const float* bias = nullptr;  // [M] subtracted from the input (float32), or none
+  float* spikes = nullptr;      // [N, T, M] out >= spike_thr as 1/0 (slayer's spike), or none
+  float spike_thr = 0.0f;
 };
 
 // Exact scalar forward of neurons [m0, m1) of sample n (the reference for the
@@ -545,15 +553,17 @@ void fwd_tm_scalar_mode(const TmArgs& a, int64_t n, int64_t m0, int64_t m1) {
   int64_t state[kTmChunk] = {};
   for (int64_t t = 0; t < a.steps; ++t) {
     const int64_t row = (n * a.steps + t) * a.neurons;
-    const float* x = a.in + row;
+    const float* x = a.in + n * a.in_n + t * a.in_t;
     float* y = a.out + row;
     for (int64_t m = m0; m < m1; ++m) {
       int64_t& s = state[m - m0];
-      const float scaled = a.w_scale * x[m];
+      const float in = a.bias ? x[m] - a.bias[m] : x[m];  // torch's `current - centre`
+      const float scaled = a.w_scale * in;
       const int64_t v = wrap_add(right_shift_to_zero(wrap_mul(s, a.decay)),
                                  static_cast<int64_t>(scaled));
       const float v_f = static_cast<float>(v);
       y[m] = v_f / a.w_scale;
+      if (a.spikes) a.spikes[row + m] = y[m] >= a.spike_thr ? 1.0f : 0.0f;
       if constexpr (Mode == kFloatThreshold) {
         s = v_f >= a.thr_f ? 0 : v;
       } else if constexpr (Mode == kIntThreshold) {
@@ -595,14 +605,20 @@ LAVA_ALLNET_AVX2 bool fwd_tm_avx2(const TmArgs& a, double spike_at, int64_t n, i
   const __m256d decay = _mm256_set1_pd(static_cast<double>(a.decay) / kMaxDecay);
   alignas(32) double state[kTmChunk] = {};
   __m256d ok = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+  const __m128 spike_thr = _mm_set1_ps(a.spike_thr), one = _mm_set1_ps(1.0f);
   for (int64_t t = 0; t < a.steps; ++t) {
     const int64_t row = (n * a.steps + t) * a.neurons;
-    const float* x = a.in + row;
+    const float* x = a.in + n * a.in_n + t * a.in_t;
     float* y = a.out + row;
     for (int64_t m = m0; m < m1; m += kLanes) {
       double* s = state + (m - m0);
       Lanes4 l{_mm256_load_pd(s), decay};
-      _mm_storeu_ps(y + m, fwd_step<Reset, Pow2Scale>(l, ok, _mm_loadu_ps(x + m), c));
+      __m128 in = _mm_loadu_ps(x + m);
+      if (a.bias) in = _mm_sub_ps(in, _mm_loadu_ps(a.bias + m));
+      const __m128 out = fwd_step<Reset, Pow2Scale>(l, ok, in, c);
+      _mm_storeu_ps(y + m, out);
+      if (a.spikes)
+        _mm_storeu_ps(a.spikes + row + m, _mm_and_ps(_mm_cmp_ps(out, spike_thr, _CMP_GE_OQ), one));
       _mm256_store_pd(s, l.s);
     }
   }
@@ -633,6 +649,8 @@ float tm_decay(const at::Tensor& decay, const char* name) {
 
 // Time-major forward: input [N, T, ...] from a zero state; the output equals
 // stock's on input.movedim(1, -1), moved back. mode/thresholds as li_fwd.
+void run_fwd_tm(const TmDims& d, TmArgs& a, int64_t w_scale, float* sums);
+
 at::Tensor li_fwd_tm(const at::Tensor& input, const at::Tensor& decay, int64_t w_scale,
                      int64_t mode, double threshold_f, int64_t threshold_i) {
   const TmDims d = tm_dims(input, "li_fwd_tm");
@@ -641,6 +659,8 @@ at::Tensor li_fwd_tm(const at::Tensor& input, const at::Tensor& decay, int64_t w
   if (output.numel() == 0) return output;
   TmArgs a;
   a.in = input.const_data_ptr<float>();
+  a.in_t = d.neurons;
+  a.in_n = d.steps * d.neurons;
   a.out = output.mutable_data_ptr<float>();
   a.steps = d.steps;
   a.neurons = d.neurons;
@@ -649,6 +669,84 @@ at::Tensor li_fwd_tm(const at::Tensor& input, const at::Tensor& decay, int64_t w
   a.thr_f = static_cast<float>(threshold_f);
   a.thr_i = threshold_i;
   a.mode = mode;
+  run_fwd_tm(d, a, w_scale, nullptr);
+  return output;
+}
+
+// li_fwd_tm with the extras a CUBA layer fuses into it:
+//   * input [N, T, *S], or [N, *S] held for `steps` steps (steps > 0);
+//   * bias [M] (or empty): the input is `input - bias` in float32 (the batch
+//     norm's centre, broadcast over the neurons by the caller);
+//   * spike_threshold (NaN: none): also returns slayer's spikes of the output;
+//   * time_sums: also returns the output summed over time, [N, M] (what a
+//     batch mean needs, without another pass over the output).
+// Returns {output [N, T, *S], spikes, sums} (empty tensors where not asked).
+std::vector<at::Tensor> li_fwd_tm_ex(const at::Tensor& input, int64_t steps,
+                                     const at::Tensor& decay, int64_t w_scale, int64_t mode,
+                                     double threshold_f, int64_t threshold_i,
+                                     const at::Tensor& bias, double spike_threshold,
+                                     bool time_sums) {
+  TORCH_CHECK(input.dim() >= 1 && input.is_contiguous() && input.scalar_type() == at::kFloat &&
+                  input.is_cpu(),
+              "li_fwd_tm_ex: expected a contiguous CPU float32 input");
+  TORCH_CHECK(mode >= kNoReset && mode <= kIntThreshold, "li_fwd_tm_ex: bad mode");
+  std::vector<int64_t> shape(input.sizes().begin(), input.sizes().end());
+  const bool held = steps > 0;
+  if (held) shape.insert(shape.begin() + 1, steps);
+  TORCH_CHECK(shape.size() >= 2, "li_fwd_tm_ex: need [N, T, ...] or [N, ...] with steps");
+  at::Tensor output = at::empty(shape, input.options());
+  TmDims d;
+  d.batch = shape[0];
+  d.steps = shape[1];
+  d.neurons = d.batch * d.steps == 0 ? 0 : output.numel() / (d.batch * d.steps);
+  d.chunks = (d.neurons + kTmChunk - 1) / kTmChunk;
+  const bool spiking = !std::isnan(spike_threshold);
+  at::Tensor spikes = spiking ? at::empty(shape, input.options()) : at::empty({0}, input.options());
+  at::Tensor sums = time_sums ? at::zeros({d.batch, d.neurons}, input.options())
+                              : at::empty({0}, input.options());
+  if (output.numel() == 0) return {output, spikes, sums};
+  TmArgs a;
+  a.in = input.const_data_ptr<float>();
+  a.in_t = held ? 0 : d.neurons;
+  a.in_n = held ? d.neurons : d.steps * d.neurons;
+  if (bias.numel() > 0) {
+    TORCH_CHECK(bias.is_cpu() && bias.is_contiguous() && bias.scalar_type() == at::kFloat &&
+                    bias.numel() == d.neurons,
+                "li_fwd_tm_ex: bias must be a contiguous CPU float32 tensor with one value per neuron");
+    a.bias = bias.const_data_ptr<float>();
+  }
+  if (spiking) {
+    a.spikes = spikes.mutable_data_ptr<float>();
+    a.spike_thr = static_cast<float>(spike_threshold);
+  }
+  a.out = output.mutable_data_ptr<float>();
+  a.steps = d.steps;
+  a.neurons = d.neurons;
+  a.decay = decay_int_of(tm_decay(decay, "li_fwd_tm_ex"));
+  a.w_scale = static_cast<float>(w_scale);
+  a.thr_f = static_cast<float>(threshold_f);
+  a.thr_i = threshold_i;
+  a.mode = mode;
+  run_fwd_tm(d, a, w_scale, time_sums ? sums.mutable_data_ptr<float>() : nullptr);
+  return {output, spikes, sums};
+}
+
+// sums[n, m] = sum over t of x[n, t, m] for m in [m0, m1), t rising: a chunk
+// just written is still in cache, so this costs far less than a torch reduction.
+void sum_over_time(const float* x, float* sums, int64_t steps, int64_t neurons, int64_t n,
+                   int64_t m0, int64_t m1) {
+  float* s = sums + n * neurons;
+  const float* xn = x + n * steps * neurons;
+  std::copy(xn + m0, xn + m1, s + m0);
+  for (int64_t t = 1; t < steps; ++t) {
+    const float* row = xn + t * neurons;
+    for (int64_t m = m0; m < m1; ++m) s[m] += row[m];
+  }
+}
+
+
+void run_fwd_tm(const TmDims& d, TmArgs& a, int64_t w_scale, float* sums) {
+  const int64_t mode = a.mode;
 
 #ifdef LAVA_ALLNET_X86
   const bool simd = has_avx2() && mode != kIntThreshold && a.decay >= -kMaxDecay &&
@@ -665,12 +763,14 @@ at::Tensor li_fwd_tm(const at::Tensor& input, const at::Tensor& decay, int64_t w
       const int64_t m_vec = m0 + (m1 - m0) / kLanes * kLanes;
       if (!kernel(a, spike_at, n, m0, m_vec)) fwd_tm_scalar(a, n, m0, m_vec);
       fwd_tm_scalar(a, n, m_vec, m1);
-      return;
+    } else {
+      fwd_tm_scalar(a, n, m0, m1);
     }
-#endif
+#else
     fwd_tm_scalar(a, n, m0, m1);
+#endif
+    if (sums) sum_over_time(a.out, sums, d.steps, d.neurons, n, m0, m1);
   });
-  return output;
 }
 
 // Time-major backward: grad_input[n, t] = f * grad_input[n, t + 1] +
@@ -698,6 +798,68 @@ at::Tensor li_bwd_tm(const at::Tensor& grad_output, const at::Tensor& decay) {
 #endif
       bwd_tm_scalar(g_out, f, g_in, d.neurons, t, m0, m1);
     }
+  });
+  return grad_input;
+}
+
+// li_bwd_tm plus, per sample and neuron, the result summed over time [N, M]
+// (t rising), read back from cache right after each chunk is computed.
+std::vector<at::Tensor> li_bwd_tm_ex(const at::Tensor& grad_output, const at::Tensor& decay) {
+  const TmDims d = tm_dims(grad_output, "li_bwd_tm_ex");
+  at::Tensor grad_input = at::empty_like(grad_output);
+  at::Tensor sums = at::zeros({d.batch, d.neurons}, grad_output.options());
+  if (grad_input.numel() == 0) return {grad_input, sums};
+  const float f = bwd_factor(tm_decay(decay, "li_bwd_tm_ex"));
+  const float* go = grad_output.const_data_ptr<float>();
+  float* gi = grad_input.mutable_data_ptr<float>();
+  float* sp = sums.mutable_data_ptr<float>();
+  const int64_t sample = d.steps * d.neurons;
+  tm_parallel(d, [&](int64_t n, int64_t m0, int64_t m1) {
+    const float* g_out = go + n * sample;
+    float* g_in = gi + n * sample;
+    const int64_t last = (d.steps - 1) * d.neurons;
+    std::copy(g_out + last + m0, g_out + last + m1, g_in + last + m0);
+    for (int64_t t = d.steps - 2; t >= 0; --t) {
+#ifdef LAVA_ALLNET_X86
+      if (has_avx2()) {
+        bwd_tm_avx2(g_out, f, g_in, d.neurons, t, m0, m1);
+        continue;
+      }
+#endif
+      bwd_tm_scalar(g_out, f, g_in, d.neurons, t, m0, m1);
+    }
+    sum_over_time(gi, sp, d.steps, d.neurons, n, m0, m1);
+  });
+  return {grad_input, sums};
+}
+
+// li_bwd_tm summed over time: the input gradient of an input held constant
+// for every step ([N, *S] -> [N, T, *S] broadcast), without the [N, T, M]
+// tensor. Sums in falling t (the order the recursion produces them).
+at::Tensor li_bwd_tm_sum(const at::Tensor& grad_output, const at::Tensor& decay) {
+  const TmDims d = tm_dims(grad_output, "li_bwd_tm_sum");
+  std::vector<int64_t> shape(grad_output.sizes().begin(), grad_output.sizes().end());
+  shape.erase(shape.begin() + 1);
+  at::Tensor grad_input = at::empty(shape, grad_output.options());
+  if (grad_input.numel() == 0 || d.steps == 0) return grad_input.zero_();
+  const float f = bwd_factor(tm_decay(decay, "li_bwd_tm_sum"));
+  const float* go = grad_output.const_data_ptr<float>();
+  float* gi = grad_input.mutable_data_ptr<float>();
+  tm_parallel(d, [&](int64_t n, int64_t m0, int64_t m1) {
+    const float* g_out = go + n * d.steps * d.neurons;
+    float cur[kTmChunk], acc[kTmChunk];
+    const int64_t w = m1 - m0;
+    const float* last = g_out + (d.steps - 1) * d.neurons + m0;
+    for (int64_t k = 0; k < w; ++k) cur[k] = acc[k] = last[k];
+    for (int64_t t = d.steps - 2; t >= 0; --t) {
+      const float* row = g_out + t * d.neurons + m0;
+      for (int64_t k = 0; k < w; ++k) {
+        const float decayed = f * cur[k];  // rounded before the add, as li_bwd_tm
+        cur[k] = decayed + row[k];
+        acc[k] += cur[k];
+      }
+    }
+    std::copy(acc, acc + w, gi + n * d.neurons + m0);
   });
   return grad_input;
 }
@@ -811,16 +973,62 @@ at::Tensor time_shift(const at::Tensor& input, int64_t shift) {
   return out;
 }
 
+// ---------------------------------------------------------------------------
 }  // namespace
+
+// The 24-bit range penalty (lava_allnet.fixed_point.state_range_penalty):
+// sum(relu(|x| * scale - margin)^2) in one pass instead of six torch ops
+// over the whole state (measured: the penalty had doubled a training step).
+// Accumulated in double per chunk; a training loss, not a deployment value,
+// so it need not match the torch expression bit for bit.
+at::Tensor range_penalty_fwd(const at::Tensor& x, double scale, double margin) {
+  TORCH_CHECK(x.is_contiguous() && x.scalar_type() == at::kFloat && x.is_cpu(),
+              "range_penalty_fwd: expected a contiguous CPU float32 tensor");
+  const float* p = x.const_data_ptr<float>();
+  const double total = at::parallel_reduce(
+      int64_t{0}, x.numel(), kElementGrain, 0.0,
+      [&](int64_t begin, int64_t end, double acc) {
+        for (int64_t i = begin; i < end; ++i) {
+          const double d = std::fabs(static_cast<double>(p[i])) * scale - margin;
+          if (d > 0) acc += d * d;
+        }
+        return acc;
+      },
+      [](double a, double b) { return a + b; });
+  return at::scalar_tensor(total, x.options());
+}
+
+// d/dx of the above times the incoming scalar gradient: 2 g scale sign(x) relu(|x| scale - margin).
+at::Tensor range_penalty_bwd(const at::Tensor& x, double scale, double margin, double grad) {
+  TORCH_CHECK(x.is_contiguous() && x.scalar_type() == at::kFloat && x.is_cpu(),
+              "range_penalty_bwd: expected a contiguous CPU float32 tensor");
+  at::Tensor out = at::empty_like(x);
+  const float* p = x.const_data_ptr<float>();
+  float* o = out.mutable_data_ptr<float>();
+  const float s = static_cast<float>(scale), m = static_cast<float>(margin);
+  const float k = static_cast<float>(2.0 * grad * scale);
+  at::parallel_for(0, x.numel(), kElementGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float d = std::fabs(p[i]) * s - m;
+      o[i] = d > 0.0f ? std::copysign(k * d, p[i]) : 0.0f;
+    }
+  });
+  return out;
+}
 
 TORCH_LIBRARY(lava_allnet_cuba, m) {
   m.def("li_fwd", &li_fwd);
   m.def("li_bwd", &li_bwd);
   m.def("li_fwd_tm", &li_fwd_tm);
+  m.def("li_fwd_tm_ex", &li_fwd_tm_ex);
+  m.def("li_bwd_tm_sum", &li_bwd_tm_sum);
+  m.def("li_bwd_tm_ex", &li_bwd_tm_ex);
   m.def("li_bwd_tm", &li_bwd_tm);
   m.def("li_decay_terms_tm", &li_decay_terms_tm);
   m.def("spike_fwd", &spike_fwd);
   m.def("spike_grad_exponent", &spike_grad_exponent);
   m.def("spike_grad_scale_", &spike_grad_scale_);
   m.def("time_shift", &time_shift);
+  m.def("range_penalty_fwd", &range_penalty_fwd);
+  m.def("range_penalty_bwd", &range_penalty_bwd);
 }
