@@ -575,7 +575,7 @@ def explain(
     model_file: Path = typer.Argument(..., help="Model file (.net)."),
     image: Path = typer.Argument(..., help="One image file."),
     out_file: Path = typer.Option(..., "--out", help="PNG to write (input and Grad-CAM heat map)."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="Conv layer for Grad-CAM (default: deepest with a map of at least 8x8)."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Conv layer for Grad-CAM (default: the deepest whose map keeps 1/8 of the image side, at least 8x8)."),
     class_name: Optional[str] = typer.Option(None, "--class", help="Explain this class instead of the predicted one."),
 ) -> None:
     """Grad-CAM through the surrogate gradients: where the network looked for the predicted class."""

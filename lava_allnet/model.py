@@ -266,31 +266,24 @@ class ConvBlock(torch.nn.Module):
         """Quantised weight (out, in, kH, kW)."""
         return fx.quantize_weight(self.synapse.weight)[..., 0]
 
-    def synaptic_input(self, x: torch.Tensor, time_steps: int) -> torch.Tensor:
-        """Time-major synaptic current (N, T, C, H, W) from x (N, T, C, H, W) or a constant (N, C, H, W).
+    def synaptic_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Synaptic current of x: (N, T, C, H, W) time-major, or (N, C, H, W) for a static image.
 
         Channels-last in memory (mkldnn's strided convs and their gradients
         ran ~2x faster so on this CPU); the neurons work in any layout.
         """
-        cl = torch.channels_last
-        if x.dim() == 4:  # constant input (the image): one conv, broadcast in time
-            z = _Conv2d.apply(x.contiguous(memory_format=cl), self.weight, *self._conf())
-            return z.unsqueeze(1).expand(z.shape[0], time_steps, *z.shape[1:])
-        n, t = x.shape[:2]
-        frames = x.reshape(n * t, *x.shape[2:]).contiguous(memory_format=cl)  # no copy when x is already
-        z = _Conv2d.apply(frames, self.weight, *self._conf())
-        return z.view(n, t, *z.shape[1:])
+        frames = x if x.dim() == 4 else x.reshape(-1, *x.shape[2:])
+        z = _Conv2d.apply(frames.contiguous(memory_format=torch.channels_last), self.weight, *self._conf())
+        return z if x.dim() == 4 else z.view(*x.shape[:2], *z.shape[1:])
 
     def _conf(self) -> tuple:
         s = self.synapse
         return tuple(s.stride[:2]), tuple(s.padding[:2]), tuple(s.dilation[:2]), s.groups
 
     def forward(self, x: torch.Tensor, time_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (spikes (N, T, C, H, W), current, voltage)."""
-        if x.dim() == 4:  # the static image: its conv is held for every step, not repeated
-            z = _Conv2d.apply(x.contiguous(memory_format=torch.channels_last), self.weight, *self._conf())
-            return cuba(self.neuron, z, time_steps)
-        return cuba(self.neuron, self.synaptic_input(x, time_steps))
+        """x: (N, T, C, H, W), or the static image (N, C, H, W), whose conv is held
+        for every step rather than repeated. Returns (spikes (N, T, C, H, W), current, voltage)."""
+        return cuba(self.neuron, self.synaptic_input(x), time_steps if x.dim() == 4 else None)
 
 
 def neuron_bias(block: "ConvBlock | DenseBlock") -> torch.Tensor | None:
