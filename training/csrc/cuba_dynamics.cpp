@@ -647,30 +647,20 @@ float tm_decay(const at::Tensor& decay, const char* name) {
   return decay.contiguous().const_data_ptr<float>()[0];
 }
 
+void run_fwd_tm(const TmDims& d, TmArgs& a, int64_t w_scale, float* sums);
+std::vector<at::Tensor> li_fwd_tm_ex(const at::Tensor& input, int64_t steps,
+                                     const at::Tensor& decay, int64_t w_scale, int64_t mode,
+                                     double threshold_f, int64_t threshold_i,
+                                     const at::Tensor& bias, double spike_threshold,
+                                     bool time_sums);
+
 // Time-major forward: input [N, T, ...] from a zero state; the output equals
 // stock's on input.movedim(1, -1), moved back. mode/thresholds as li_fwd.
-void run_fwd_tm(const TmDims& d, TmArgs& a, int64_t w_scale, float* sums);
-
 at::Tensor li_fwd_tm(const at::Tensor& input, const at::Tensor& decay, int64_t w_scale,
                      int64_t mode, double threshold_f, int64_t threshold_i) {
-  const TmDims d = tm_dims(input, "li_fwd_tm");
-  TORCH_CHECK(mode >= kNoReset && mode <= kIntThreshold, "li_fwd_tm: bad mode");
-  at::Tensor output = at::empty_like(input);
-  if (output.numel() == 0) return output;
-  TmArgs a;
-  a.in = input.const_data_ptr<float>();
-  a.in_t = d.neurons;
-  a.in_n = d.steps * d.neurons;
-  a.out = output.mutable_data_ptr<float>();
-  a.steps = d.steps;
-  a.neurons = d.neurons;
-  a.decay = decay_int_of(tm_decay(decay, "li_fwd_tm"));
-  a.w_scale = static_cast<float>(w_scale);
-  a.thr_f = static_cast<float>(threshold_f);
-  a.thr_i = threshold_i;
-  a.mode = mode;
-  run_fwd_tm(d, a, w_scale, nullptr);
-  return output;
+  tm_dims(input, "li_fwd_tm");
+  return li_fwd_tm_ex(input, 0, decay, w_scale, mode, threshold_f, threshold_i, at::Tensor(),
+                      std::nan(""), false)[0];
 }
 
 // li_fwd_tm with the extras a CUBA layer fuses into it:
@@ -709,7 +699,7 @@ std::vector<at::Tensor> li_fwd_tm_ex(const at::Tensor& input, int64_t steps,
   a.in = input.const_data_ptr<float>();
   a.in_t = held ? 0 : d.neurons;
   a.in_n = held ? d.neurons : d.steps * d.neurons;
-  if (bias.numel() > 0) {
+  if (bias.defined() && bias.numel() > 0) {
     TORCH_CHECK(bias.is_cpu() && bias.is_contiguous() && bias.scalar_type() == at::kFloat &&
                     bias.numel() == d.neurons,
                 "li_fwd_tm_ex: bias must be a contiguous CPU float32 tensor with one value per neuron");
@@ -774,14 +764,10 @@ void run_fwd_tm(const TmDims& d, TmArgs& a, int64_t w_scale, float* sums) {
 }
 
 // Time-major backward: grad_input[n, t] = f * grad_input[n, t + 1] +
-// grad_output[n, t] with stock's f = 1 - decay / 4096 (float32 ops).
-at::Tensor li_bwd_tm(const at::Tensor& grad_output, const at::Tensor& decay) {
-  const TmDims d = tm_dims(grad_output, "li_bwd_tm");
-  at::Tensor grad_input = at::empty_like(grad_output);
-  if (grad_input.numel() == 0) return grad_input;
-  const float f = bwd_factor(tm_decay(decay, "li_bwd_tm"));
-  const float* go = grad_output.const_data_ptr<float>();
-  float* gi = grad_input.mutable_data_ptr<float>();
+// grad_output[n, t] with stock's f = 1 - decay / 4096 (float32 ops). With
+// sums, also the result summed over time per sample and neuron [N, M] (t
+// rising), read back from cache right after each chunk is computed.
+void run_bwd_tm(const TmDims& d, const float* go, float f, float* gi, float* sums) {
   const int64_t sample = d.steps * d.neurons;
   tm_parallel(d, [&](int64_t n, int64_t m0, int64_t m1) {
     const float* g_out = go + n * sample;
@@ -798,38 +784,26 @@ at::Tensor li_bwd_tm(const at::Tensor& grad_output, const at::Tensor& decay) {
 #endif
       bwd_tm_scalar(g_out, f, g_in, d.neurons, t, m0, m1);
     }
+    if (sums) sum_over_time(gi, sums, d.steps, d.neurons, n, m0, m1);
   });
+}
+
+at::Tensor li_bwd_tm(const at::Tensor& grad_output, const at::Tensor& decay) {
+  const TmDims d = tm_dims(grad_output, "li_bwd_tm");
+  at::Tensor grad_input = at::empty_like(grad_output);
+  if (grad_input.numel() == 0) return grad_input;
+  run_bwd_tm(d, grad_output.const_data_ptr<float>(), bwd_factor(tm_decay(decay, "li_bwd_tm")),
+             grad_input.mutable_data_ptr<float>(), nullptr);
   return grad_input;
 }
 
-// li_bwd_tm plus, per sample and neuron, the result summed over time [N, M]
-// (t rising), read back from cache right after each chunk is computed.
 std::vector<at::Tensor> li_bwd_tm_ex(const at::Tensor& grad_output, const at::Tensor& decay) {
   const TmDims d = tm_dims(grad_output, "li_bwd_tm_ex");
   at::Tensor grad_input = at::empty_like(grad_output);
   at::Tensor sums = at::zeros({d.batch, d.neurons}, grad_output.options());
   if (grad_input.numel() == 0) return {grad_input, sums};
-  const float f = bwd_factor(tm_decay(decay, "li_bwd_tm_ex"));
-  const float* go = grad_output.const_data_ptr<float>();
-  float* gi = grad_input.mutable_data_ptr<float>();
-  float* sp = sums.mutable_data_ptr<float>();
-  const int64_t sample = d.steps * d.neurons;
-  tm_parallel(d, [&](int64_t n, int64_t m0, int64_t m1) {
-    const float* g_out = go + n * sample;
-    float* g_in = gi + n * sample;
-    const int64_t last = (d.steps - 1) * d.neurons;
-    std::copy(g_out + last + m0, g_out + last + m1, g_in + last + m0);
-    for (int64_t t = d.steps - 2; t >= 0; --t) {
-#ifdef LAVA_ALLNET_X86
-      if (has_avx2()) {
-        bwd_tm_avx2(g_out, f, g_in, d.neurons, t, m0, m1);
-        continue;
-      }
-#endif
-      bwd_tm_scalar(g_out, f, g_in, d.neurons, t, m0, m1);
-    }
-    sum_over_time(gi, sp, d.steps, d.neurons, n, m0, m1);
-  });
+  run_bwd_tm(d, grad_output.const_data_ptr<float>(), bwd_factor(tm_decay(decay, "li_bwd_tm_ex")),
+             grad_input.mutable_data_ptr<float>(), sums.mutable_data_ptr<float>());
   return {grad_input, sums};
 }
 

@@ -152,6 +152,23 @@ __attribute__((target("avx2"))) inline int64_t gather_events(const float* px, in
   return n;
 }
 
+// Calls visit(n, a, b) for every pixel of frame xf that feeds an output and
+// has n > 0 events (gathered once into idx/val) and each of its taps (a, b).
+template <typename Visit>
+__attribute__((target("avx2"), always_inline)) inline void for_each_pixel_tap(
+    const Geometry& g, const float* xf, int32_t* idx, float* val, Visit&& visit) {
+  for (int64_t y = 0; y < g.h; ++y) {
+    if (g.ty[y].empty()) continue;
+    for (int64_t xx = 0; xx < g.w; ++xx) {
+      if (g.tx[xx].empty()) continue;
+      const int64_t n = gather_events(xf + (y * g.w + xx) * g.c, g.c, idx, val);
+      if (n == 0) continue;
+      for (const Tap& a : g.ty[y])
+        for (const Tap& b : g.tx[xx]) visit(n, a, b);
+    }
+  }
+}
+
 // Output channels a multiple of 8 * NV. Per pixel and tap the output row
 // (NV vectors at a time) stays in registers while every event of the pixel adds to it.
 template <int NV>
@@ -163,32 +180,22 @@ __attribute__((target("avx2"))) void fwd_avx2(const Geometry& g, const float* x,
   for (int64_t f = f0; f < f1; ++f) {
     float* of = out + f * plane;
     std::fill(of, of + plane, 0.0f);
-    const float* xf = x + f * g.h * g.w * g.c;
-    for (int64_t y = 0; y < g.h; ++y) {
-      if (g.ty[y].empty()) continue;
-      for (int64_t xx = 0; xx < g.w; ++xx) {
-        if (g.tx[xx].empty()) continue;
-        const int64_t n = gather_events(xf + (y * g.w + xx) * g.c, g.c, idx.data(), val.data());
-        if (n == 0) continue;
-        for (const Tap& a : g.ty[y]) {
-          for (const Tap& b : g.tx[xx]) {
-            float* orow = of + (a.o * g.wo + b.o) * g.o;
-            const float* wtap = w + (a.k * g.k + b.k) * g.c * g.o;
-            for (int64_t o0 = 0; o0 < g.o; o0 += 8 * NV) {
-              __m256 acc[NV];
-              for (int j = 0; j < NV; ++j) acc[j] = _mm256_loadu_ps(orow + o0 + 8 * j);
-              for (int64_t e = 0; e < n; ++e) {
-                const __m256 v = _mm256_set1_ps(val[e]);
-                const float* wr = wtap + idx[e] * g.o + o0;
-                for (int j = 0; j < NV; ++j)
-                  acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(v, _mm256_loadu_ps(wr + 8 * j)));
-              }
-              for (int j = 0; j < NV; ++j) _mm256_storeu_ps(orow + o0 + 8 * j, acc[j]);
-            }
-          }
+    for_each_pixel_tap(g, x + f * g.h * g.w * g.c, idx.data(), val.data(),
+                       [&](int64_t n, const Tap& a, const Tap& b) __attribute__((target("avx2"))) {
+      float* orow = of + (a.o * g.wo + b.o) * g.o;
+      const float* wtap = w + (a.k * g.k + b.k) * g.c * g.o;
+      for (int64_t o0 = 0; o0 < g.o; o0 += 8 * NV) {
+        __m256 acc[NV];
+        for (int j = 0; j < NV; ++j) acc[j] = _mm256_loadu_ps(orow + o0 + 8 * j);
+        for (int64_t e = 0; e < n; ++e) {
+          const __m256 v = _mm256_set1_ps(val[e]);
+          const float* wr = wtap + idx[e] * g.o + o0;
+          for (int j = 0; j < NV; ++j)
+            acc[j] = _mm256_add_ps(acc[j], _mm256_mul_ps(v, _mm256_loadu_ps(wr + 8 * j)));
         }
+        for (int j = 0; j < NV; ++j) _mm256_storeu_ps(orow + o0 + 8 * j, acc[j]);
       }
-    }
+    });
   }
 }
 
@@ -202,32 +209,21 @@ __attribute__((target("avx2"))) void wgrad_avx2(const Geometry& g, const float* 
   const int64_t plane = g.ho * g.wo * g.o;
   for (int64_t f = f0; f < f1; ++f) {
     const float* gf = gr + f * plane;
-    const float* xf = x + f * g.h * g.w * g.c;
-    for (int64_t y = 0; y < g.h; ++y) {
-      if (g.ty[y].empty()) continue;
-      for (int64_t xx = 0; xx < g.w; ++xx) {
-        if (g.tx[xx].empty()) continue;
-        const int64_t n = gather_events(xf + (y * g.w + xx) * g.c, g.c, idx.data(), val.data());
-        if (n == 0) continue;
-        for (const Tap& a : g.ty[y]) {
-          for (const Tap& b : g.tx[xx]) {
-            const float* grow = gf + (a.o * g.wo + b.o) * g.o;
-            float* atap = acc + (a.k * g.k + b.k) * g.c * g.o;
-            for (int64_t o0 = 0; o0 < g.o; o0 += 8 * NV) {
-              __m256 gv[NV];
-              for (int j = 0; j < NV; ++j) gv[j] = _mm256_loadu_ps(grow + o0 + 8 * j);
-              for (int64_t e = 0; e < n; ++e) {
-                const __m256 v = _mm256_set1_ps(val[e]);
-                float* ar = atap + idx[e] * g.o + o0;
-                for (int j = 0; j < NV; ++j)
-                  _mm256_storeu_ps(ar + 8 * j, _mm256_add_ps(_mm256_loadu_ps(ar + 8 * j),
-                                                             _mm256_mul_ps(v, gv[j])));
-              }
-            }
-          }
+    for_each_pixel_tap(g, x + f * g.h * g.w * g.c, idx.data(), val.data(),
+                       [&](int64_t n, const Tap& a, const Tap& b) __attribute__((target("avx2"))) {
+      const float* grow = gf + (a.o * g.wo + b.o) * g.o;
+      float* atap = acc + (a.k * g.k + b.k) * g.c * g.o;
+      for (int64_t o0 = 0; o0 < g.o; o0 += 8 * NV) {
+        __m256 gv[NV];
+        for (int j = 0; j < NV; ++j) gv[j] = _mm256_loadu_ps(grow + o0 + 8 * j);
+        for (int64_t e = 0; e < n; ++e) {
+          const __m256 v = _mm256_set1_ps(val[e]);
+          float* ar = atap + idx[e] * g.o + o0;
+          for (int j = 0; j < NV; ++j)
+            _mm256_storeu_ps(ar + 8 * j, _mm256_add_ps(_mm256_loadu_ps(ar + 8 * j), _mm256_mul_ps(v, gv[j])));
         }
       }
-    }
+    });
   }
 }
 #endif
