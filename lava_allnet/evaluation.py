@@ -218,7 +218,7 @@ def grad_cam(net, image_uint8: np.ndarray, layer: str | None = None, class_index
     convs = [n for n, b in net.blocks.items() if isinstance(b, ConvBlock)]
     if layer is None:
         # The deepest conv whose map keeps at least 1/8 of the image side (and 8
-        # pixels): measured on the shipped model, conv4's 8x8 map of a 128-pixel
+        # pixels): measured on a NeurALLNet trained on the smears, conv4's 8x8 map of a 128-pixel
         # smear was too coarse to tell a leukocyte from its surroundings (heat on
         # the darkest fifth 1.11x the rest, median of 8 images), conv3's 16x16
         # map put it on the cells (1.64x).
