@@ -112,20 +112,14 @@ def _norm_tm(norm, current: torch.Tensor, channel_axis: int = 2) -> torch.Tensor
     ``channel_axis`` (2: (N, T, C, ...); -1: channels-last (N, T, H, W, C))
     instead of 1. At inference (running mean) it is exact.
     """
-    axis = channel_axis % current.dim()
-    c = current.shape[axis]
-    shape = [1] * current.dim()
-    shape[axis] = c
-    if norm.training and norm.update:
-        with torch.no_grad():
-            mean = current.mean(dim=[d for d in range(current.dim()) if d != axis])
-            norm.running_mean = (1 - norm.momentum) * norm.running_mean + norm.momentum * mean
-        return _SubtractBatchMean.apply(current, mean, norm.pre_hook_fx, axis)
-    return current - norm.pre_hook_fx(norm.running_mean.view(shape))
+    centre, batch_mean = _norm_centre(norm, current, channel_axis)
+    if batch_mean is None:
+        return current - centre
+    return _SubtractBatchMean.apply(current, centre, batch_mean)
 
 
 class _SubtractBatchMean(torch.autograd.Function):
-    """current - hook(mean) with mean = current's per-channel batch mean, differentiated through it.
+    """current - centre, where centre = hook(mean) is current's per-channel batch mean, differentiated through it.
 
     The gradient autograd gives ``current - hook(current.mean(dims))``
     (g - hook'(mean) sum(g) / count), in one reduction and one fused pass instead
@@ -133,22 +127,16 @@ class _SubtractBatchMean(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, current, mean, hook, axis):  # type: ignore[override]
-        with torch.enable_grad():  # hook (quantise + clamp) on C values, differentiated in backward
-            ctx.mean = mean.detach().requires_grad_()
-            ctx.centre = hook(ctx.mean)
-        ctx.axis = axis
-        ctx.count = current.numel() // current.shape[axis]
-        shape = [1] * current.dim()
-        shape[axis] = current.shape[axis]
-        ctx.shape = shape
-        return current - ctx.centre.detach().view(shape)
+    def forward(ctx, current, centre, batch_mean):  # type: ignore[override]
+        ctx.batch_mean = batch_mean
+        return current - centre
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        dims = [d for d in range(g.dim()) if d != ctx.axis]
-        (g_mean,) = torch.autograd.grad(ctx.centre, ctx.mean, -g.sum(dim=dims))
-        return g + (g_mean / ctx.count).view(ctx.shape), None, None, None
+        mean, centre, axis, shape = ctx.batch_mean
+        dims = [d for d in range(g.dim()) if d != axis]
+        (g_mean,) = torch.autograd.grad(centre, mean, -g.sum(dim=dims))
+        return g + (g_mean / (g.numel() // g.shape[axis])).view(shape), None, None
 
 
 def _channels_last_tm(z: torch.Tensor) -> bool:
