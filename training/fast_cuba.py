@@ -641,6 +641,15 @@ def channel_sums(time_sums: torch.Tensor, shape: torch.Size | tuple[int, ...], a
     return per_neuron.sum(dim=others) if others else per_neuron  # dim=[] would sum everything
 
 
+def batch_mean_gradient(batch_mean: Any, channel_total: torch.Tensor, count: int) -> torch.Tensor:
+    """What ``current - hook(mean(current))`` adds to the current's gradient g beyond g itself:
+    hook'(mean) * -sum(g) / count per channel, shaped to broadcast. batch_mean: (mean
+    leaf, centre = hook(mean), channel axis, view shape); channel_total: sum of g per channel."""
+    mean, centre, _axis, shape = batch_mean
+    (g_mean,) = torch.autograd.grad(centre, mean, -channel_total)
+    return (g_mean / count).view(shape)
+
+
 class _VoltageSpikeTM(torch.autograd.Function):
     """CUBA voltage (with reset) of ``current - bias`` and its spikes in one pass; backward likewise."""
 
@@ -672,9 +681,9 @@ class _VoltageSpikeTM(torch.autograd.Function):
             return _ops.li_bwd_tm(grad.contiguous(), decay.detach()), None, None, None, None, None, None, None
         # the centre is hook(batch mean of the current): the gradient flows through it too
         grad, time_sums = _ops.li_bwd_tm_ex(grad.contiguous(), decay.detach())
-        mean, centre, axis, shape = ctx.norm
-        (g_mean,) = torch.autograd.grad(centre, mean, -channel_sums(time_sums, grad.shape, axis))
-        grad.add_((g_mean / (grad.numel() // grad.shape[axis])).view(shape))
+        axis = ctx.norm[2]
+        grad.add_(batch_mean_gradient(ctx.norm, channel_sums(time_sums, grad.shape, axis),
+                                      grad.numel() // grad.shape[axis]))
         return grad, None, None, None, None, None, None, None
 
 
