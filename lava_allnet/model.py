@@ -55,12 +55,11 @@ def _neuron(cfg: NeuronConfig, channels: int = 0):
 
 
 class _Conv2d(torch.autograd.Function):
-    """conv2d whose NCHW backward uses conv_transpose2d and conv2d_weight.
+    """conv2d on channels-last input (what ConvBlock passes), event-driven where the input is sparse.
 
-    Same forward; on this CPU the combined mkldnn backward of strided NCHW convs
-    was ~2x slower than these two kernels (measured 510 vs 225 ms for a
-    16->32, 64x64, stride-2 layer at 256 frames). Channels-last tensors take
-    the combined backward, faster still.
+    Channels-last because mkldnn's strided convs and their combined backward ran
+    ~2x faster so on this CPU than NCHW (whose combined backward had been ~2x
+    slower than conv_transpose2d + conv2d_weight).
     """
 
     @staticmethod
@@ -79,28 +78,16 @@ class _Conv2d(torch.autograd.Function):
     def backward(ctx, g):  # type: ignore[override]
         x, w = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
-        if x.is_contiguous(memory_format=torch.channels_last):
-            # channels-last (what ConvBlock uses): mkldnn's combined backward
-            # is as fast as the pair below and ~2x faster than NCHW.
-            g = g.contiguous(memory_format=torch.channels_last)
-            weight_events = ctx.events and ctx.needs_input_grad[1]
-            gx, gw, _ = torch.ops.aten.convolution_backward(
-                g, x, w, None, stride, padding, dilation, False, (0, 0), groups,
-                (ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not weight_events, False),
-            )
-            if weight_events:
-                from training import event_conv
+        g = g.contiguous(memory_format=torch.channels_last)
+        weight_events = ctx.events and ctx.needs_input_grad[1]
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            g, x, w, None, stride, padding, dilation, False, (0, 0), groups,
+            (ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not weight_events, False),
+        )
+        if weight_events:
+            from training import event_conv
 
-                gw = event_conv.conv2d_weight(x, w.shape[2], g, stride[0], padding[0])
-            return gx, gw, None, None, None, None
-        gx = gw = None
-        if ctx.needs_input_grad[0]:
-            out_pad = tuple(
-                (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (w.shape[2 + i] - 1) - 1) % stride[i] for i in range(2)
-            )
-            gx = F.conv_transpose2d(g, w, None, stride, padding, out_pad, groups, dilation)
-        if ctx.needs_input_grad[1]:
-            gw = torch.nn.grad.conv2d_weight(x, w.shape, g, stride, padding, dilation, groups)
+            gw = event_conv.conv2d_weight(x, w.shape[2], g, stride[0], padding[0])
         return gx, gw, None, None, None, None
 
 
@@ -140,11 +127,6 @@ class _SubtractBatchMean(torch.autograd.Function):
         return g + fast_cuba.batch_mean_gradient(ctx.batch_mean, total, g.numel() // g.shape[axis]), None, None
 
 
-def _channels_last_tm(z: torch.Tensor) -> bool:
-    """Whether a time-major (N, T, C, H, W) tensor is laid out (N, T, H, W, C) in memory."""
-    return z.dim() == 5 and not z.is_contiguous() and z.permute(0, 1, 3, 4, 2).is_contiguous()
-
-
 def cuba(
     neuron, z: torch.Tensor, time_steps: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -160,7 +142,7 @@ def cuba(
     held = time_steps is not None
     # The dynamics are per neuron, so a channels-last z runs as its contiguous
     # (N, [T,] H, W, C) permutation (no copy) and the results are permuted back.
-    cl = _channels_last_tm(z.unsqueeze(1) if held else z)
+    cl = fast_cuba.is_channels_last_tm(z.unsqueeze(1) if held else z)
     if cl:
         z = z.permute(0, 2, 3, 1) if held else z.permute(0, 1, 3, 4, 2)
     q = slayer().utils.quantize

@@ -587,6 +587,12 @@ def spike_tm(
 _NO_TENSOR = torch.empty(0)
 
 
+def is_channels_last_tm(x: torch.Tensor) -> bool:
+    """Whether a time-major (N, T, C, H, W) tensor is laid out (N, T, H, W, C) in memory
+    (the states of a channels-last conv layer): its permutation to that order is a free view."""
+    return x.dim() == 5 and not x.is_contiguous() and x.permute(0, 1, 3, 4, 2).is_contiguous()
+
+
 class _CurrentTM(torch.autograd.Function):
     """CUBA current of an (N, T, *S) input, or of an (N, *S) input held for ``steps`` steps,
     plus its sums over time (N, M) for a batch mean (not differentiable)."""
@@ -736,8 +742,8 @@ class _RangePenalty(torch.autograd.Function):
 def range_penalty(x: torch.Tensor, scale: float, margin: float) -> torch.Tensor:
     """``torch.relu(x.abs() * scale - margin).square().sum()`` (0-dim), fused on CPU float32."""
     if _is_cpu_f32(x) and _load_ops() is not None:
-        if x.dim() == 5 and not x.is_contiguous() and x.permute(0, 1, 3, 4, 2).is_contiguous():
-            x = x.permute(0, 1, 3, 4, 2)  # a sum over elements: any order, no copy (channels-last states)
+        if is_channels_last_tm(x):
+            x = x.permute(0, 1, 3, 4, 2)  # a sum over elements: any order, no copy
         return _RangePenalty.apply(x.contiguous(), float(scale), float(margin))
     return torch.relu(x.abs() * scale - margin).square().sum()
 
