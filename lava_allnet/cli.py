@@ -126,10 +126,13 @@ def train(
     test_fraction: float = typer.Option(0.0, "--test-fraction", min=0.0, max=0.5, help="Stratified test share, held out and saved in split.json."),
     per_class: int = typer.Option(150, "--per-class", min=3, help="Synthetic images per class (without --data)."),
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: default)."),
-    no_augment: bool = typer.Option(False, "--no-augment", help="Disable flips/rotations/illumination jitter."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Disable flips and 90-degree rotations."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from this best.pt (fine-tuning; same model config)."),
     range_weight: float = typer.Option(1e-3, "--range-weight", min=0.0, help="Weight of the penalty that keeps neuron states in Loihi's 24-bit range."),
+    distill: float = typer.Option(0.0, "--distill", min=0.0, max=1.0, help="Share of the loss taken by distillation from an ANN teacher of the same shape (trained first into the run directory; 0: off)."),
+    distill_temperature: float = typer.Option(2.0, "--distill-temperature", min=0.1, help="Softmax temperature of the distillation term."),
+    teacher_epochs: int = typer.Option(12, "--teacher-epochs", min=1, help="Training epochs of the ANN teacher."),
 ) -> None:
     """Train NeurALLNet with SLAYER (CUBA neurons, SE gates): progress bar, validation each epoch, best checkpoint."""
     import dataclasses
@@ -154,7 +157,9 @@ def train(
             lr = SYNTH_LR if data is None else TrainConfig.lr
         tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
                            test_fraction=test_fraction, augment=not no_augment, threads=threads,
-                           init_from=str(init) if init else "", range_weight=range_weight)
+                           init_from=str(init) if init else "", range_weight=range_weight,
+                           distill_weight=distill, distill_temperature=distill_temperature,
+                           teacher_epochs=teacher_epochs)
         metrics = run_train(out_dir, cfg, tcfg, data_dir=data, synth_per_class=per_class, console=err)
         run_dir = out_dir
     best = metrics.get("best") or {}

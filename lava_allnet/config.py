@@ -114,6 +114,10 @@ class TrainConfig:
     threads: int = 0  # 0: torch default
     range_weight: float = 1e-3  # weight of the 24-bit state-range penalty (fixed_point.state_range_penalty)
     init_from: str = ""  # a best.pt to start from (fine-tuning) instead of a fresh initialisation
+    # knowledge distillation from an ANN of the same shape (training/distill.py); 0: off
+    distill_weight: float = 0.0  # share of the distillation term in the loss (the rest: cross-entropy)
+    distill_temperature: float = 2.0
+    teacher_epochs: int = 12
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -31,7 +31,7 @@ from lava_allnet.config import ModelConfig, TrainConfig
 from lava_allnet.data import images as di
 from lava_allnet.errors import AllnetError, DataError
 from lava_allnet.model import Network, build_model
-from training import augment
+from training import augment, distill
 from training.checkpoint import load_torch, save_json, save_torch
 
 # mid-epoch checkpoint period (resume after a kill); the variable exists for tests
@@ -228,6 +228,7 @@ def train(
     opt = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     tr_idx = torch.from_numpy(data.split["train"])
     va_idx = torch.from_numpy(data.split.get("val", data.split["train"]))
+    teacher = _teacher(run_dir, model_cfg, train_cfg, data, tr_idx, va_idx, console) if train_cfg.distill_weight > 0 else None
     bs = train_cfg.batch_size
     # fixed training images for the batch-norm statistics (seeded, so resume repeats them)
     norm_idx = tr_idx[torch.randperm(len(tr_idx), generator=_gen(train_cfg.seed, 7))[:128]]
@@ -272,7 +273,13 @@ def train(
                     x = augment.augment_batch(x, _gen(train_cfg.seed, epoch, b), strength=train_cfg.color_jitter)
                 y = data.labels[idx]
                 out = net(net.encode(x), range_penalty=train_cfg.range_weight > 0)
-                loss = F.cross_entropy(class_logits(out.class_counts, net, train_cfg.loss_scale), y)
+                logits = class_logits(out.class_counts, net, train_cfg.loss_scale)
+                loss = F.cross_entropy(logits, y)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = teacher(x)
+                    a = train_cfg.distill_weight
+                    loss = (1 - a) * loss + a * distill.distillation_loss(logits, soft, train_cfg.distill_temperature)
                 # keep u and v inside Loihi's 24-bit registers, where Lava wraps/saturates and SLAYER does not
                 loss = loss + train_cfg.range_weight * out.range_penalty
                 opt.zero_grad(set_to_none=True)
@@ -323,6 +330,22 @@ def train(
             last_ckpt = time.monotonic()
             save_json(_metrics(state, model_cfg, net, fast, data), run_dir / "metrics.json")
     return _metrics(state, model_cfg, net, fast, data)
+
+
+def _teacher(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainData,
+             tr_idx: torch.Tensor, va_idx: torch.Tensor, console) -> "distill.Teacher":
+    """The run's distillation teacher: trained once into teacher.pt, reloaded on resume."""
+    path = run_dir / "teacher.pt"
+    if path.exists():
+        return distill.load_teacher(path, model_cfg)
+    console.print(f"training the ANN distillation teacher ({train_cfg.teacher_epochs} epochs)")
+    teacher, metrics = distill.train_teacher(
+        model_cfg, data.images, data.labels, tr_idx, va_idx, train_cfg.teacher_epochs, train_cfg.seed, _gen,
+        batch_size=train_cfg.batch_size, log=console.print)
+    console.print(f"teacher: train acc {metrics['train_accuracy']:.4f}, val acc {metrics['val_accuracy']:.4f} "
+                  f"({metrics['seconds']:.0f} s)")
+    distill.save_teacher(teacher, model_cfg, metrics, path)
+    return teacher
 
 
 def _metrics(state, model_cfg: ModelConfig, net: Network, fast: bool, data: TrainData) -> dict[str, Any]:

@@ -1,0 +1,85 @@
+"""Distillation from an ANN teacher: the loss, the teacher's training, and its place in a run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lava_allnet.config import ModelConfig, TrainConfig
+from training import distill
+
+
+def test_distillation_loss_is_zero_only_at_the_teacher_and_pulls_the_student_towards_it():
+    teacher = torch.tensor([[4.0, 1.0, 0.0, -2.0], [0.0, 3.0, 0.5, 0.5]])
+    assert distill.distillation_loss(teacher.clone(), teacher, 2.0).item() < 1e-6
+    # a constant shift per row does not change the probabilities
+    assert distill.distillation_loss(teacher + 5.0, teacher, 2.0).item() < 1e-6
+    student = torch.zeros_like(teacher, requires_grad=True)
+    before = distill.distillation_loss(student, teacher, 2.0)
+    assert before.item() > 0.1
+    before.backward()
+    with torch.no_grad():
+        stepped = student - 1.0 * student.grad
+    assert distill.distillation_loss(stepped, teacher, 2.0).item() < before.item()
+    # the T² factor keeps the gradient's size independent of T (for small logits, where it is (s - t) / K)
+    s1 = torch.zeros_like(teacher, requires_grad=True)
+    distill.distillation_loss(s1, teacher * 0.01, 1.0).backward()
+    s4 = torch.zeros_like(teacher, requires_grad=True)
+    distill.distillation_loss(s4, teacher * 0.01, 4.0).backward()
+    assert abs(s4.grad.norm() / s1.grad.norm() - 1) < 0.05  # without T² it would be 1/16
+
+
+def _bright_dark(n: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(n) % 2
+    base = torch.where(labels[:, None, None, None] == 1, 170.0, 80.0)
+    images = (base + 30 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 255).to(torch.uint8)
+    return images, labels
+
+
+def test_teacher_has_the_student_shape_and_learns():
+    cfg = ModelConfig(name="t", input_size=32, channels=(8, 16), strides=(2, 2), se=(False, False),
+                      num_classes=2, class_names=("dark", "bright"), population=2)
+    teacher = distill.Teacher(cfg)
+    convs = [m for m in teacher.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [8, 16] and [c.stride for c in convs] == [(2, 2), (2, 2)]
+    images, labels = _bright_dark(128)
+    idx = torch.arange(128)
+
+    def gen(*key):
+        return torch.Generator().manual_seed(hash(key) % 2**31)
+
+    trained, metrics = distill.train_teacher(cfg, images, labels, idx[:96], idx[96:], epochs=8, seed=0, gen=gen,
+                                             log=lambda _m: None)
+    assert trained(images[:5]).shape == (5, 2)
+    assert metrics["val_accuracy"] == 1.0 and metrics["train_accuracy"] == 1.0
+
+
+def test_a_distilled_run_trains_its_teacher_once_and_resumes_with_it(tmp_path):
+    from lava_allnet.data import synth
+    from training.loop import train
+
+    data = tmp_path / "data"
+    synth.generate_dataset(data, 8, size=32, seed=5)
+    from lava_allnet.config import get_model_config
+
+    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
+    tcfg = TrainConfig(epochs=2, batch_size=8, seed=1, distill_weight=0.5, teacher_epochs=2)
+    run = tmp_path / "run"
+    stopped = train(run, cfg, tcfg, data_dir=data, show_progress=False, stop_after_batches=2)
+    assert stopped["stopped"]
+    teacher_file = run / "teacher.pt"
+    saved = torch.load(teacher_file, map_location="cpu", weights_only=False)
+    assert set(saved["metrics"]) >= {"train_accuracy", "val_accuracy", "epochs"}
+    stamp = teacher_file.stat().st_mtime_ns
+    metrics = train(run, resume=True, show_progress=False)
+    assert metrics["epochs_done"] == 2
+    assert teacher_file.stat().st_mtime_ns == stamp  # reloaded, not retrained
+    assert json.loads((run / "config.json").read_text())["train"]["distill_weight"] == 0.5
+    # the same run without distillation follows another path: the term is really in the loss
+    plain = train(tmp_path / "plain", cfg, TrainConfig(epochs=2, batch_size=8, seed=1), data_dir=data,
+                  show_progress=False)
+    assert [r["train_loss"] for r in plain["history"]] != [r["train_loss"] for r in metrics["history"]]
+    assert not (tmp_path / "plain" / "teacher.pt").exists()
+    assert Path(run / "best.pt").exists()
