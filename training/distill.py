@@ -67,11 +67,16 @@ def train_teacher(
     gen: Callable[..., torch.Generator],
     batch_size: int = 16,
     lr: float = 3e-3,
+    augment_strength: float | None = 0.0,
     log: Callable[[str], None] = print,
 ) -> tuple[Teacher, dict]:
-    """Train the ANN teacher on the same split and augmentation; returns it and its metrics."""
-    torch.manual_seed(seed)
-    teacher = Teacher(cfg).to(memory_format=torch.channels_last)
+    """Train the ANN teacher on the same split; returns it and its metrics.
+
+    augment_strength: the run's ``augment.augment_batch`` strength (None: no augmentation).
+    """
+    with torch.random.fork_rng():  # seeded init without moving the global RNG: a resumed run (teacher loaded) matches
+        torch.manual_seed(seed)
+        teacher = Teacher(cfg).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(teacher.parameters(), lr=lr)
     per_epoch = (len(train_idx) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * per_epoch))
@@ -81,7 +86,9 @@ def train_teacher(
         perm = train_idx[torch.randperm(len(train_idx), generator=gen(seed, 1000 + epoch))]
         for b in range(per_epoch):
             idx = perm[b * batch_size:(b + 1) * batch_size]
-            x = augment.augment_batch(images[idx], gen(seed, 1000 + epoch, b), strength=0.0)
+            x = images[idx]
+            if augment_strength is not None:
+                x = augment.augment_batch(x, gen(seed, 1000 + epoch, b), strength=augment_strength)
             loss = F.cross_entropy(teacher(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -341,7 +341,8 @@ def _teacher(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data
     console.print(f"training the ANN distillation teacher ({train_cfg.teacher_epochs} epochs)")
     teacher, metrics = distill.train_teacher(
         model_cfg, data.images, data.labels, tr_idx, va_idx, train_cfg.teacher_epochs, train_cfg.seed, _gen,
-        batch_size=train_cfg.batch_size, log=console.print)
+        batch_size=train_cfg.batch_size, augment_strength=train_cfg.color_jitter if train_cfg.augment else None,
+        log=console.print)
     console.print(f"teacher: train acc {metrics['train_accuracy']:.4f}, val acc {metrics['val_accuracy']:.4f} "
                   f"({metrics['seconds']:.0f} s)")
     distill.save_teacher(teacher, model_cfg, metrics, path)
