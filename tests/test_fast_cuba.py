@@ -530,3 +530,19 @@ def test_tm_fallbacks_match_stock(monkeypatch):
     _tm_vs_stock(x, torch.tensor([700.0]), 0.5)
     v = torch.randn(2, 5, 3)
     assert _bits(fast_cuba.spike_tm(v, 0.5, 50.0, 0.05), (v >= 0.5).float())
+
+
+def test_tm_fallback_never_uses_the_stock_dispatcher(monkeypatch):
+    # lava-dl's dynamics() JIT-compiles CUDA kernels for CUDA tensors; the
+    # time-major fallback (what CUDA tensors take) runs SLAYER's torch code instead.
+    torch.manual_seed(7)
+    x = torch.randn(2, 5, 3, 4) * 3
+    ref = fast_cuba.li_dynamics_tm(x, torch.tensor([700.0]), S_SCALE, 0.5)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("stock dynamics() dispatcher called")
+
+    monkeypatch.setitem(fast_cuba._saved, "dynamics", refuse)
+    monkeypatch.setattr(fast_cuba, "_ops", None)
+    monkeypatch.setattr(fast_cuba, "_load_attempted", True)
+    assert _bits(fast_cuba.li_dynamics_tm(x, torch.tensor([700.0]), S_SCALE, 0.5), ref)

@@ -89,3 +89,38 @@ def test_training_learns_above_chance(tmp_path):
     m = train(tmp_path / "run", cfg, TrainConfig(epochs=4, seed=0, lr=SYNTH_LR), synth_per_class=150,
               show_progress=False)
     assert m["best"]["val_accuracy"] >= 0.45, m["history"]
+
+
+def test_device_errors_are_clear(tiny_data, tmp_path):
+    from lava_allnet.errors import AllnetError
+    from training.loop import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(AllnetError, match="not a torch device"):
+        resolve_device("gpu0")
+    with pytest.raises(AllnetError, match="cpu or cuda"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        r = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "c"), "--device", "cuda", *TINY])
+        assert r.returncode == 2 and "no CUDA GPU" in r.stderr, r.stderr
+        assert not (tmp_path / "c").exists()  # refused before anything is written
+
+
+def test_without_cpu_kernels_training_is_identical(tiny_data, tmp_path, monkeypatch):
+    # Off the CPU (CUDA) the C++ kernels do not apply and SLAYER's own torch code
+    # runs the neurons: the same integer arithmetic, so the same run, bit for bit.
+    from lava_allnet.config import TrainConfig, get_model_config
+    from training import fast_cuba
+    from training.loop import train
+
+    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
+    tc = TrainConfig(epochs=2, batch_size=8, seed=3, distill_weight=0.5, teacher_epochs=1, color_jitter=1.0)
+    fast = train(tmp_path / "fast", cfg, tc, data_dir=tiny_data, show_progress=False)
+    assert fast["fast_cpu_dynamics"] and fast["device"] == "cpu"
+    monkeypatch.setattr(fast_cuba, "_ops", None)
+    monkeypatch.setattr(fast_cuba, "_load_attempted", True)
+    stock = train(tmp_path / "stock", cfg, tc, data_dir=tiny_data, show_progress=False)
+    assert not stock["fast_cpu_dynamics"]
+    assert _history(tmp_path / "fast") == _history(tmp_path / "stock")
+    saved = json.loads((tmp_path / "fast" / "config.json").read_text())["train"]
+    assert saved["device"] == "cpu" and saved["color_jitter"] == 1.0

@@ -51,7 +51,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 @torch.no_grad()
 def accuracy(teacher: Teacher, images: torch.Tensor, labels: torch.Tensor, batch: int = 64) -> float:
     teacher.eval()
-    correct = sum(int((teacher(images[i:i + batch]).argmax(1) == labels[i:i + batch]).sum())
+    dev = next(teacher.parameters()).device
+    correct = sum(int((teacher(images[i:i + batch].to(dev)).argmax(1).cpu() == labels[i:i + batch]).sum())
                   for i in range(0, len(images), batch))
     return correct / max(1, len(images))
 
@@ -69,14 +70,17 @@ def train_teacher(
     lr: float = 3e-3,
     augment_strength: float | None = 0.0,
     log: Callable[[str], None] = print,
+    device: torch.device | str = "cpu",
 ) -> tuple[Teacher, dict]:
     """Train the ANN teacher on the same split; returns it and its metrics.
 
     augment_strength: the run's ``augment.augment_batch`` strength (None: no augmentation).
+    images stay where they are; each batch moves to ``device``.
     """
     with torch.random.fork_rng():  # seeded init without moving the global RNG: a resumed run (teacher loaded) matches
         torch.manual_seed(seed)
         teacher = Teacher(cfg).to(memory_format=torch.channels_last)
+    teacher.to(device)
     opt = torch.optim.Adam(teacher.parameters(), lr=lr)
     per_epoch = (len(train_idx) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * per_epoch))
@@ -89,7 +93,7 @@ def train_teacher(
             x = images[idx]
             if augment_strength is not None:
                 x = augment.augment_batch(x, gen(seed, 1000 + epoch, b), strength=augment_strength)
-            loss = F.cross_entropy(teacher(x), labels[idx])
+            loss = F.cross_entropy(teacher(x.to(device)), labels[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

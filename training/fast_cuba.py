@@ -497,10 +497,16 @@ class _LIDynamicsTM(torch.autograd.Function):
 def _stock_li_dynamics_tm(
     x: torch.Tensor, decay: torch.Tensor, w_scale: int, threshold: Optional[float]
 ) -> torch.Tensor:
-    """Reference/fallback: stock dynamics on the time-last permutation."""
+    """Reference/fallback: stock dynamics on the time-last permutation.
+
+    SLAYER's own torch implementation (what stock runs on CPU), on any device:
+    for CUDA tensors stock would JIT-compile lava-dl's .cu kernels, which needs
+    an nvcc matching torch at run time and is not the CPU's integer path.
+    """
     x_tl = x.movedim(1, -1).contiguous()
     state = torch.zeros(x_tl.shape[:-1], dtype=x.dtype, device=x.device)
-    y = _stock("dynamics")(x_tl, decay, state, w_scale, threshold)
+    _li._LIDynamics.DEBUG = False  # as stock dynamics() sets it
+    y = _li._LIDynamics.apply(x_tl, decay.to(x.device), state, -1 if threshold is None else threshold, w_scale)
     return y.movedim(-1, 1).contiguous()
 
 

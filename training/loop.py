@@ -54,6 +54,26 @@ def _console():
     return Console(stderr=True)
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device to train on, or a clear error if this machine has none such."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as exc:
+        raise AllnetError(f"--device {name!r}: not a torch device (cpu, cuda, cuda:N)") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise AllnetError(f"--device {name}: torch sees no CUDA GPU on this machine (torch {torch.__version__})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise AllnetError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        # Convolutions in TF32 would round the graded messages: keep float32 exact, as on CPU,
+        # so the forward pass is the same integer arithmetic as the Lava fixed-point backend.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    elif dev.type != "cpu":
+        raise AllnetError(f"--device {name}: training runs on cpu or cuda")
+    return dev
+
+
 def enable_fast_cpu() -> bool:
     """Use the fast CPU CUBA dynamics when available (identical results)."""
     try:
@@ -115,7 +135,7 @@ def class_logits(counts: torch.Tensor, net: Network, loss_scale: float) -> torch
 
 
 @torch.no_grad()
-def refresh_norm_stats(net: Network, images: torch.Tensor, batch: int = 16) -> None:
+def refresh_norm_stats(net: Network, images: torch.Tensor, batch: int = 16, device: torch.device | None = None) -> None:
     """Recompute every mean-only batch norm's running mean with the current weights.
 
     The running mean (momentum 0.1) lags the weights while the learning rate is
@@ -135,22 +155,24 @@ def refresh_norm_stats(net: Network, images: torch.Tensor, batch: int = 16) -> N
     for k, i in enumerate(range(0, len(images), batch)):
         for n in norms:
             n.momentum = 1.0 / (k + 1)  # cumulative average over the batches
-        net(net.encode(images[i : i + batch]))
+        net(net.encode(images[i : i + batch].to(device)))
     for n, m in zip(norms, momenta):
         n.momentum = m
     net.train(was_training)
 
 
 @torch.no_grad()
-def evaluate(net: Network, images: torch.Tensor, labels: torch.Tensor, loss_scale: float, batch: int = 32) -> dict:
+def evaluate(net: Network, images: torch.Tensor, labels: torch.Tensor, loss_scale: float, batch: int = 32,
+             device: torch.device | None = None) -> dict:
     net.eval()
     correct, loss_sum, preds = 0, 0.0, []
     for i in range(0, len(images), batch):
-        x = net.encode(images[i : i + batch])
+        x = net.encode(images[i : i + batch].to(device))
         out = net(x)
-        y = labels[i : i + batch]
+        y = labels[i : i + batch].to(device)
         loss_sum += F.cross_entropy(class_logits(out.class_counts, net, loss_scale), y, reduction="sum").item()
-        p = out.predictions()
+        p = out.predictions().cpu()
+        y = y.cpu()
         preds.append(p)
         correct += int((p == y).sum())
     n = max(1, len(images))
@@ -173,10 +195,12 @@ def train(
     console=None,
     show_progress: bool = True,
     stop_after_batches: int | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) into ``run_dir``; returns the metrics dict.
 
     stop_after_batches: for tests, stop (as if killed) after that many batches.
+    device: overrides ``train_cfg.device`` (e.g. resuming a GPU run on a CPU).
     """
     console = console or _console()
     run_dir = Path(run_dir)
@@ -193,10 +217,14 @@ def train(
         train_cfg = train_cfg or TrainConfig()
         if (run_dir / "checkpoint.pt").exists():
             raise AllnetError(f"{run_dir}: already holds a training run (use --resume, or another --out)")
+    if device is not None:
+        train_cfg = dataclasses.replace(train_cfg, device=device)
+    dev = resolve_device(train_cfg.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
-    fast = enable_fast_cpu()
+    # the C++ kernels are CPU-only; elsewhere SLAYER's torch code runs (training/fast_cuba)
+    fast = enable_fast_cpu() if dev.type == "cpu" else False
 
     data = prepare_data(run_dir, Path(data_dir) if data_dir else None, model_cfg, train_cfg, synth_per_class, console)
     if tuple(model_cfg.class_names) != data.class_names:
@@ -213,7 +241,7 @@ def train(
         save_json(list(data.class_names), run_dir / "classes.json")
 
     torch.manual_seed(train_cfg.seed)
-    net = build_model(model_cfg)
+    net = build_model(model_cfg).to(dev)
     if train_cfg.init_from and not resume:
         try:
             net.load_state_dict(load_torch(Path(train_cfg.init_from))["model"])
@@ -223,12 +251,12 @@ def train(
     elif not resume:
         train_np = data.split["train"]
         pick = torch.from_numpy(train_np[torch.randperm(len(train_np), generator=_gen(train_cfg.seed, 99))[:32].numpy()])
-        rates = net.calibrate(net.encode(data.images[pick]))
+        rates = net.calibrate(net.encode(data.images[pick].to(dev)))
         console.print("initial spike rates: " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()))
     opt = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     tr_idx = torch.from_numpy(data.split["train"])
     va_idx = torch.from_numpy(data.split.get("val", data.split["train"]))
-    teacher = _teacher(run_dir, model_cfg, train_cfg, data, tr_idx, va_idx, console) if train_cfg.distill_weight > 0 else None
+    teacher = _teacher(run_dir, model_cfg, train_cfg, data, tr_idx, va_idx, console, dev) if train_cfg.distill_weight > 0 else None
     bs = train_cfg.batch_size
     # fixed training images for the batch-norm statistics (seeded, so resume repeats them)
     norm_idx = tr_idx[torch.randperm(len(tr_idx), generator=_gen(train_cfg.seed, 7))[:128]]
@@ -271,7 +299,7 @@ def train(
                 x = data.images[idx]
                 if train_cfg.augment:
                     x = augment.augment_batch(x, _gen(train_cfg.seed, epoch, b), strength=train_cfg.color_jitter)
-                y = data.labels[idx]
+                x, y = x.to(dev, non_blocking=True), data.labels[idx].to(dev, non_blocking=True)
                 out = net(net.encode(x), range_penalty=train_cfg.range_weight > 0)
                 logits = class_logits(out.class_counts, net, train_cfg.loss_scale)
                 loss = F.cross_entropy(logits, y)
@@ -301,8 +329,8 @@ def train(
                 if time.monotonic() - last_ckpt > CHECKPOINT_EVERY_S:
                     checkpoint()
                     last_ckpt = time.monotonic()
-            refresh_norm_stats(net, data.images[norm_idx])
-            val = evaluate(net, data.images[va_idx], data.labels[va_idx], train_cfg.loss_scale)
+            refresh_norm_stats(net, data.images[norm_idx], device=dev)
+            val = evaluate(net, data.images[va_idx], data.labels[va_idx], train_cfg.loss_scale, device=dev)
             row = {
                 "epoch": epoch + 1,
                 "train_loss": part["loss"] / max(1, part["seen"]),
@@ -328,28 +356,29 @@ def train(
             state["partial"] = {"loss": 0.0, "correct": 0, "seen": 0}
             checkpoint()
             last_ckpt = time.monotonic()
-            save_json(_metrics(state, model_cfg, net, fast, data), run_dir / "metrics.json")
-    return _metrics(state, model_cfg, net, fast, data)
+            save_json(_metrics(state, model_cfg, net, fast, data, dev), run_dir / "metrics.json")
+    return _metrics(state, model_cfg, net, fast, data, dev)
 
 
 def _teacher(run_dir: Path, model_cfg: ModelConfig, train_cfg: TrainConfig, data: TrainData,
-             tr_idx: torch.Tensor, va_idx: torch.Tensor, console) -> "distill.Teacher":
+             tr_idx: torch.Tensor, va_idx: torch.Tensor, console, device: torch.device) -> "distill.Teacher":
     """The run's distillation teacher: trained once into teacher.pt, reloaded on resume."""
     path = run_dir / "teacher.pt"
     if path.exists():
-        return distill.load_teacher(path, model_cfg)
+        return distill.load_teacher(path, model_cfg).to(device)
     console.print(f"training the ANN distillation teacher ({train_cfg.teacher_epochs} epochs)")
     teacher, metrics = distill.train_teacher(
         model_cfg, data.images, data.labels, tr_idx, va_idx, train_cfg.teacher_epochs, train_cfg.seed, _gen,
         batch_size=train_cfg.batch_size, augment_strength=train_cfg.color_jitter if train_cfg.augment else None,
-        log=console.print)
+        log=console.print, device=device)
     console.print(f"teacher: train acc {metrics['train_accuracy']:.4f}, val acc {metrics['val_accuracy']:.4f} "
                   f"({metrics['seconds']:.0f} s)")
     distill.save_teacher(teacher, model_cfg, metrics, path)
     return teacher
 
 
-def _metrics(state, model_cfg: ModelConfig, net: Network, fast: bool, data: TrainData) -> dict[str, Any]:
+def _metrics(state, model_cfg: ModelConfig, net: Network, fast: bool, data: TrainData,
+             device: torch.device) -> dict[str, Any]:
     return {
         "history": state["history"],
         "best": state["best"],
@@ -357,6 +386,7 @@ def _metrics(state, model_cfg: ModelConfig, net: Network, fast: bool, data: Trai
         "parameters": net.num_parameters(),
         "model": model_cfg.name,
         "fast_cpu_dynamics": fast,
+        "device": str(device),
         "split_sizes": {k: int(len(v)) for k, v in data.split.items()},
         "skipped_images": [str(p) for p, _ in data.skipped],
     }
