@@ -134,6 +134,7 @@ def train(
     distill_temperature: float = typer.Option(2.0, "--distill-temperature", min=0.1, help="Softmax temperature of the distillation term."),
     teacher_epochs: int = typer.Option(12, "--teacher-epochs", min=1, help="Training epochs of the ANN teacher."),
     color_jitter: float = typer.Option(0.0, "--color-jitter", min=0.0, max=5.0, help="Strength of the brightness / stain / contrast jitter added to the augmentation (1: gain and contrast ±12%%, stain ±5%% per channel; 0: off)."),
+    average_from: int = typer.Option(0, "--average-from", min=0, help="From this epoch on, validate (and keep as best.pt) the running mean of the weights of every epoch end (weight averaging; 0: off)."),
     device: Optional[str] = typer.Option(None, "--device", help="Train on cpu (default) or cuda[:N]; with --resume, moves the run to that device."),
 ) -> None:
     """Train NeurALLNet with SLAYER (CUBA neurons, SE gates): progress bar, validation each epoch, best checkpoint."""
@@ -161,7 +162,8 @@ def train(
                            test_fraction=test_fraction, augment=not no_augment, threads=threads,
                            init_from=str(init) if init else "", range_weight=range_weight,
                            distill_weight=distill, distill_temperature=distill_temperature,
-                           teacher_epochs=teacher_epochs, color_jitter=color_jitter, device=device or "cpu")
+                           teacher_epochs=teacher_epochs, color_jitter=color_jitter, average_from=average_from,
+                           device=device or "cpu")
         metrics = run_train(out_dir, cfg, tcfg, data_dir=data, synth_per_class=per_class, console=err)
         run_dir = out_dir
     best = metrics.get("best") or {}

@@ -118,6 +118,7 @@ class TrainConfig:
     distill_weight: float = 0.0  # share of the distillation term in the loss (the rest: cross-entropy)
     distill_temperature: float = 2.0
     teacher_epochs: int = 12
+    average_from: int = 0  # from this epoch on, validate and keep the running mean of the weights (0: off)
     device: str = "cpu"  # torch device: cpu, or cuda[:N] (same arithmetic, float32 without TF32)
 
     def to_dict(self) -> dict[str, Any]:

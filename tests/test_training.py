@@ -124,3 +124,44 @@ def test_without_cpu_kernels_training_is_identical(tiny_data, tmp_path, monkeypa
     assert _history(tmp_path / "fast") == _history(tmp_path / "stock")
     saved = json.loads((tmp_path / "fast" / "config.json").read_text())["train"]
     assert saved["device"] == "cpu" and saved["color_jitter"] == 1.0
+
+
+def test_weight_average_is_the_mean_of_epoch_ends():
+    from training.loop import WeightAverage
+
+    net = torch.nn.Linear(3, 2)
+    avg = WeightAverage()
+    seen = []
+    for k in range(4):
+        with torch.no_grad():
+            net.weight.fill_(float(k))
+            net.bias.fill_(2.0 * k)
+        avg.update(net)
+        seen.append(net.weight.detach().clone())
+    target = avg.copy_into(torch.nn.Linear(3, 2))
+    assert torch.allclose(target.weight, torch.stack(seen).mean(0)) and torch.allclose(target.bias, torch.full((2,), 3.0))
+    again = WeightAverage(avg.state())  # as restored from a checkpoint
+    assert again.count == 4 and torch.equal(again.mean["weight"], avg.mean["weight"])
+
+
+def test_averaged_run_validates_the_average_and_resumes_exactly(tiny_data, tmp_path):
+    from lava_allnet.config import TrainConfig, get_model_config
+    from training.loop import train
+
+    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
+    tc = TrainConfig(epochs=3, batch_size=8, seed=3, average_from=2)
+    ref = train(tmp_path / "ref", cfg, tc, data_dir=tiny_data, show_progress=False)
+    assert [r["averaged_epochs"] for r in ref["history"]] == [0, 1, 2]
+    plain = train(tmp_path / "plain", cfg, TrainConfig(epochs=3, batch_size=8, seed=3), data_dir=tiny_data,
+                  show_progress=False)
+    # same training path (the average is only validated), different validated model from epoch 3 on
+    assert [r["train_loss"] for r in plain["history"]] == [r["train_loss"] for r in ref["history"]]
+    assert plain["history"][1]["val_loss"] == ref["history"][1]["val_loss"]  # a one-epoch mean is the model
+    assert plain["history"][2]["val_loss"] != ref["history"][2]["val_loss"]
+    # killed in epoch 3 (the average holds one epoch) and resumed: the same history
+    run = tmp_path / "killed"
+    stopped = train(run, cfg, tc, data_dir=tiny_data, show_progress=False, stop_after_batches=12)
+    assert stopped["epoch"] == 2 and stopped["batch"] > 0  # 5 batches an epoch
+    resumed = train(run, resume=True, show_progress=False)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(ref["history"])
