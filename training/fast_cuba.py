@@ -506,7 +506,7 @@ def _stock_li_dynamics_tm(
     x_tl = x.movedim(1, -1).contiguous()
     state = torch.zeros(x_tl.shape[:-1], dtype=x.dtype, device=x.device)
     _li._LIDynamics.DEBUG = False  # as stock dynamics() sets it
-    y = _li._LIDynamics.apply(x_tl, decay.to(x.device), state, -1 if threshold is None else threshold, w_scale)
+    y = _li._LIDynamics.apply(x_tl, decay, state, -1 if threshold is None else threshold, w_scale)
     return y.movedim(-1, 1).contiguous()
 
 

@@ -172,10 +172,9 @@ def evaluate(net: Network, images: torch.Tensor, labels: torch.Tensor, loss_scal
         out = net(x)
         y = labels[i : i + batch].to(device)
         loss_sum += F.cross_entropy(class_logits(out.class_counts, net, loss_scale), y, reduction="sum").item()
-        p = out.predictions().cpu()
-        y = y.cpu()
-        preds.append(p)
+        p = out.predictions()
         correct += int((p == y).sum())
+        preds.append(p.cpu())
     n = max(1, len(images))
     return {"accuracy": correct / n, "loss": loss_sum / n, "predictions": torch.cat(preds) if preds else torch.empty(0)}
 
@@ -190,9 +189,10 @@ class WeightAverage:
     weights (:func:`refresh_norm_stats`), and quantisation applies on use.
     """
 
-    def __init__(self, state: dict[str, Any] | None = None) -> None:
+    def __init__(self, state: dict[str, Any] | None = None, device: torch.device | None = None) -> None:
+        """state: a saved :meth:`state` (resume), its tensors moved to ``device``."""
         self.count = int(state["count"]) if state else 0
-        self.mean: dict[str, torch.Tensor] = dict(state["mean"]) if state else {}
+        self.mean: dict[str, torch.Tensor] = {k: v.to(device) for k, v in state["mean"].items()} if state else {}
 
     def update(self, net: torch.nn.Module) -> None:
         self.count += 1
@@ -258,7 +258,7 @@ def train(
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     # the C++ kernels are CPU-only; elsewhere SLAYER's torch code runs (training/fast_cuba)
-    fast = enable_fast_cpu() if dev.type == "cpu" else False
+    fast = dev.type == "cpu" and enable_fast_cpu()
 
     data = prepare_data(run_dir, Path(data_dir) if data_dir else None, model_cfg, train_cfg, synth_per_class, console)
     if tuple(model_cfg.class_names) != data.class_names:
@@ -307,8 +307,7 @@ def train(
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         state = ck["state"]
-        average = WeightAverage(ck.get("average"))
-        average.mean = {k: v.to(dev) for k, v in average.mean.items()}
+        average = WeightAverage(ck.get("average"), dev)
         console.print(f"resuming at epoch {state['epoch'] + 1}, batch {state['batch']}")
 
     def checkpoint() -> None:
