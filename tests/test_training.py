@@ -127,21 +127,23 @@ def test_without_cpu_kernels_training_is_identical(tiny_data, tmp_path, monkeypa
 
 
 def test_weight_average_is_the_mean_of_epoch_ends():
-    from training.loop import WeightAverage
+    # what --average-from relies on: torch's AveragedModel, as the loop uses it, keeps the plain mean
+    from torch.optim.swa_utils import AveragedModel
 
     net = torch.nn.Linear(3, 2)
-    avg = WeightAverage()
+    avg = AveragedModel(net)
     seen = []
     for k in range(4):
         with torch.no_grad():
             net.weight.fill_(float(k))
             net.bias.fill_(2.0 * k)
-        avg.update(net)
+        avg.update_parameters(net)
         seen.append(net.weight.detach().clone())
-    target = avg.copy_into(torch.nn.Linear(3, 2))
+    target = avg.module
     assert torch.allclose(target.weight, torch.stack(seen).mean(0)) and torch.allclose(target.bias, torch.full((2,), 3.0))
-    again = WeightAverage(avg.state())  # as restored from a checkpoint
-    assert again.count == 4 and torch.equal(again.mean["weight"], avg.mean["weight"])
+    again = AveragedModel(torch.nn.Linear(3, 2))  # as restored from a checkpoint
+    again.load_state_dict(avg.state_dict())
+    assert int(again.n_averaged) == 4 and torch.equal(again.module.weight, avg.module.weight)
 
 
 def test_averaged_run_validates_the_average_and_resumes_exactly(tiny_data, tmp_path):

@@ -14,7 +14,6 @@ same machine and a resumed run continues exactly where it was killed.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 
 import lava_allnet  # noqa: F401
 from lava_allnet.config import ModelConfig, TrainConfig
@@ -179,40 +179,6 @@ def evaluate(net: Network, images: torch.Tensor, labels: torch.Tensor, loss_scal
     return {"accuracy": correct / n, "loss": loss_sum / n, "predictions": torch.cat(preds) if preds else torch.empty(0)}
 
 
-class WeightAverage:
-    """Running mean of a network's parameters over epoch ends (stochastic weight averaging).
-
-    Why: on the smears, validation accuracy of consecutive epochs swings by
-    +-1.5 points at a fixed recipe; the mean of the late-epoch weights is one
-    flatter model instead of a pick among noisy ones (Izmailov et al. 2018).
-    Only parameters are averaged: batch-norm means are recomputed for the mean
-    weights (:func:`refresh_norm_stats`), and quantisation applies on use.
-    """
-
-    def __init__(self, state: dict[str, Any] | None = None, device: torch.device | None = None) -> None:
-        """state: a saved :meth:`state` (resume), its tensors moved to ``device``."""
-        self.count = int(state["count"]) if state else 0
-        self.mean: dict[str, torch.Tensor] = {k: v.to(device) for k, v in state["mean"].items()} if state else {}
-
-    def update(self, net: torch.nn.Module) -> None:
-        self.count += 1
-        with torch.no_grad():
-            for name, p in net.named_parameters():
-                if name not in self.mean:
-                    self.mean[name] = p.detach().clone()
-                else:
-                    self.mean[name] += (p.detach() - self.mean[name]) / self.count
-
-    def copy_into(self, net: torch.nn.Module) -> torch.nn.Module:
-        with torch.no_grad():
-            for name, p in net.named_parameters():
-                p.copy_(self.mean[name])
-        return net
-
-    def state(self) -> dict[str, Any]:
-        return {"count": self.count, "mean": self.mean}
-
-
 def _gen(*key: int) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
@@ -299,7 +265,11 @@ def train(
         opt, max_lr=train_cfg.lr, total_steps=max(1, train_cfg.epochs * batches_per_epoch), pct_start=0.15
     )
     state = {"epoch": 0, "batch": 0, "history": [], "best": None, "partial": {"loss": 0.0, "correct": 0, "seen": 0}}
-    average = WeightAverage()
+    # Weight averaging (Izmailov et al. 2018): validation accuracy of consecutive epochs swings
+    # by +-1.5 points at a fixed recipe; the running mean of the late epoch-end weights is one
+    # flatter model instead of a pick among noisy ones. Parameters only: the batch-norm means
+    # are recomputed for the mean weights, and quantisation applies on use.
+    average = AveragedModel(net) if train_cfg.average_from else None
     ckpt_path = run_dir / "checkpoint.pt"
     if resume and ckpt_path.exists():
         ck = load_torch(ckpt_path)
@@ -307,12 +277,14 @@ def train(
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         state = ck["state"]
-        average = WeightAverage(ck.get("average"), dev)
+        if average is not None and ck.get("average") is not None:
+            average.load_state_dict(ck["average"])
         console.print(f"resuming at epoch {state['epoch'] + 1}, batch {state['batch']}")
 
     def checkpoint() -> None:
         save_torch({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "state": state, "average": average.state()}, ckpt_path)
+                    "state": state,
+                    "average": average.state_dict() if average is not None else None}, ckpt_path)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -367,9 +339,9 @@ def train(
                     last_ckpt = time.monotonic()
             refresh_norm_stats(net, data.images[norm_idx], device=dev)
             kept = net  # the model this epoch validates and may save as best.pt
-            if train_cfg.average_from and epoch + 1 >= train_cfg.average_from:
-                average.update(net)
-                kept = average.copy_into(copy.deepcopy(net))
+            if average is not None and epoch + 1 >= train_cfg.average_from:
+                average.update_parameters(net)
+                kept = average.module
                 refresh_norm_stats(kept, data.images[norm_idx], device=dev)
             val = evaluate(kept, data.images[va_idx], data.labels[va_idx], train_cfg.loss_scale, device=dev)
             row = {
@@ -380,7 +352,7 @@ def train(
                 "val_accuracy": val["accuracy"],
                 "lr": sched.get_last_lr()[0],
                 "seconds": time.perf_counter() - t_epoch,
-                "averaged_epochs": average.count if kept is not net else 0,
+                "averaged_epochs": int(average.n_averaged) if kept is not net else 0,
             }
             state["history"].append(row)
             prog.update(task, info=f"loss {row['train_loss']:.3f}  acc {row['train_accuracy']:.3f}  "
