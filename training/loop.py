@@ -337,12 +337,12 @@ def train(
                 if time.monotonic() - last_ckpt > CHECKPOINT_EVERY_S:
                     checkpoint()
                     last_ckpt = time.monotonic()
-            refresh_norm_stats(net, data.images[norm_idx], device=dev)
             kept = net  # the model this epoch validates and may save as best.pt
             if average is not None and epoch + 1 >= train_cfg.average_from:
                 average.update_parameters(net)
                 kept = average.module
-                refresh_norm_stats(kept, data.images[norm_idx], device=dev)
+            # only the validated model's running means: training mode reads batch means, never these
+            refresh_norm_stats(kept, data.images[norm_idx], device=dev)
             val = evaluate(kept, data.images[va_idx], data.labels[va_idx], train_cfg.loss_scale, device=dev)
             row = {
                 "epoch": epoch + 1,
