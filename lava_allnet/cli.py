@@ -135,6 +135,7 @@ def train(
     teacher_epochs: int = typer.Option(12, "--teacher-epochs", min=1, help="Training epochs of the ANN teacher."),
     color_jitter: float = typer.Option(0.0, "--color-jitter", min=0.0, max=5.0, help="Strength of the brightness / stain / contrast jitter added to the augmentation (1: gain and contrast ±12%%, stain ±5%% per channel; 0: off)."),
     average_from: int = typer.Option(0, "--average-from", min=0, help="From this epoch on, validate (and keep as best.pt) the running mean of the weights of every epoch end (weight averaging; 0: off)."),
+    fixed_norm: bool = typer.Option(False, "--fixed-norm", help="Fix every batch-norm mean at its inference value (computed once over all training images, layer by layer) and train the weights under those biases, as Lava and Loihi run them (for fine-tuning with --init)."),
     device: Optional[str] = typer.Option(None, "--device", help="Train on cpu (default) or cuda[:N]; with --resume, moves the run to that device."),
 ) -> None:
     """Train NeurALLNet with SLAYER (CUBA neurons, SE gates): progress bar, validation each epoch, best checkpoint."""
@@ -163,7 +164,7 @@ def train(
                            init_from=str(init) if init else "", range_weight=range_weight,
                            distill_weight=distill, distill_temperature=distill_temperature,
                            teacher_epochs=teacher_epochs, color_jitter=color_jitter, average_from=average_from,
-                           device=device or "cpu")
+                           fixed_norm=fixed_norm, device=device or "cpu")
         metrics = run_train(out_dir, cfg, tcfg, data_dir=data, synth_per_class=per_class, console=err)
         run_dir = out_dir
     best = metrics.get("best") or {}

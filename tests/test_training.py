@@ -167,3 +167,66 @@ def test_averaged_run_validates_the_average_and_resumes_exactly(tiny_data, tmp_p
     resumed = train(run, resume=True, show_progress=False)
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(resumed["history"]) == strip(ref["history"])
+
+
+def test_calibrated_norm_means_do_not_depend_on_batching(tiny_data):
+    # refresh_norm_stats centres earlier layers with batch means, so its result depends on how
+    # images are batched; calibrate_norm_means is the inference means of the image set
+    from lava_allnet.config import get_model_config
+    from lava_allnet.data import images as di
+    from lava_allnet.model import build_model
+    from training.loop import calibrate_norm_means, refresh_norm_stats
+
+    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
+    ds = di.scan_image_folder(tiny_data, class_names=None)
+    x = torch.from_numpy(di.load_images(ds.paths, 32).images)
+    torch.manual_seed(0)
+    net = build_model(cfg)
+    net.calibrate(net.encode(x[:16]))
+    means = lambda: [b.neuron.norm.running_mean.clone() for b in net.blocks.values()  # noqa: E731
+                     if getattr(getattr(b, "neuron", None), "norm", None) is not None]
+    net.eval()
+    assert calibrate_norm_means(net, x, batch=16) == len(means()) > 1
+    assert not any(m.training for m in net.modules())  # the caller's mode is kept
+    a = means()
+    calibrate_norm_means(net, x.flip(0), batch=5)
+    b = means()
+    assert all(torch.allclose(u, v, rtol=1e-5, atol=1e-6) for u, v in zip(a, b))
+    refresh_norm_stats(net, x, batch=16)
+    c = means()
+    refresh_norm_stats(net, x.flip(0), batch=5)
+    d = means()
+    assert not all(torch.allclose(u, v, rtol=1e-5, atol=1e-6) for u, v in zip(c, d))
+
+
+def test_fixed_norm_training_keeps_the_calibrated_means_and_resumes_exactly(tiny_data, tmp_path):
+    from lava_allnet.config import TrainConfig, get_model_config
+    from lava_allnet.model import build_model
+    from training.checkpoint import load_torch
+    from training.loop import calibrate_norm_means, prepare_data, train
+
+    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
+    train(tmp_path / "a", cfg, TrainConfig(epochs=1, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False)
+    init = str(tmp_path / "a" / "best.pt")
+    tc = TrainConfig(epochs=2, batch_size=8, seed=3, init_from=init, fixed_norm=True)
+    ref = train(tmp_path / "ref", cfg, tc, data_dir=tiny_data, show_progress=False)
+    # the means fixed at the start: those of the initial weights over all training images
+    net = build_model(cfg)
+    net.load_state_dict(load_torch(init)["model"])
+    data = prepare_data(tmp_path / "ref", tiny_data, cfg, tc, 0)
+    calibrate_norm_means(net, data.images[torch.from_numpy(data.split["train"])], batch=16)
+    trained = load_torch(tmp_path / "ref" / "best.pt")["model"]
+    start = net.state_dict()
+    norm_keys = [k for k in start if k.endswith("running_mean")]
+    assert norm_keys and all(torch.equal(trained[k], start[k]) for k in norm_keys)
+    assert any(not torch.equal(trained[k], start[k]) for k in start if k not in norm_keys)  # the weights learned
+    run = tmp_path / "killed"
+    train(run, cfg, tc, data_dir=tiny_data, show_progress=False, stop_after_batches=7)
+    resumed = train(run, resume=True, show_progress=False)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(ref["history"])
+    cli = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "cli"), "--init", init,
+                  "--fixed-norm", *TINY])
+    assert cli.returncode == 0, cli.stderr
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["train"]["fixed_norm"] is True
+    assert "fixing the batch-norm means" in cli.stderr

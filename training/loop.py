@@ -145,7 +145,7 @@ def refresh_norm_stats(net: Network, images: torch.Tensor, batch: int = 16, devi
     A cumulative mean over a fixed set of training images, layer by layer as the
     forward pass goes, is what inference (and Loihi's bias) should use.
     """
-    norms = [b.neuron.norm for b in net.blocks.values() if getattr(getattr(b, "neuron", None), "norm", None) is not None]
+    norms = _norms(net)
     if not norms:
         return
     was_training = net.training
@@ -160,6 +160,43 @@ def refresh_norm_stats(net: Network, images: torch.Tensor, batch: int = 16, devi
     for n, m in zip(norms, momenta):
         n.momentum = m
     net.train(was_training)
+
+
+def _norms(net: Network) -> list:
+    return [b.neuron.norm for b in net.blocks.values() if getattr(getattr(b, "neuron", None), "norm", None) is not None]
+
+
+@torch.no_grad()
+def calibrate_norm_means(net: Network, images: torch.Tensor, batch: int = 16, device: torch.device | None = None) -> int:
+    """Set every batch norm's mean to its inference value, layer by layer.
+
+    :func:`refresh_norm_stats` runs the whole net in training mode, so each layer's mean is
+    taken over inputs that earlier layers centred with their batch means, not with the
+    biases inference uses. Here layer k's mean is taken with layers before it already at
+    their new inference means (one pass over ``images`` per norm), so the result depends on
+    the image set only, not on how the images are batched. Returns the number of norms.
+    """
+    norms = _norms(net)
+    was_training = net.training
+    net.eval()
+    for n in norms:
+        n.running_mean.zero_()
+        momentum = n.momentum
+        n.train()
+        n.update = True
+        for k, i in enumerate(range(0, len(images), batch)):
+            n.momentum = len(images[i : i + batch]) / min(len(images), i + batch)  # exact mean over all images
+            net(net.encode(images[i : i + batch].to(device)))
+        n.eval()
+        n.momentum = momentum
+    net.train(was_training)
+    return len(norms)
+
+
+def fix_norm_means(net: Network, fixed: bool = True) -> None:
+    """Training-mode forward passes subtract the stored means (``update`` off) instead of batch means."""
+    for n in _norms(net):
+        n.update = not fixed
 
 
 @torch.no_grad()
@@ -269,6 +306,14 @@ def train(
     # by +-1.5 points at a fixed recipe; the running mean of the late epoch-end weights is one
     # flatter model instead of a pick among noisy ones. Parameters only: the batch-norm means
     # are recomputed for the mean weights, and quantisation applies on use.
+    if train_cfg.fixed_norm:
+        # The biases Lava and Loihi use are fixed; training against per-batch means and re-estimating
+        # them from 128 images each epoch moved validation accuracy by up to 4 points at fixed weights
+        # (measured on the shipped model). Fix them once, from all training images, and let the weights adapt.
+        if not resume:
+            console.print(f"fixing the batch-norm means over {len(tr_idx)} training images")
+            calibrate_norm_means(net, data.images[tr_idx], device=dev)
+        fix_norm_means(net)
     average = AveragedModel(net) if train_cfg.average_from else None
     ckpt_path = run_dir / "checkpoint.pt"
     if resume and ckpt_path.exists():
@@ -341,8 +386,9 @@ def train(
             if average is not None and epoch + 1 >= train_cfg.average_from:
                 average.update_parameters(net)
                 kept = average.module
-            # only the validated model's running means: training mode reads batch means, never these
-            refresh_norm_stats(kept, data.images[norm_idx], device=dev)
+            if not train_cfg.fixed_norm:
+                # only the validated model's running means: training mode reads batch means, never these
+                refresh_norm_stats(kept, data.images[norm_idx], device=dev)
             val = evaluate(kept, data.images[va_idx], data.labels[va_idx], train_cfg.loss_scale, device=dev)
             row = {
                 "epoch": epoch + 1,
