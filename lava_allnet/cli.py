@@ -128,7 +128,8 @@ def train(
     threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: default)."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Disable flips and 90-degree rotations."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from this best.pt (fine-tuning; same model config)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="Start from this best.pt or exported .net model (fine-tuning; same model config)."),
+    split: Optional[Path] = typer.Option(None, "--split", exists=True, dir_okay=False, help="Reuse this saved split.json (e.g. models/neurallnet-aria.split.json) instead of drawing one."),
     range_weight: float = typer.Option(1e-3, "--range-weight", min=0.0, help="Weight of the penalty that keeps neuron states in Loihi's 24-bit range."),
     distill: float = typer.Option(0.0, "--distill", min=0.0, max=1.0, help="Share of the loss taken by distillation from an ANN teacher of the same shape (trained first into the run directory; 0: off)."),
     distill_temperature: float = typer.Option(2.0, "--distill-temperature", min=0.1, help="Softmax temperature of the distillation term."),
@@ -161,7 +162,7 @@ def train(
             lr = SYNTH_LR if data is None else TrainConfig.lr
         tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
                            test_fraction=test_fraction, augment=not no_augment, threads=threads,
-                           init_from=str(init) if init else "", range_weight=range_weight,
+                           init_from=str(init) if init else "", split_from=str(split) if split else "", range_weight=range_weight,
                            distill_weight=distill, distill_temperature=distill_temperature,
                            teacher_epochs=teacher_epochs, color_jitter=color_jitter, average_from=average_from,
                            fixed_norm=fixed_norm, device=device or "cpu")

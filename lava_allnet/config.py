@@ -113,7 +113,8 @@ class TrainConfig:
     color_jitter: float = 0.0  # strength of brightness / stain / contrast jitter (0: off)
     threads: int = 0  # 0: torch default
     range_weight: float = 1e-3  # weight of the 24-bit state-range penalty (fixed_point.state_range_penalty)
-    init_from: str = ""  # a best.pt to start from (fine-tuning) instead of a fresh initialisation
+    init_from: str = ""  # a best.pt or exported .net to start from (fine-tuning) instead of a fresh initialisation
+    split_from: str = ""  # a saved split.json to reuse instead of drawing one (e.g. the shipped model's)
     # knowledge distillation from an ANN of the same shape (training/distill.py); 0: off
     distill_weight: float = 0.0  # share of the distillation term in the loss (the rest: cross-entropy)
     distill_temperature: float = 2.0

@@ -106,6 +106,9 @@ def prepare_data(
     split_path = run_dir / "split.json"
     if split_path.exists():
         split = di.load_split(split_path, ds)
+    elif train_cfg.split_from:
+        split = _reuse_split(Path(train_cfg.split_from), ds)
+        di.save_split(split_path, ds, split, train_cfg.seed)
     else:
         counts = np.bincount(ds.labels, minlength=len(ds.class_names))
         if counts.min() < 3:
@@ -128,6 +131,44 @@ def prepare_data(
         torch.from_numpy(loaded.images), torch.from_numpy(loaded.labels), split, ds.class_names, data_dir,
         loaded.skipped,
     )
+
+
+def _reuse_split(path: Path, ds: di.Dataset) -> dict[str, np.ndarray]:
+    """A saved split (e.g. a shipped model's), so a fine-tune validates and tests on the same images."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"--split {path}: cannot read a saved split ({exc})") from exc
+    if list(doc.get("class_names", ds.class_names)) != list(ds.class_names):
+        raise DataError(f"--split {path}: classes {doc['class_names']} do not match the data's {list(ds.class_names)}")
+    missing = [k for k in ("train", "val") if not doc.get(k)]
+    if missing:
+        raise DataError(f"--split {path}: no {' or '.join(missing)} images in this split")
+    return di.load_split(path, ds)
+
+
+def initial_weights(path: Path, model_cfg: ModelConfig, console=None) -> dict[str, torch.Tensor]:
+    """The state to fine-tune from: a run's best.pt, or an exported model (.net).
+
+    An exported model holds the 8-bit weights and the batch-norm means as integer neuron biases;
+    the float weights rebuilt from them quantise back to the same integers, so the network starts
+    computing exactly what the file does (on the torch backend and on Lava).
+    """
+    import h5py
+
+    if path.is_file() and h5py.is_hdf5(path):
+        from netx import format as nf
+        from netx.export import network_from_spec
+
+        spec = nf.read(path)
+        if spec.model_config:
+            # shapes are checked by load_state_dict; name the config fields that differ (e.g. T)
+            ours, theirs = model_cfg.to_dict(), spec.model_config
+            diff = [k for k in sorted(theirs) if k not in ("class_names", "num_classes", "name") and ours.get(k) != theirs[k]]
+            if diff and console is not None:
+                console.print(f"[yellow]{path}: model config differs in {', '.join(f'{k} {theirs[k]} → {ours.get(k)}' for k in diff)}[/]")
+        return network_from_spec(spec).state_dict()
+    return load_torch(path)["model"]
 
 
 def class_logits(counts: torch.Tensor, net: Network, loss_scale: float) -> torch.Tensor:
@@ -281,7 +322,7 @@ def train(
     net = build_model(model_cfg).to(dev)
     if train_cfg.init_from and not resume:
         try:
-            net.load_state_dict(load_torch(Path(train_cfg.init_from))["model"])
+            net.load_state_dict(initial_weights(Path(train_cfg.init_from), model_cfg, console))
         except Exception as exc:
             raise AllnetError(f"{train_cfg.init_from}: cannot start from this checkpoint ({type(exc).__name__}: {exc})") from exc
         console.print(f"starting from {train_cfg.init_from}")
