@@ -230,3 +230,53 @@ def test_fixed_norm_training_keeps_the_calibrated_means_and_resumes_exactly(tiny
     assert cli.returncode == 0, cli.stderr
     assert json.loads((tmp_path / "cli" / "config.json").read_text())["train"]["fixed_norm"] is True
     assert "fixing the batch-norm means" in cli.stderr
+
+
+def test_fine_tune_from_an_exported_model_on_a_saved_split(tiny_data, tmp_path):
+    from lava_allnet.data import images as di
+    from lava_allnet.config import TrainConfig, get_model_config
+    from lava_allnet.model import build_model
+    from netx.export import export
+    from training.loop import initial_weights, load_trained, train
+
+    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
+    train(tmp_path / "a", cfg, TrainConfig(epochs=1, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False)
+    trained = load_trained(tmp_path / "a")
+    model = tmp_path / "a.net"
+    export(trained, model)
+    # the network rebuilt from the file counts exactly what the trained run does
+    net = build_model(cfg)
+    net.load_state_dict(initial_weights(model, cfg))
+    net.eval()
+    x = torch.from_numpy(di.load_images(di.scan_image_folder(tiny_data).paths[:16], 32).images)
+    with torch.no_grad():
+        assert torch.equal(net(net.encode(x)).class_counts, trained(trained.encode(x)).class_counts)
+    # another seed would draw another split; --split keeps the exported run's images apart
+    split = tmp_path / "a" / "split.json"
+    r = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "b"), "--init", str(model),
+                "--split", str(split), *TINY[:-1], "7"])
+    assert r.returncode == 0, r.stderr
+    assert "starting from" in r.stderr and "model config differs" not in r.stderr
+    a, b = (json.loads(p.read_text()) for p in (split, tmp_path / "b" / "split.json"))
+    assert all(a[k] == b[k] for k in ("train", "val")) and b["seed"] == 7
+    # a config that differs from the file's is named (T is not in the weights, so it would pass silently)
+    r = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "c"), "--init", str(model),
+                *TINY[:4], "--time-steps", "6", *TINY[6:]])
+    assert r.returncode == 0, r.stderr
+    assert "time_steps 4 → 6" in r.stderr and "channels" not in r.stderr
+
+
+def test_saved_split_errors_are_clear(tiny_data, tmp_path):
+    bad = tmp_path / "other-classes.json"
+    bad.write_text(json.dumps({"class_names": ["ALL", "HEM"], "train": ["ALL/a.png"], "val": ["HEM/b.png"]}))
+    r = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "x"), "--split", str(bad), *TINY])
+    assert r.returncode != 0 and "do not match the data's" in r.stderr
+    from lava_allnet.data import images as di
+
+    ds = di.scan_image_folder(tiny_data)
+    no_val = tmp_path / "no-val.json"
+    no_val.write_text(json.dumps({"class_names": list(ds.class_names), "train": ds.relative()}))
+    r = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "y"), "--split", str(no_val), *TINY])
+    assert r.returncode != 0 and "no val images" in r.stderr
+    r = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "z"), "--init", str(bad), *TINY])
+    assert r.returncode != 0 and "cannot start from this checkpoint" in r.stderr

@@ -163,7 +163,7 @@ def initial_weights(path: Path, model_cfg: ModelConfig, console=None) -> dict[st
         spec = nf.read(path)
         if spec.model_config:
             # shapes are checked by load_state_dict; name the config fields that differ (e.g. T)
-            ours, theirs = model_cfg.to_dict(), spec.model_config
+            ours, theirs = json.loads(json.dumps(model_cfg.to_dict())), spec.model_config  # tuples → lists
             diff = [k for k in sorted(theirs) if k not in ("class_names", "num_classes", "name") and ours.get(k) != theirs[k]]
             if diff and console is not None:
                 console.print(f"[yellow]{path}: model config differs in {', '.join(f'{k} {theirs[k]} → {ours.get(k)}' for k in diff)}[/]")
