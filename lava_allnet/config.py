@@ -122,6 +122,8 @@ class TrainConfig:
     average_from: int = 0  # from this epoch on, validate and keep the running mean of the weights (0: off)
     # train with the batch-norm means frozen at inference values (the deployed biases) instead of batch means
     fixed_norm: bool = False
+    # hold the --init model's own means fixed (its deployed biases) instead of recalibrating them
+    keep_norm: bool = False
     device: str = "cpu"  # torch device: cpu, or cuda[:N] (same arithmetic, float32 without TF32)
 
     def to_dict(self) -> dict[str, Any]:

@@ -169,6 +169,25 @@ def test_averaged_run_validates_the_average_and_resumes_exactly(tiny_data, tmp_p
     assert strip(resumed["history"]) == strip(ref["history"])
 
 
+
+def test_resume_on_another_device_records_it(tiny_data, tmp_path):
+    # a run trained on a GPU and continued here must say so in config.json (no GPU needed:
+    # the config is what a cuda run writes, and the override moves it to the CPU)
+    from lava_allnet.config import TrainConfig, get_model_config
+    from training.loop import train
+
+    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
+    run = tmp_path / "moved"
+    train(run, cfg, TrainConfig(epochs=2, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False,
+          stop_after_batches=3)
+    saved = json.loads((run / "config.json").read_text())
+    saved["train"]["device"] = "cuda"
+    (run / "config.json").write_text(json.dumps(saved))
+    done = train(run, resume=True, show_progress=False, device="cpu")
+    assert done["device"] == "cpu" and done["epochs_done"] == 2
+    assert json.loads((run / "config.json").read_text())["train"]["device"] == "cpu"
+
+
 def test_calibrated_norm_means_do_not_depend_on_batching(tiny_data):
     # refresh_norm_stats centres earlier layers with batch means, so its result depends on how
     # images are batched; calibrate_norm_means is the inference means of the image set

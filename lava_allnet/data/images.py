@@ -232,7 +232,11 @@ def save_split(path: Path, dataset: Dataset, split: dict[str, np.ndarray], seed:
 
 def load_split(path: Path, dataset: Dataset) -> dict[str, np.ndarray]:
     """Indices of a saved split in ``dataset`` (files must all still be there)."""
-    doc = json.loads(Path(path).read_text())
+    return split_indices(json.loads(Path(path).read_text()), dataset, path)
+
+
+def split_indices(doc: dict, dataset: Dataset, path: Path | str = "split") -> dict[str, np.ndarray]:
+    """Indices in ``dataset`` of a parsed split document; ``path`` names it in errors."""
     pos = {r: i for i, r in enumerate(dataset.relative())}
     out = {}
     for key in ("train", "val", "test"):
