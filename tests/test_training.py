@@ -170,6 +170,29 @@ def test_averaged_run_validates_the_average_and_resumes_exactly(tiny_data, tmp_p
 
 
 
+
+def test_keep_norm_trains_under_the_init_models_means(tiny_data, tmp_path):
+    from lava_allnet.config import TrainConfig, get_model_config
+    from lava_allnet.errors import AllnetError
+    from training.checkpoint import load_torch
+    from training.loop import train
+
+    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
+    train(tmp_path / "a", cfg, TrainConfig(epochs=1, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False)
+    init = str(tmp_path / "a" / "best.pt")
+    start = load_torch(init)["model"]
+    train(tmp_path / "k", cfg, TrainConfig(epochs=2, batch_size=8, seed=3, init_from=init, keep_norm=True),
+          data_dir=tiny_data, show_progress=False)
+    trained = load_torch(tmp_path / "k" / "best.pt")["model"]
+    norm_keys = [k for k in start if k.endswith("running_mean")]
+    assert norm_keys and all(torch.equal(trained[k], start[k]) for k in norm_keys)
+    assert any(not torch.equal(trained[k], start[k]) for k in start if k not in norm_keys)  # the weights learned
+    with pytest.raises(AllnetError, match="give --init"):
+        train(tmp_path / "x", cfg, TrainConfig(epochs=1, keep_norm=True), data_dir=tiny_data, show_progress=False)
+    with pytest.raises(AllnetError, match="exclude each other"):
+        train(tmp_path / "y", cfg, TrainConfig(epochs=1, init_from=init, keep_norm=True, fixed_norm=True),
+              data_dir=tiny_data, show_progress=False)
+
 def test_resume_on_another_device_records_it(tiny_data, tmp_path):
     # a run trained on a GPU and continued here must say so in config.json (no GPU needed:
     # the config is what a cuda run writes, and the override moves it to the CPU)
