@@ -126,6 +126,11 @@ class TrainConfig:
     keep_norm: bool = False
     device: str = "cpu"  # torch device: cpu, or cuda[:N] (same arithmetic, float32 without TF32)
 
+    @property
+    def holds_norm_means(self) -> bool:
+        """The batch-norm means stay fixed in training (recalibrated or the init model's)."""
+        return self.fixed_norm or self.keep_norm
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

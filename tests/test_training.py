@@ -169,8 +169,6 @@ def test_averaged_run_validates_the_average_and_resumes_exactly(tiny_data, tmp_p
     assert strip(resumed["history"]) == strip(ref["history"])
 
 
-
-
 def test_keep_norm_trains_under_the_init_models_means(tiny_data, tmp_path):
     from lava_allnet.config import TrainConfig, get_model_config
     from lava_allnet.errors import AllnetError
@@ -192,6 +190,7 @@ def test_keep_norm_trains_under_the_init_models_means(tiny_data, tmp_path):
     with pytest.raises(AllnetError, match="exclude each other"):
         train(tmp_path / "y", cfg, TrainConfig(epochs=1, init_from=init, keep_norm=True, fixed_norm=True),
               data_dir=tiny_data, show_progress=False)
+
 
 def test_resume_on_another_device_records_it(tiny_data, tmp_path):
     # a run trained on a GPU and continued here must say so in config.json (no GPU needed:

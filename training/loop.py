@@ -355,7 +355,7 @@ def train(
     # by +-1.5 points at a fixed recipe; the running mean of the late epoch-end weights is one
     # flatter model instead of a pick among noisy ones. Parameters only: the batch-norm means
     # are recomputed for the mean weights, and quantisation applies on use.
-    if train_cfg.fixed_norm or train_cfg.keep_norm:
+    if train_cfg.holds_norm_means:
         # The biases Lava and Loihi use are fixed; training against per-batch means and re-estimating
         # them from 128 images each epoch moved validation accuracy by up to 4 points at fixed weights
         # (measured on the shipped model). Fix them once, from all training images, and let the weights adapt.
@@ -439,7 +439,7 @@ def train(
             if average is not None and epoch + 1 >= train_cfg.average_from:
                 average.update_parameters(net)
                 kept = average.module
-            if not (train_cfg.fixed_norm or train_cfg.keep_norm):
+            if not train_cfg.holds_norm_means:
                 # only the validated model's running means: training mode reads batch means, never these
                 refresh_norm_stats(kept, data.images[norm_idx], device=dev)
             val = evaluate(kept, data.images[va_idx], data.labels[va_idx], train_cfg.loss_scale, device=dev)
