@@ -120,6 +120,7 @@ def train(
     no_se: bool = typer.Option(False, "--no-se", help="The same network without SE gates (ablation)."),
     input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Override the input side in pixels."),
     time_steps: Optional[int] = typer.Option(None, "--time-steps", min=1, help="Override T."),
+    threshold_gains: Optional[str] = typer.Option(None, "--threshold-gains", help="Integer gain per weight layer, comma-separated (conv1..convN, fc; e.g. 1,8,8,1,1,1): the layer's threshold, weights, bias and states scale by it, a finer weight grid at a larger state range. With --init, the init model's weights are rescaled to match."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per training step."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (one-cycle schedule; default 3e-3 with --data, 1e-2 on synthetic smears)."),
     val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.5, help="Stratified validation share."),
@@ -155,7 +156,15 @@ def train(
             overrides["input_size"] = input_size
         if time_steps is not None:
             overrides["time_steps"] = time_steps
-        cfg = get_model_config(model, **overrides)
+        if threshold_gains is not None:
+            try:
+                overrides["threshold_gains"] = tuple(int(g) for g in threshold_gains.split(","))
+            except ValueError as exc:
+                raise AllnetError(f"--threshold-gains {threshold_gains!r}: comma-separated integers, e.g. 1,8,8,1,1,1") from exc
+        try:
+            cfg = get_model_config(model, **overrides)
+        except ValueError as exc:
+            raise AllnetError(f"model config: {exc}") from exc
         if no_se:
             cfg = dataclasses.replace(cfg.without_se(), name=cfg.name + "-nose")
         if lr is None:

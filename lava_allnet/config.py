@@ -50,11 +50,20 @@ class ModelConfig:
     num_classes: int = 4
     class_names: tuple[str, ...] = CLASS_NAMES
     neuron: NeuronConfig = field(default_factory=NeuronConfig)
+    # Integer gain per weight layer (conv1..convN, then fc; empty: all 1). A layer's threshold,
+    # weights, bias and states all scale by its gain, so it computes the same function with its
+    # 8-bit weight grid g times finer relative to the threshold, at g times the state range.
+    # Measured on the shipped model: conv2 and conv3 used 11-13 weight levels and 2% of the range.
+    threshold_gains: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.channels)
         if len(self.strides) != n or len(self.se) != n:
             raise ValueError("channels, strides and se must have the same length")
+        if self.threshold_gains and len(self.threshold_gains) != n + 1:
+            raise ValueError(f"threshold_gains needs {n + 1} values (conv1..conv{n}, fc), got {len(self.threshold_gains)}")
+        if any(int(g) != g or g < 1 for g in self.threshold_gains):
+            raise ValueError(f"threshold_gains must be positive integers, got {list(self.threshold_gains)}")
         if len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"{len(self.class_names)} class names for {self.num_classes} classes"
@@ -64,6 +73,10 @@ class ModelConfig:
 
     def without_se(self) -> "ModelConfig":
         return dataclasses.replace(self, se=tuple(False for _ in self.se))
+
+    def gains(self) -> tuple[int, ...]:
+        """threshold_gains with the default (1 per weight layer) filled in."""
+        return tuple(int(g) for g in self.threshold_gains) or (1,) * (len(self.channels) + 1)
 
     def feature_sizes(self) -> list[int]:
         """Spatial size after each conv (padding k//2)."""
@@ -86,7 +99,7 @@ class ModelConfig:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
         if "neuron" in d and isinstance(d["neuron"], dict):
             d["neuron"] = NeuronConfig(**d["neuron"])
-        for key in ("channels", "strides", "se", "class_names"):
+        for key in ("channels", "strides", "se", "class_names", "threshold_gains"):
             if key in d:
                 d[key] = tuple(d[key])
         return cls(**d)

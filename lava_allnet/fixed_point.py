@@ -17,7 +17,10 @@ A layer's *input scale* says which integer message stands for "1.0": binary
 spikes are 1, graded image pixels are ``2**input_bits`` and SE-gated spikes are
 ``gate_levels``. Conv synapses cannot rescale (Lava's Conv ignores
 ``weight_exp``), so the receiving neuron's threshold is multiplied by the
-input scale instead; weights keep their normal range and resolution.
+input scale instead; weights keep their normal range and resolution. A layer's
+integer *gain* (``ModelConfig.threshold_gains``) multiplies its threshold too:
+the same function with weights, bias and states g times larger, i.e. a weight
+grid g times finer relative to the threshold.
 """
 from __future__ import annotations
 
@@ -129,9 +132,9 @@ def mean_from_bias_mantissa(mant: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(-np.asarray(mant, dtype=np.float32) / (1 << BIAS_EXP))
 
 
-def scaled_threshold(threshold: float, input_scale: int) -> float:
-    """Threshold of a layer whose "1.0" input message is ``input_scale``."""
-    return threshold * input_scale
+def scaled_threshold(threshold: float, input_scale: int, gain: int = 1) -> float:
+    """Threshold of a layer whose "1.0" input message is ``input_scale``, at an integer gain."""
+    return threshold * input_scale * gain
 
 
 # ---------------------------------------------------------------- input encoding

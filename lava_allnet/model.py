@@ -503,13 +503,15 @@ def build_model(config: ModelConfig) -> Network:
     sizes = cfg.feature_sizes()
     blocks: list[tuple[str, torch.nn.Module]] = []
 
-    def neuron(scale: int) -> NeuronConfig:
-        return dataclasses.replace(cfg.neuron, threshold=fx.scaled_threshold(cfg.neuron.threshold, scale))
+    gains = cfg.gains()
+
+    def neuron(scale: int, layer: int) -> NeuronConfig:
+        return dataclasses.replace(cfg.neuron, threshold=fx.scaled_threshold(cfg.neuron.threshold, scale, gains[layer]))
 
     in_ch, scale, bits = cfg.in_channels, 1 << cfg.input_bits, cfg.input_bits
     for i, (ch, stride, use_se) in enumerate(zip(cfg.channels, cfg.strides, cfg.se), start=1):
         k = cfg.kernel_size
-        blocks.append((f"conv{i}", ConvBlock(in_ch, ch, k, stride, k // 2, neuron(scale), bits, norm=cfg.norm)))
+        blocks.append((f"conv{i}", ConvBlock(in_ch, ch, k, stride, k // 2, neuron(scale, i - 1), bits, norm=cfg.norm)))
         scale, bits = 1, 0
         if use_se:
             s = sizes[i - 1]
@@ -517,7 +519,7 @@ def build_model(config: ModelConfig) -> Network:
             scale, bits = cfg.gate_levels, fx.gate_message_bits(cfg.gate_levels)
         in_ch = ch
     features = cfg.channels[-1] * sizes[-1] * sizes[-1]
-    blocks.append(("fc", DenseBlock(features, cfg.num_classes * cfg.population, neuron(scale), bits, norm=cfg.norm)))
+    blocks.append(("fc", DenseBlock(features, cfg.num_classes * cfg.population, neuron(scale, -1), bits, norm=cfg.norm)))
     net = Network(
         blocks,
         (cfg.in_channels, cfg.input_size, cfg.input_size),

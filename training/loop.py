@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
 import lava_allnet  # noqa: F401
+from lava_allnet import fixed_point as fx
 from lava_allnet.config import ModelConfig, TrainConfig
 from lava_allnet.data import images as di
 from lava_allnet.errors import AllnetError, DataError
@@ -152,7 +153,9 @@ def initial_weights(path: Path, model_cfg: ModelConfig, console=None) -> dict[st
 
     An exported model holds the 8-bit weights and the batch-norm means as integer neuron biases;
     the float weights rebuilt from them quantise back to the same integers, so the network starts
-    computing exactly what the file does (on the torch backend and on Lava).
+    computing exactly what the file does (on the torch backend and on Lava). A layer whose
+    threshold gain differs from the init model's (``ModelConfig.threshold_gains``) gets its
+    weights and means multiplied by the ratio: the same function on a finer grid.
     """
     import h5py
 
@@ -167,8 +170,52 @@ def initial_weights(path: Path, model_cfg: ModelConfig, console=None) -> dict[st
             diff = [k for k in sorted(theirs) if k not in ("class_names", "num_classes", "name") and ours.get(k) != theirs[k]]
             if diff and console is not None:
                 console.print(f"[yellow]{path}: model config differs in {', '.join(f'{k} {theirs[k]} → {ours.get(k)}' for k in diff)}[/]")
-        return network_from_spec(spec).state_dict()
-    return load_torch(path)["model"]
+        init = network_from_spec(spec)
+        return rescale_to_gains(init.state_dict(), _thresholds(init), model_cfg, console)
+    ck = load_torch(path)
+    if "config" not in ck:  # a checkpoint.pt: the run's own config, nothing to rescale
+        return ck["model"]
+    init_cfg = ModelConfig.from_dict(ck["config"])
+    return rescale_to_gains(ck["model"], _thresholds(build_model(init_cfg)), model_cfg, console)
+
+
+def _thresholds(net: Network) -> dict[str, float]:
+    return {name: float(b.neuron.threshold) for name, b in net.blocks.items() if getattr(b, "neuron", None) is not None}
+
+
+def rescale_to_gains(state: dict[str, torch.Tensor], thresholds: dict[str, float], model_cfg: ModelConfig,
+                     console=None) -> dict[str, torch.Tensor]:
+    """``state`` (a network whose layers had ``thresholds``) for a network built from ``model_cfg``.
+
+    A layer whose threshold is r times the init's gets weights and batch-norm means times r, so
+    it computes the same function (decays round a little differently: states are r times
+    larger). Weights must stay on the 8-bit grid and in range: anything else is an error.
+    """
+    target = _thresholds(build_model(model_cfg))
+    out = dict(state)
+    for name, thr in target.items():
+        if name not in thresholds:
+            raise AllnetError(f"layer {name}: not in the init model")
+        r = thr / thresholds[name]
+        if r == 1.0:
+            continue
+        key = f"blocks.{name}.synapse.weight"
+        w = state[key] * r
+        mant = w * fx.WEIGHT_SCALE
+        if not torch.equal(fx.quantize_weight(w.float()), w.float()) or bool((mant.round() != mant).any()):
+            raise AllnetError(f"layer {name}: threshold {thresholds[name]:g} → {thr:g} (x{r:g}) moves its weights off the "
+                              f"8-bit grid or out of [{fx.WEIGHT_MIN}, {fx.WEIGHT_MAX}]: use an integer gain ratio that fits")
+        out[key] = w
+        mkey = f"blocks.{name}.neuron.norm.running_mean"
+        if mkey in state:
+            m = state[mkey] * r
+            clamped = int((fx.quantize_norm_mean(m.float()) != m.float()).sum())
+            if clamped and console is not None:
+                console.print(f"[yellow]layer {name}: {clamped} bias(es) beyond the bias range after x{r:g}, clamped[/]")
+            out[mkey] = m
+        if console is not None:
+            console.print(f"layer {name}: threshold {thresholds[name]:g} → {thr:g}, weights and means x{r:g}")
+    return out
 
 
 def class_logits(counts: torch.Tensor, net: Network, loss_scale: float) -> torch.Tensor:
