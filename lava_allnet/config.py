@@ -64,6 +64,11 @@ class ModelConfig:
             raise ValueError(f"threshold_gains needs {n + 1} values (conv1..conv{n}, fc), got {len(self.threshold_gains)}")
         if any(int(g) != g or g < 1 for g in self.threshold_gains):
             raise ValueError(f"threshold_gains must be positive integers, got {list(self.threshold_gains)}")
+        from lava_allnet import fixed_point as fx  # lazy: fixed_point needs torch
+
+        for name, thr in self.layer_thresholds().items():
+            if not 0 < int(thr * fx.WEIGHT_SCALE) <= fx.VTH_MAX:
+                raise ValueError(f"{name}: threshold {thr:g} is outside Lava's 17-bit threshold range (lower its gain)")
         if len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"{len(self.class_names)} class names for {self.num_classes} classes"
@@ -77,6 +82,14 @@ class ModelConfig:
     def gains(self) -> tuple[int, ...]:
         """threshold_gains with the default (1 per weight layer) filled in."""
         return tuple(int(g) for g in self.threshold_gains) or (1,) * (len(self.channels) + 1)
+
+    def layer_thresholds(self) -> dict[str, float]:
+        """Each weight layer's threshold: scaled to its input message ("1.0") and its gain."""
+        from lava_allnet import fixed_point as fx
+
+        scales = [1 << self.input_bits] + [self.gate_levels if se else 1 for se in self.se]
+        names = [f"conv{i}" for i in range(1, len(self.channels) + 1)] + ["fc"]
+        return {n: fx.scaled_threshold(self.neuron.threshold, s, g) for n, s, g in zip(names, scales, self.gains())}
 
     def feature_sizes(self) -> list[int]:
         """Spatial size after each conv (padding k//2)."""

@@ -502,24 +502,23 @@ def build_model(config: ModelConfig) -> Network:
     cfg = config
     sizes = cfg.feature_sizes()
     blocks: list[tuple[str, torch.nn.Module]] = []
+    thresholds = cfg.layer_thresholds()  # each scaled to its input message and gain
 
-    gains = cfg.gains()
+    def neuron(layer: str) -> NeuronConfig:
+        return dataclasses.replace(cfg.neuron, threshold=thresholds[layer])
 
-    def neuron(scale: int, layer: int) -> NeuronConfig:
-        return dataclasses.replace(cfg.neuron, threshold=fx.scaled_threshold(cfg.neuron.threshold, scale, gains[layer]))
-
-    in_ch, scale, bits = cfg.in_channels, 1 << cfg.input_bits, cfg.input_bits
+    in_ch, bits = cfg.in_channels, cfg.input_bits
     for i, (ch, stride, use_se) in enumerate(zip(cfg.channels, cfg.strides, cfg.se), start=1):
         k = cfg.kernel_size
-        blocks.append((f"conv{i}", ConvBlock(in_ch, ch, k, stride, k // 2, neuron(scale, i - 1), bits, norm=cfg.norm)))
-        scale, bits = 1, 0
+        blocks.append((f"conv{i}", ConvBlock(in_ch, ch, k, stride, k // 2, neuron(f"conv{i}"), bits, norm=cfg.norm)))
+        bits = 0
         if use_se:
             s = sizes[i - 1]
             blocks.append((f"se{i}", SEBlock(ch, max(1, ch // cfg.se_reduction), s, s, cfg.gate_levels)))
-            scale, bits = cfg.gate_levels, fx.gate_message_bits(cfg.gate_levels)
+            bits = fx.gate_message_bits(cfg.gate_levels)
         in_ch = ch
     features = cfg.channels[-1] * sizes[-1] * sizes[-1]
-    blocks.append(("fc", DenseBlock(features, cfg.num_classes * cfg.population, neuron(scale, -1), bits, norm=cfg.norm)))
+    blocks.append(("fc", DenseBlock(features, cfg.num_classes * cfg.population, neuron("fc"), bits, norm=cfg.norm)))
     net = Network(
         blocks,
         (cfg.in_channels, cfg.input_size, cfg.input_size),

@@ -88,3 +88,32 @@ def test_default_model_on_the_simulator(tmp_path, synth_images):
     inputs = Inputs(imgs, ["a", "b"], [None, None], [])
     report = compare_runs(run_backend(spec, inputs, "torch"), run_backend(spec, inputs, "sim"))
     assert report["identical"], [l for l in report["layers"] if not l["equal"]]
+
+
+def test_threshold_gains_stay_bit_exact_on_the_simulator(se_model_file, synth_images, tmp_path):
+    """A layer at gain g (threshold, weights, bias and states x g) is still exact on Lava."""
+    from lava_allnet import fixed_point as fx
+    from lava_allnet.config import ModelConfig
+    from lava_allnet.model import build_model
+    from netx.export import export
+    from training.loop import initial_weights
+
+    base = nf.read(se_model_file)
+    gains = (1, 8, 4, 2)
+    cfg = ModelConfig.from_dict({**base.model_config, "threshold_gains": gains})
+    net = build_model(cfg)
+    net.load_state_dict(initial_weights(se_model_file, cfg))
+    net.eval()
+    path = tmp_path / "gained.net"
+    spec = export(net, path)
+    weighted = [l for l in spec.layers if isinstance(l, (nf.ConvSpec, nf.DenseSpec))]
+    old = [l for l in base.layers if isinstance(l, (nf.ConvSpec, nf.DenseSpec))]
+    for g, new, was in zip(gains, weighted, old):
+        assert new.neuron.vth_mant == g * was.neuron.vth_mant
+        assert np.array_equal(new.weight, g * was.weight)
+    assert fx.WEIGHT_MAX >= max(int(np.abs(l.weight).max()) for l in weighted)
+    inputs = _inputs(synth_images, extra_real=False)
+    ref = run_backend(spec, inputs, "torch")
+    sim = run_backend(spec, inputs, "sim")
+    assert compare_runs(ref, sim)["identical"]
+    assert sum(sum(r.class_counts.values()) for r in sim.results) > 0

@@ -1,6 +1,7 @@
 """Training: learns, is deterministic for a seed, checkpoints atomically and resumes after a kill."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -305,6 +306,63 @@ def test_fine_tune_from_an_exported_model_on_a_saved_split(tiny_data, tmp_path):
                 *TINY[:4], "--time-steps", "6", *TINY[6:]])
     assert r.returncode == 0, r.stderr
     assert "time_steps 4 → 6" in r.stderr and "channels" not in r.stderr
+
+
+def test_init_rescales_layers_whose_threshold_gain_changes(se_model_file, synth_images):
+    from lava_allnet import fixed_point as fx
+    from lava_allnet.config import ModelConfig
+    from lava_allnet.errors import AllnetError
+    from lava_allnet.model import build_model
+    from netx import format as nf
+    from netx.export import network_from_spec
+    from training.loop import initial_weights, rescale_to_gains
+
+    spec = nf.read(se_model_file)
+    base = network_from_spec(spec)
+    cfg = ModelConfig.from_dict({**spec.model_config, "threshold_gains": (1, 4, 1, 1)})
+    state = initial_weights(se_model_file, cfg)
+    old = base.state_dict()
+    assert torch.equal(state["blocks.conv2.synapse.weight"], 4 * old["blocks.conv2.synapse.weight"])
+    assert torch.equal(state["blocks.conv2.neuron.norm.running_mean"], 4 * old["blocks.conv2.neuron.norm.running_mean"])
+    assert torch.equal(state["blocks.conv1.synapse.weight"], old["blocks.conv1.synapse.weight"])
+    net = build_model(cfg)
+    net.load_state_dict(state)
+    net.eval()
+    assert net.blocks["conv2"].neuron.threshold == 4 * base.blocks["conv2"].neuron.threshold
+    # the same function up to the decays' rounding: nearly the same output spikes
+    x = torch.from_numpy(synth_images[0][:8])
+    with torch.no_grad():
+        a, b = base(base.encode(x)).class_counts, net(net.encode(x)).class_counts
+    assert a.sum() > 0 and (a - b).abs().sum() <= 0.2 * a.sum()
+    # a ratio that leaves the 8-bit grid (weights trained at gain 4, back to gain 1), or its range, is refused
+    thresholds = {k: float(v.neuron.threshold) for k, v in net.blocks.items() if hasattr(v, "neuron")}
+    trained = dict(state)
+    trained["blocks.conv2.synapse.weight"] = state["blocks.conv2.synapse.weight"].clone()
+    trained["blocks.conv2.synapse.weight"].view(-1)[0] += 2 / fx.WEIGHT_SCALE  # one grid step
+    assert rescale_to_gains(state, thresholds, dataclasses.replace(cfg, threshold_gains=()))["blocks.conv2.synapse.weight"].equal(
+        old["blocks.conv2.synapse.weight"])
+    with pytest.raises(AllnetError, match="conv2.*off the"):
+        rescale_to_gains(trained, thresholds, dataclasses.replace(cfg, threshold_gains=()))
+    with pytest.raises(AllnetError, match="out of"):
+        rescale_to_gains(old, {k: float(v.neuron.threshold) for k, v in base.blocks.items() if hasattr(v, "neuron")},
+                         dataclasses.replace(cfg, threshold_gains=(1, 200, 1, 1)))  # weights x200 leave 8 bits
+
+
+def test_threshold_gains_are_checked(tiny_data, tmp_path):
+    from lava_allnet.config import ModelConfig
+
+    assert ModelConfig().gains() == (1,) * 6
+    cfg = ModelConfig(threshold_gains=(1, 8, 8, 1, 1, 1))
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="needs 6 values"):
+        ModelConfig(threshold_gains=(1, 8))
+    with pytest.raises(ValueError, match="positive integers"):
+        ModelConfig(threshold_gains=(1, 0, 1, 1, 1, 1))
+    with pytest.raises(ValueError, match="conv1: threshold 5120 is outside"):  # 80 x 64: a 19-bit mantissa
+        ModelConfig(threshold_gains=(64, 1, 1, 1, 1, 1))
+    for bad, msg in (("1,x", "comma-separated integers"), ("2,2", "needs 5 values")):
+        r = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / bad), "--threshold-gains", bad, *TINY])
+        assert r.returncode != 0 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_saved_split_errors_are_clear(tiny_data, tmp_path):
