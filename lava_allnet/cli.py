@@ -267,8 +267,10 @@ def run(
     workers: int = typer.Option(1, "--workers", min=1, help="Simulator processes, each with its own compiled network."),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable image instead of skipping it."),
     stock: bool = typer.Option(False, "--stock", help="Use Lava's stock process models (slow; for comparison)."),
+    exposure: bool = typer.Option(False, "--normalize-exposure", help="Scale each image so its brightest pixel is 255 before encoding (undoes a dimmer exposure; the identity on the ALL smear set, where every image reaches 255)."),
 ) -> None:
     """Classify images: predicted class, output spikes per class and spikes per layer for each image."""
+    from lava_allnet.data.images import normalize_exposure
     from lava_allnet.inference import load_inputs, run_backend
 
     from hw_targets.backends import check_backend
@@ -284,6 +286,8 @@ def run(
                            progress=lambda k, n: (prog.update(prog.task_ids[0], total=n), update(k)))
     for p, why in data.skipped:
         err.print(f"[yellow]skipped[/] {why}")
+    if exposure:
+        data.images = normalize_exposure(data.images)
     prog, update = _progress(len(data.paths), f"{backend}")
     with prog:
         result = run_backend(spec, data, backend, workers=workers, fast=not stock, progress=update)
@@ -504,20 +508,25 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     workers: int = typer.Option(1, "--workers", min=1, help="Simulator processes."),
     strict: bool = typer.Option(False, "--strict", help="Fail on an unreadable image instead of skipping it."),
+    exposure: bool = typer.Option(False, "--normalize-exposure", help="Scale each image so its brightest pixel is 255 before encoding (undoes a dimmer exposure; the identity on the ALL smear set, where every image reaches 255)."),
 ) -> None:
     """Accuracy with a bootstrapped 95% CI, per-class precision/recall/F1, confusion matrix, per-image predictions."""
     from hw_targets.backends import check_backend
+    from lava_allnet.data.images import normalize_exposure
     from lava_allnet.evaluation import classification_report, confusion_text, write_evaluation
     from lava_allnet.inference import run_backend
 
     check_backend(backend)
     spec = _read_spec(model_file)
     data = _dataset_inputs(spec, data_dir, split, subset, None, strict)
+    if exposure:
+        data.images = normalize_exposure(data.images)
     prog, update = _progress(len(data.paths), backend)
     with prog:
         result = run_backend(spec, data, backend, workers=workers, progress=update)
     report = classification_report(data.labels, [r.predicted_index for r in result.results], spec.class_names, resamples, seed)
-    report.update({"model": str(model_file), "data": str(data_dir), "backend": backend, "timing": result.timing,
+    report.update({"model": str(model_file), "data": str(data_dir), "backend": backend, "normalize_exposure": exposure,
+                   "timing": result.timing,
                    "skipped": [{"path": p, "reason": w} for p, w in result.skipped]})
     written = write_evaluation(report, result, out_dir) if out_dir is not None else []
     if as_json:
@@ -546,11 +555,13 @@ def robustness(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     out_dir: Path = typer.Option(Path("robustness-out"), "--out", help="Where robustness.json and one PNG curve per distortion go."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random distortions and the bootstrap."),
+    exposure: bool = typer.Option(False, "--normalize-exposure", help="Scale each image so its brightest pixel is 255 after each distortion, before encoding (undoes a dimmer exposure; the identity on the ALL smear set, where every image reaches 255)."),
 ) -> None:
     """Accuracy under Gaussian noise, salt-and-pepper, blur, occlusion, rotation and illumination, 3 severities each."""
     import numpy as np
 
     from hw_targets.backends import check_backend, get_backend
+    from lava_allnet.data.images import normalize_exposure
     from lava_allnet.evaluation import robustness as rob
     from lava_allnet.evaluation import write_robustness
     from lava_allnet.result import make_results
@@ -561,7 +572,7 @@ def robustness(
     be = get_backend(backend, spec)
 
     def predict(images):
-        raw = be.run(images)
+        raw = be.run(normalize_exposure(images) if exposure else images)
         res = make_results([str(i) for i in range(len(images))], spec.class_names, spec.population,
                            raw.stage_steps, raw.output_neurons)
         return np.asarray([r.predicted_index for r in res])
@@ -575,7 +586,7 @@ def robustness(
 
     with prog:
         report = rob(predict, data.images, np.asarray(data.labels), seed=seed, progress=step)
-    report.update({"model": str(model_file), "data": str(data_dir), "backend": backend})
+    report.update({"model": str(model_file), "data": str(data_dir), "backend": backend, "normalize_exposure": exposure})
     written = write_robustness(report, out_dir)
     if as_json:
         _emit_json({**report, "written": [str(p) for p in written]})
@@ -598,15 +609,18 @@ def explain(
     out_file: Path = typer.Option(..., "--out", help="PNG to write (input and Grad-CAM heat map)."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Conv layer for Grad-CAM (default: the deepest whose map keeps 1/8 of the image side, at least 8x8)."),
     class_name: Optional[str] = typer.Option(None, "--class", help="Explain this class instead of the predicted one."),
+    exposure: bool = typer.Option(False, "--normalize-exposure", help="Scale each image so its brightest pixel is 255 before encoding (undoes a dimmer exposure; the identity on the ALL smear set, where every image reaches 255)."),
 ) -> None:
     """Grad-CAM through the surrogate gradients: where the network looked for the predicted class."""
-    from lava_allnet.data.images import load_image
+    from lava_allnet.data.images import load_image, normalize_exposure
     from lava_allnet.evaluation import grad_cam, save_cam_png
     from netx.export import network_from_spec
 
     spec = _read_spec(model_file)
     net = network_from_spec(spec)
     img = load_image(image, spec.input.shape[1])
+    if exposure:
+        img = normalize_exposure(img[None])[0]
     k = None
     if class_name is not None:
         if class_name not in spec.class_names:

@@ -99,3 +99,20 @@ def test_split_is_stratified_seeded_and_reloadable(synth_dir, tmp_path):
     again = di.load_split(tmp_path / "split.json", ds)
     for k in a:
         np.testing.assert_array_equal(a[k], again[k])
+
+
+def test_normalize_exposure_undoes_a_dimmer_exposure():
+    from lava_allnet.data.images import normalize_exposure
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(40, 256, (3, 3, 16, 16)).astype(np.uint8)
+    img[:, 0, 0, 0] = 255  # every ALL smear image has a pixel at 255
+    assert np.array_equal(normalize_exposure(img), img)
+    dim = np.round(img * 0.5).astype(np.uint8)
+    back = normalize_exposure(dim)
+    assert np.abs(back.astype(int) - img).max() <= 2  # the dimmed image's rounding, times the gain of 2
+    assert np.abs(dim.astype(int) - img).max() > 60
+    black = np.zeros((1, 3, 4, 4), np.uint8)
+    assert np.array_equal(normalize_exposure(black), black)
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_exposure(img.astype(np.float32))

@@ -125,3 +125,31 @@ def test_grad_cam_of_the_shipped_model_highlights_cells():
         cells = grey < np.percentile(grey, 20)  # the darkest fifth: stained nuclei
         ratios.append(cam[cells].mean() / max(cam[~cells].mean(), 1e-6))
     assert np.median(ratios) > 1.2, ratios
+
+
+@needs_real
+@pytest.mark.skipif(not SHIPPED.exists(), reason="shipped model not built yet")
+def test_exposure_normalisation_restores_dimmed_smears(tmp_path):
+    """Real smears reach 255 (so normalising changes nothing); dimmed ones are scaled back."""
+    import torch
+
+    from lava_allnet.data.images import load_images, normalize_exposure
+    from netx import format as nf
+    from netx.export import network_from_spec
+
+    spec = nf.read(SHIPPED)
+    net = network_from_spec(spec)
+    images = load_images(real_images(2), spec.input.shape[1]).images
+    assert np.array_equal(normalize_exposure(images), images)
+
+    def predict(x):
+        with torch.no_grad():
+            return net(net.encode(torch.from_numpy(x))).predictions().numpy()
+
+    clean = predict(images)
+    dim = ev.distort(images, "illumination", 0.5)
+    assert (predict(normalize_exposure(dim)) == clean).sum() >= 7
+    assert (predict(dim) == clean).sum() <= 4  # measured: the raw model reads dim smears as one class
+    r = subprocess.run([EXE, "run", str(SHIPPED), str(real_images(1)[0]), "--backend", "torch", "--normalize-exposure",
+                        "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr

@@ -173,9 +173,12 @@ def initial_weights(path: Path, model_cfg: ModelConfig, console=None) -> dict[st
         init = network_from_spec(spec)
         return rescale_to_gains(init.state_dict(), _thresholds(init), model_cfg, console)
     ck = load_torch(path)
-    if "config" not in ck:  # a checkpoint.pt: the run's own config, nothing to rescale
+    if "config" in ck:  # best.pt
+        init_cfg = ModelConfig.from_dict(ck["config"])
+    elif (path.parent / "config.json").is_file():  # a checkpoint.pt: its run's config
+        init_cfg = ModelConfig.from_dict(json.loads((path.parent / "config.json").read_text())["model"])
+    else:
         return ck["model"]
-    init_cfg = ModelConfig.from_dict(ck["config"])
     return rescale_to_gains(ck["model"], _thresholds(build_model(init_cfg)), model_cfg, console)
 
 
@@ -201,17 +204,16 @@ def rescale_to_gains(state: dict[str, torch.Tensor], thresholds: dict[str, float
             continue
         key = f"blocks.{name}.synapse.weight"
         w = state[key] * r
-        mant = w * fx.WEIGHT_SCALE
-        if not torch.equal(fx.quantize_weight(w.float()), w.float()) or bool((mant.round() != mant).any()):
+        if not torch.equal(fx.quantize_weight(w.float()), w.float()):  # rounds to the grid, clamps to the range
             raise AllnetError(f"layer {name}: threshold {thresholds[name]:g} → {thr:g} (x{r:g}) moves its weights off the "
                               f"8-bit grid or out of [{fx.WEIGHT_MIN}, {fx.WEIGHT_MAX}]: use an integer gain ratio that fits")
         out[key] = w
         mkey = f"blocks.{name}.neuron.norm.running_mean"
         if mkey in state:
             m = state[mkey] * r
-            clamped = int((fx.quantize_norm_mean(m.float()) != m.float()).sum())
-            if clamped and console is not None:
-                console.print(f"[yellow]layer {name}: {clamped} bias(es) beyond the bias range after x{r:g}, clamped[/]")
+            moved = int((fx.quantize_norm_mean(m.float()) != m.float()).sum())
+            if moved and console is not None:
+                console.print(f"[yellow]layer {name}: {moved} bias(es) off the bias grid or range after x{r:g} (rounded, clamped)[/]")
             out[mkey] = m
         if console is not None:
             console.print(f"layer {name}: threshold {thresholds[name]:g} → {thr:g}, weights and means x{r:g}")
