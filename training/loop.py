@@ -171,7 +171,8 @@ def initial_weights(path: Path, model_cfg: ModelConfig, console=None) -> dict[st
             if diff and console is not None:
                 console.print(f"[yellow]{path}: model config differs in {', '.join(f'{k} {theirs[k]} → {ours.get(k)}' for k in diff)}[/]")
         init = network_from_spec(spec)
-        return rescale_to_gains(init.state_dict(), _thresholds(init), model_cfg, console)
+        thresholds = {l.name: l.neuron.vth_mant / fx.WEIGHT_SCALE for l in spec.layers if hasattr(l, "neuron")}
+        return rescale_to_gains(init.state_dict(), thresholds, model_cfg, console)
     ck = load_torch(path)
     if "config" in ck:  # best.pt
         init_cfg = ModelConfig.from_dict(ck["config"])
@@ -179,11 +180,7 @@ def initial_weights(path: Path, model_cfg: ModelConfig, console=None) -> dict[st
         init_cfg = ModelConfig.from_dict(json.loads((path.parent / "config.json").read_text())["model"])
     else:
         return ck["model"]
-    return rescale_to_gains(ck["model"], _thresholds(build_model(init_cfg)), model_cfg, console)
-
-
-def _thresholds(net: Network) -> dict[str, float]:
-    return {name: float(b.neuron.threshold) for name, b in net.blocks.items() if getattr(b, "neuron", None) is not None}
+    return rescale_to_gains(ck["model"], init_cfg.layer_thresholds(), model_cfg, console)
 
 
 def rescale_to_gains(state: dict[str, torch.Tensor], thresholds: dict[str, float], model_cfg: ModelConfig,
@@ -194,9 +191,8 @@ def rescale_to_gains(state: dict[str, torch.Tensor], thresholds: dict[str, float
     it computes the same function (decays round a little differently: states are r times
     larger). Weights must stay on the 8-bit grid and in range: anything else is an error.
     """
-    target = _thresholds(build_model(model_cfg))
     out = dict(state)
-    for name, thr in target.items():
+    for name, thr in model_cfg.layer_thresholds().items():
         if name not in thresholds:
             raise AllnetError(f"layer {name}: not in the init model")
         r = thr / thresholds[name]
