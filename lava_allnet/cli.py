@@ -40,6 +40,8 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)  # progre
 _state = {"debug": False}
 
 BACKEND_HELP = "sim: Lava Loihi2SimCfg fixed point (bit-accurate); sim-float: Lava floating point; torch: SLAYER fixed-point reference; loihi2: Loihi 2 hardware (needs lava-loihi)."
+EXPOSURE_HELP = ("Scale each image so its brightest pixel is 255 before encoding (undoes a dimmer exposure; "
+                 "the identity on the ALL smear set, where every image reaches 255).")
 
 
 def _progress(total: int, label: str, enabled: bool = True):
@@ -267,7 +269,7 @@ def run(
     workers: int = typer.Option(1, "--workers", min=1, help="Simulator processes, each with its own compiled network."),
     strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable image instead of skipping it."),
     stock: bool = typer.Option(False, "--stock", help="Use Lava's stock process models (slow; for comparison)."),
-    exposure: bool = typer.Option(False, "--normalize-exposure", help="Scale each image so its brightest pixel is 255 before encoding (undoes a dimmer exposure; the identity on the ALL smear set, where every image reaches 255)."),
+    exposure: bool = typer.Option(False, "--normalize-exposure", help=EXPOSURE_HELP),
 ) -> None:
     """Classify images: predicted class, output spikes per class and spikes per layer for each image."""
     from lava_allnet.data.images import normalize_exposure
@@ -508,7 +510,7 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     workers: int = typer.Option(1, "--workers", min=1, help="Simulator processes."),
     strict: bool = typer.Option(False, "--strict", help="Fail on an unreadable image instead of skipping it."),
-    exposure: bool = typer.Option(False, "--normalize-exposure", help="Scale each image so its brightest pixel is 255 before encoding (undoes a dimmer exposure; the identity on the ALL smear set, where every image reaches 255)."),
+    exposure: bool = typer.Option(False, "--normalize-exposure", help=EXPOSURE_HELP),
 ) -> None:
     """Accuracy with a bootstrapped 95% CI, per-class precision/recall/F1, confusion matrix, per-image predictions."""
     from hw_targets.backends import check_backend
@@ -555,7 +557,7 @@ def robustness(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     out_dir: Path = typer.Option(Path("robustness-out"), "--out", help="Where robustness.json and one PNG curve per distortion go."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random distortions and the bootstrap."),
-    exposure: bool = typer.Option(False, "--normalize-exposure", help="Scale each image so its brightest pixel is 255 after each distortion, before encoding (undoes a dimmer exposure; the identity on the ALL smear set, where every image reaches 255)."),
+    exposure: bool = typer.Option(False, "--normalize-exposure", help=EXPOSURE_HELP + " In robustness, each distorted image."),
 ) -> None:
     """Accuracy under Gaussian noise, salt-and-pepper, blur, occlusion, rotation and illumination, 3 severities each."""
     import numpy as np
@@ -609,7 +611,7 @@ def explain(
     out_file: Path = typer.Option(..., "--out", help="PNG to write (input and Grad-CAM heat map)."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Conv layer for Grad-CAM (default: the deepest whose map keeps 1/8 of the image side, at least 8x8)."),
     class_name: Optional[str] = typer.Option(None, "--class", help="Explain this class instead of the predicted one."),
-    exposure: bool = typer.Option(False, "--normalize-exposure", help="Scale each image so its brightest pixel is 255 before encoding (undoes a dimmer exposure; the identity on the ALL smear set, where every image reaches 255)."),
+    exposure: bool = typer.Option(False, "--normalize-exposure", help=EXPOSURE_HELP),
 ) -> None:
     """Grad-CAM through the surrogate gradients: where the network looked for the predicted class."""
     from lava_allnet.data.images import load_image, normalize_exposure

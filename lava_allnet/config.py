@@ -67,8 +67,10 @@ class ModelConfig:
         from lava_allnet import fixed_point as fx  # lazy: fixed_point needs torch
 
         for name, thr in self.layer_thresholds().items():
-            if not 0 < int(thr * fx.WEIGHT_SCALE) <= fx.VTH_MAX:
-                raise ValueError(f"{name}: threshold {thr:g} is outside Lava's 17-bit threshold range (lower its gain)")
+            try:
+                fx.threshold_mantissa(thr)
+            except ValueError as exc:
+                raise ValueError(f"{name}: threshold {thr:g} is outside Lava's 17-bit threshold range (lower its gain)") from exc
         if len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"{len(self.class_names)} class names for {self.num_classes} classes"
