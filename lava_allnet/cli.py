@@ -140,6 +140,7 @@ def train(
     color_jitter: float = typer.Option(0.0, "--color-jitter", min=0.0, max=5.0, help="Strength of the brightness / stain / contrast jitter added to the augmentation (1: gain and contrast ±12%%, stain ±5%% per channel; 0: off)."),
     average_from: int = typer.Option(0, "--average-from", min=0, help="From this epoch on, validate (and keep as best.pt) the running mean of the weights of every epoch end (weight averaging; 0: off)."),
     fixed_norm: bool = typer.Option(False, "--fixed-norm", help="Fix every batch-norm mean at its inference value (computed once over all training images, layer by layer) and train the weights under those biases, as Lava and Loihi run them (for fine-tuning with --init)."),
+    gain_lr: bool = typer.Option(False, "--gain-lr", help="Train each layer's weights at the learning rate times its --threshold-gains value (Adam steps do not grow with the weights' scale): the dynamics of gain 1 on a finer weight grid."),
     keep_norm: bool = typer.Option(False, "--keep-norm", help="With --init: hold the batch-norm means at the initial model's own values (the biases it deploys with) and train the weights under them; --fixed-norm recalibrates them instead."),
     device: Optional[str] = typer.Option(None, "--device", help="Train on cpu (default) or cuda[:N]; with --resume, moves the run to that device."),
 ) -> None:
@@ -177,7 +178,7 @@ def train(
                            init_from=str(init) if init else "", split_from=str(split) if split else "", range_weight=range_weight,
                            distill_weight=distill, distill_temperature=distill_temperature,
                            teacher_epochs=teacher_epochs, color_jitter=color_jitter, average_from=average_from,
-                           fixed_norm=fixed_norm, keep_norm=keep_norm, device=device or "cpu")
+                           fixed_norm=fixed_norm, keep_norm=keep_norm, gain_lr=gain_lr, device=device or "cpu")
         metrics = run_train(out_dir, cfg, tcfg, data_dir=data, synth_per_class=per_class, console=err)
         run_dir = out_dir
     best = metrics.get("best") or {}

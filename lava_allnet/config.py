@@ -152,6 +152,10 @@ class TrainConfig:
     fixed_norm: bool = False
     # hold the --init model's own means fixed (its deployed biases) instead of recalibrating them
     keep_norm: bool = False
+    # Adam moves a weight by about lr per step whatever its scale, so a layer at threshold gain g
+    # (weights g times larger) would learn g times slower; gain_lr gives its weights lr x g, which
+    # keeps the training dynamics of gain 1 and leaves only the g-times finer 8-bit grid.
+    gain_lr: bool = False
     device: str = "cpu"  # torch device: cpu, or cuda[:N] (same arithmetic, float32 without TF32)
 
     @property

@@ -216,6 +216,23 @@ def rescale_to_gains(state: dict[str, torch.Tensor], thresholds: dict[str, float
     return out
 
 
+def param_groups(net: Network, model_cfg: ModelConfig, train_cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Adam's parameter groups: one at ``lr``, or with ``gain_lr`` each weight layer's synapse
+    weights at ``lr`` x its threshold gain (the rest at ``lr``)."""
+    if not train_cfg.gain_lr:
+        return [{"params": list(net.parameters()), "lr": train_cfg.lr}]
+    gains = dict(zip(model_cfg.layer_thresholds(), model_cfg.gains()))
+    scaled: dict[int, list[torch.nn.Parameter]] = {}
+    rest = []
+    for name, block in net.blocks.items():
+        for pname, p in block.named_parameters():
+            (scaled.setdefault(gains[name], []) if name in gains and pname == "synapse.weight" else rest).append(p)
+    groups = [{"params": rest, "lr": train_cfg.lr}] + [
+        {"params": ps, "lr": train_cfg.lr * g} for g, ps in sorted(scaled.items())
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def class_logits(counts: torch.Tensor, net: Network, loss_scale: float) -> torch.Tensor:
     """Output spike rate per class, scaled: the cross-entropy logits."""
     return loss_scale * counts / (net.population * net.time_steps)
@@ -384,7 +401,8 @@ def train(
         pick = torch.from_numpy(train_np[torch.randperm(len(train_np), generator=_gen(train_cfg.seed, 99))[:32].numpy()])
         rates = net.calibrate(net.encode(data.images[pick].to(dev)))
         console.print("initial spike rates: " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()))
-    opt = torch.optim.Adam(net.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    groups = param_groups(net, model_cfg, train_cfg)
+    opt = torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     tr_idx = torch.from_numpy(data.split["train"])
     va_idx = torch.from_numpy(data.split.get("val", data.split["train"]))
     teacher = _teacher(run_dir, model_cfg, train_cfg, data, tr_idx, va_idx, console, dev) if train_cfg.distill_weight > 0 else None
@@ -393,7 +411,7 @@ def train(
     norm_idx = tr_idx[torch.randperm(len(tr_idx), generator=_gen(train_cfg.seed, 7))[:128]]
     batches_per_epoch = (len(tr_idx) + bs - 1) // bs
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=train_cfg.lr, total_steps=max(1, train_cfg.epochs * batches_per_epoch), pct_start=0.15
+        opt, max_lr=[g["lr"] for g in groups], total_steps=max(1, train_cfg.epochs * batches_per_epoch), pct_start=0.15
     )
     state = {"epoch": 0, "batch": 0, "history": [], "best": None, "partial": {"loss": 0.0, "correct": 0, "seen": 0}}
     # Weight averaging (Izmailov et al. 2018): validation accuracy of consecutive epochs swings
