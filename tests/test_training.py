@@ -348,6 +348,36 @@ def test_init_rescales_layers_whose_threshold_gain_changes(se_model_file, synth_
                          dataclasses.replace(cfg, threshold_gains=(1, 200, 1, 1)))  # weights x200 leave 8 bits
 
 
+def test_gain_lr_trains_each_layer_at_lr_times_its_gain(tiny_data, tmp_path):
+    """Adam's first step is lr x m/(sqrt(v)+eps) with the same m and v in runs from the same seed,
+    so after one batch each layer's step shows its rate: conv2 at gain 4 moves 4x, conv3 at 2 2x."""
+    from lava_allnet.config import TrainConfig, get_model_config
+    from training.checkpoint import load_torch
+    from training.loop import param_groups, train
+
+    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=8, threshold_gains=(1, 4, 2, 1, 1))
+    runs = {}
+    for name, lr, gain_lr in (("init", 0.0, False), ("plain", 1.0, False), ("gain", 1.0, True)):
+        tc = TrainConfig(epochs=1, batch_size=8, seed=3, lr=lr, gain_lr=gain_lr)
+        train(tmp_path / name, cfg, tc, data_dir=tiny_data, show_progress=False, stop_after_batches=1)
+        runs[name] = load_torch(tmp_path / name / "checkpoint.pt")["model"]
+    for layer, gain in (("conv1", 1), ("conv2", 4), ("conv3", 2), ("fc", 1)):
+        key = f"blocks.{layer}.synapse.weight"
+        plain, scaled = (runs[r][key] - runs["init"][key] for r in ("plain", "gain"))
+        assert plain.abs().max() > 1e-5, layer  # measurable (a large lr: conv2's gradients are tiny at init)
+        assert torch.allclose(scaled, gain * plain, rtol=1e-3, atol=1e-6), layer
+    # every parameter sits in exactly one group; without gain_lr there is one group at lr
+    from lava_allnet.model import build_model
+
+    net = build_model(cfg)
+    groups = param_groups(net, cfg, TrainConfig(lr=1e-3, gain_lr=True))
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in net.parameters())
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert lr_of[id(net.blocks["conv2"].synapse.weight)] == pytest.approx(4e-3)
+    assert lr_of[id(net.blocks["se3"].w1)] == pytest.approx(1e-3)
+    assert len(param_groups(net, cfg, TrainConfig(lr=1e-3))) == 1
+
+
 def test_threshold_gains_are_checked(tiny_data, tmp_path):
     from lava_allnet.config import ModelConfig
 
