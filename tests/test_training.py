@@ -376,6 +376,9 @@ def test_gain_lr_trains_each_layer_at_lr_times_its_gain(tiny_data, tmp_path):
     assert lr_of[id(net.blocks["conv2"].synapse.weight)] == pytest.approx(4e-3)
     assert lr_of[id(net.blocks["se3"].w1)] == pytest.approx(1e-3)
     assert len(param_groups(net, cfg, TrainConfig(lr=1e-3))) == 1
+    # without gains above 1 the option would do nothing: a clear error instead
+    r = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "x"), "--gain-lr", *TINY])
+    assert r.returncode != 0 and "give gains above 1" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_threshold_gains_are_checked(tiny_data, tmp_path):

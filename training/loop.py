@@ -359,6 +359,8 @@ def train(
             raise AllnetError(f"{run_dir}: already holds a training run (use --resume, or another --out)")
         if train_cfg.keep_norm and not train_cfg.init_from:
             raise AllnetError("--keep-norm keeps the means of the --init model: give --init")
+        if train_cfg.gain_lr and set(model_cfg.gains()) == {1}:
+            raise AllnetError("--gain-lr scales each layer's learning rate by its --threshold-gains value: give gains above 1")
         if train_cfg.keep_norm and train_cfg.fixed_norm:
             raise AllnetError("--keep-norm and --fixed-norm exclude each other (keep the init model's means, or recalibrate them)")
     if device is not None and device != train_cfg.device:
