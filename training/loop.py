@@ -222,15 +222,11 @@ def param_groups(net: Network, model_cfg: ModelConfig, train_cfg: TrainConfig) -
     if not train_cfg.gain_lr:
         return [{"params": list(net.parameters()), "lr": train_cfg.lr}]
     gains = dict(zip(model_cfg.layer_thresholds(), model_cfg.gains()))
-    scaled: dict[int, list[torch.nn.Parameter]] = {}
-    rest = []
+    by_gain: dict[int, list[torch.nn.Parameter]] = {}
     for name, block in net.blocks.items():
         for pname, p in block.named_parameters():
-            (scaled.setdefault(gains[name], []) if name in gains and pname == "synapse.weight" else rest).append(p)
-    groups = [{"params": rest, "lr": train_cfg.lr}] + [
-        {"params": ps, "lr": train_cfg.lr * g} for g, ps in sorted(scaled.items())
-    ]
-    return [g for g in groups if g["params"]]
+            by_gain.setdefault(gains.get(name, 1) if pname == "synapse.weight" else 1, []).append(p)
+    return [{"params": ps, "lr": train_cfg.lr * g} for g, ps in sorted(by_gain.items())]
 
 
 def class_logits(counts: torch.Tensor, net: Network, loss_scale: float) -> torch.Tensor:
