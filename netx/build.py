@@ -103,7 +103,7 @@ class _Builder:
         if self.float_mode:
             # Float simulator: the same dynamics in real units, no integer rounding.
             params = dict(
-                du=n.i_decay / 4096, dv=n.v_decay / 4096, vth=n.vth_mant / fx.WEIGHT_SCALE,
+                du=n.i_decay / 4096, dv=n.v_decay / 4096, vth=n.threshold,
                 bias_mant=bias_full.astype(np.float64) / (1 << fx.BIAS_EXP), bias_exp=0.0,
             )
         else:

@@ -97,7 +97,7 @@ def export(net: Network, path: str | os.PathLike) -> nf.NetworkSpec:
 def _neuron_config(n: nf.NeuronSpec) -> NeuronConfig:
     # Exact: SLAYER recovers the same mantissas from these fractions.
     return NeuronConfig(
-        threshold=n.vth_mant / fx.WEIGHT_SCALE,
+        threshold=n.threshold,
         current_decay=n.i_decay / (1 << fx.DECAY_BITS),
         voltage_decay=n.v_decay / (1 << fx.DECAY_BITS),
     )

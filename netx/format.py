@@ -50,6 +50,11 @@ class NeuronSpec:
     vth_mant: int
     ref_delay: int = 1
 
+    @property
+    def threshold(self) -> float:
+        """The threshold in SLAYER's units (the inverse of fixed_point.threshold_mantissa)."""
+        return self.vth_mant / fx.WEIGHT_SCALE
+
 
 @dataclass
 class InputSpec:

@@ -171,7 +171,7 @@ def initial_weights(path: Path, model_cfg: ModelConfig, console=None) -> dict[st
             if diff and console is not None:
                 console.print(f"[yellow]{path}: model config differs in {', '.join(f'{k} {theirs[k]} → {ours.get(k)}' for k in diff)}[/]")
         init = network_from_spec(spec)
-        thresholds = {l.name: l.neuron.vth_mant / fx.WEIGHT_SCALE for l in spec.layers if hasattr(l, "neuron")}
+        thresholds = {l.name: l.neuron.threshold for l in spec.layers if hasattr(l, "neuron")}
         return rescale_to_gains(init.state_dict(), thresholds, model_cfg, console)
     ck = load_torch(path)
     if "config" in ck:  # best.pt
