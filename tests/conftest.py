@@ -48,12 +48,15 @@ def synth_images(synth_dir) -> tuple[np.ndarray, list[Path]]:
     return di.load_images(paths, 32).images, paths
 
 
-def make_model(se: bool = True, seed: int = 0, calib: np.ndarray | None = None):
+def make_model(se: bool | str = True, seed: int = 0, calib: np.ndarray | None = None):
+    """se: True (SMALL's gates), False (none) or "all" (a gate after every conv layer)."""
     from lava_allnet.config import ModelConfig
     from lava_allnet.model import build_model
 
     cfg = ModelConfig(**SMALL)
-    if not se:
+    if se == "all":
+        cfg = ModelConfig(**{**SMALL, "se": (True,) * len(SMALL["channels"])})
+    elif not se:
         cfg = cfg.without_se()
     torch.manual_seed(seed)
     net = build_model(cfg)
@@ -79,6 +82,15 @@ def nose_model_file(tmp_path_factory, synth_images) -> Path:
 
     path = tmp_path_factory.mktemp("model") / "nose.net"
     export(make_model(False, calib=synth_images[0][:16]), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def se_all_model_file(tmp_path_factory, synth_images) -> Path:
+    from netx.export import export
+
+    path = tmp_path_factory.mktemp("model") / "se-all.net"
+    export(make_model("all", calib=synth_images[0][:16]), path)
     return path
 
 

@@ -79,6 +79,10 @@ def test_verify_passes_and_reports_layers(se_model_file, synth_dir):
         (["run", "MODEL", "IMAGE", "--backend", "loihi2"], "lava-loihi"),
         (["run", "MODEL", "IMAGE", "--backend", "gpu"], "unknown backend"),
         (["export", "/no/such/run", "--out", "x.net"], "no such run directory"),
+        (["train", "--no-se", "--se-layers", "1,2"], "exclude each other"),
+        (["train", "--se-layers", "0,5"], "has conv layers 1..5"),
+        (["train", "--se-layers", "1,6"], "has conv layers 1..5"),
+        (["train", "--se-layers", "one"], "comma-separated conv layer numbers"),
     ],
 )
 def test_expected_failures_are_one_line_exit_2(args, message, se_model_file, synth_dir):
@@ -89,6 +93,17 @@ def test_expected_failures_are_one_line_exit_2(args, message, se_model_file, syn
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_se_layers_sets_the_gates_and_names_the_config():
+    from lava_allnet.cli import _with_se_layers
+    from lava_allnet.config import get_model_config
+
+    cfg = get_model_config("neurallnet")
+    every = _with_se_layers(cfg, "5,1,2,3,4")
+    assert every.se == (True,) * 5 and every.name == "neurallnet-se12345"
+    assert _with_se_layers(cfg, "2").se == (False, True, False, False, False)
+    assert _with_se_layers(cfg, "3,4,5") == cfg  # the config's own gates: unchanged, name included
 
 
 def test_debug_shows_the_traceback():

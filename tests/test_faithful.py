@@ -22,9 +22,9 @@ def _inputs(synth_images, extra_real: bool = True) -> Inputs:
     return Inputs(imgs, ps, [None] * len(ps), [])
 
 
-@pytest.mark.parametrize("which", ["se", "nose"])
-def test_sim_equals_torch_every_layer_and_step(which, se_model_file, nose_model_file, synth_images):
-    spec = nf.read(se_model_file if which == "se" else nose_model_file)
+@pytest.mark.parametrize("which", ["se", "nose", "se-all"])
+def test_sim_equals_torch_every_layer_and_step(which, se_model_file, nose_model_file, se_all_model_file, synth_images):
+    spec = nf.read({"se": se_model_file, "nose": nose_model_file, "se-all": se_all_model_file}[which])
     inputs = _inputs(synth_images)
     assert len(inputs.paths) >= 8
     ref = run_backend(spec, inputs, "torch")
@@ -39,6 +39,8 @@ def test_sim_equals_torch_every_layer_and_step(which, se_model_file, nose_model_
     assert set(stages) == set(sim.stage_names)
     if which == "se":
         assert any(s.endswith(".scale") for s in stages)
+    if which == "se-all":  # the first conv's gate too: the second conv gets graded input
+        assert {"se1.scale", "se2.scale", "se3.scale"} <= set(stages)
     for name in stages:
         assert ref.stage_steps[name].sum() > 0, name
     assert sum(sum(r.class_counts.values()) for r in sim.results) > 0
