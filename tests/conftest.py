@@ -1,6 +1,7 @@
 """Shared fixtures: small synthetic data and a small calibrated SE model exported to .net."""
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def make_model(se: bool | str = True, seed: int = 0, calib: np.ndarray | None = 
 
     cfg = ModelConfig(**SMALL)
     if se == "all":
-        cfg = ModelConfig(**{**SMALL, "se": (True,) * len(SMALL["channels"])})
+        cfg = dataclasses.replace(cfg, se=(True,) * len(cfg.channels))
     elif not se:
         cfg = cfg.without_se()
     torch.manual_seed(seed)
