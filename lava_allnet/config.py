@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 CLASS_NAMES = ("Benign", "Early", "Pre", "Pro")
 
@@ -80,6 +80,16 @@ class ModelConfig:
 
     def without_se(self) -> "ModelConfig":
         return dataclasses.replace(self, se=tuple(False for _ in self.se))
+
+    def with_se(self, layers: Iterable[int]) -> "ModelConfig":
+        """SE gates after exactly these conv layers (1-based); renamed (e.g. neurallnet-se12345) unless unchanged."""
+        layers, n = set(layers), len(self.channels)
+        if not layers or not layers <= set(range(1, n + 1)):
+            raise ValueError(f"{self.name} has conv layers 1..{n}, got {sorted(layers)}")
+        se = tuple(i + 1 in layers for i in range(n))
+        if se == self.se:
+            return self
+        return dataclasses.replace(self, se=se, name=f"{self.name}-se{''.join(map(str, sorted(layers)))}")
 
     def gains(self) -> tuple[int, ...]:
         """threshold_gains with the default (1 per weight layer) filled in."""

@@ -1,7 +1,6 @@
 """Shared fixtures: small synthetic data and a small calibrated SE model exported to .net."""
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from pathlib import Path
 
@@ -56,7 +55,7 @@ def make_model(se: bool | str = True, seed: int = 0, calib: np.ndarray | None = 
 
     cfg = ModelConfig(**SMALL)
     if se == "all":
-        cfg = dataclasses.replace(cfg, se=(True,) * len(cfg.channels))
+        cfg = cfg.with_se(range(1, len(cfg.channels) + 1))
     elif not se:
         cfg = cfg.without_se()
     torch.manual_seed(seed)

@@ -96,14 +96,13 @@ def test_expected_failures_are_one_line_exit_2(args, message, se_model_file, syn
 
 
 def test_se_layers_sets_the_gates_and_names_the_config():
-    from lava_allnet.cli import _with_se_layers
     from lava_allnet.config import get_model_config
 
     cfg = get_model_config("neurallnet")
-    every = _with_se_layers(cfg, "5,1,2,3,4")
+    every = cfg.with_se([5, 1, 2, 3, 4])
     assert every.se == (True,) * 5 and every.name == "neurallnet-se12345"
-    assert _with_se_layers(cfg, "2").se == (False, True, False, False, False)
-    assert _with_se_layers(cfg, "3,4,5") == cfg  # the config's own gates: unchanged, name included
+    assert cfg.with_se([2]).se == (False, True, False, False, False)
+    assert cfg.with_se([3, 4, 5]) == cfg  # the config's own gates: unchanged, name included
 
 
 def test_debug_shows_the_traceback():
