@@ -6,6 +6,7 @@ stderr/stdout for people; ``--json`` prints only JSON on stdout.
 """
 from __future__ import annotations
 
+import enum
 import json
 import os
 import sys
@@ -19,7 +20,11 @@ from rich.console import Console
 from rich.table import Table
 
 import lava_allnet  # noqa: F401
+from lava_allnet.config import NORM_MEANS
 from lava_allnet.errors import AllnetError
+
+# typer offers an option's choices from an Enum
+NormMeans = enum.Enum("NormMeans", {m: m for m in NORM_MEANS}, type=str)
 
 app = typer.Typer(
     add_completion=False,
@@ -140,9 +145,9 @@ def train(
     teacher_epochs: int = typer.Option(12, "--teacher-epochs", min=1, help="Training epochs of the ANN teacher."),
     color_jitter: float = typer.Option(0.0, "--color-jitter", min=0.0, max=5.0, help="Strength of the brightness / stain / contrast jitter added to the augmentation (1: gain and contrast ±12%%, stain ±5%% per channel; 0: off)."),
     average_from: int = typer.Option(0, "--average-from", min=0, help="From this epoch on, validate (and keep as best.pt) the running mean of the weights of every epoch end (weight averaging; 0: off)."),
-    fixed_norm: bool = typer.Option(False, "--fixed-norm", help="Fix every batch-norm mean at its inference value (computed once over all training images, layer by layer) and train the weights under those biases, as Lava and Loihi run them (for fine-tuning with --init)."),
+    norm_means: NormMeans = typer.Option("batch", "--norm-means", help="The batch-norm means (the biases Lava and Loihi deploy) in training: batch (per-batch means, re-estimated from 128 training images after each epoch); fixed (set once at their inference values over all training images, layer by layer, then held, so training runs the network as Lava does; for fine-tuning with --init); keep (with --init: held at the initial model's own values)."),
+    learn_biases: bool = typer.Option(False, "--learn-biases", help="With --norm-means fixed or keep: the held means start there and are then trained by gradient, like the weights (on the Lava bias grid)."),
     gain_lr: bool = typer.Option(False, "--gain-lr", help="Train each layer's weights at the learning rate times its --threshold-gains value (Adam steps do not grow with the weights' scale): the dynamics of gain 1 on a finer weight grid."),
-    keep_norm: bool = typer.Option(False, "--keep-norm", help="With --init: hold the batch-norm means at the initial model's own values (the biases it deploys with) and train the weights under them; --fixed-norm recalibrates them instead."),
     device: Optional[str] = typer.Option(None, "--device", help="Train on cpu (default) or cuda[:N]; with --resume, moves the run to that device."),
 ) -> None:
     """Train NeurALLNet with SLAYER (CUBA neurons, SE gates): progress bar, validation each epoch, best checkpoint."""
@@ -185,12 +190,15 @@ def train(
         if lr is None:
             # measured, 2 epochs: synthetic val 0.42 at 3e-3 vs 0.50 at 1e-2; real smears are steadier at 3e-3
             lr = SYNTH_LR if data is None else TrainConfig.lr
-        tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
-                           test_fraction=test_fraction, augment=not no_augment, threads=threads,
-                           init_from=str(init) if init else "", split_from=str(split) if split else "", range_weight=range_weight,
-                           distill_weight=distill, distill_temperature=distill_temperature,
-                           teacher_epochs=teacher_epochs, color_jitter=color_jitter, average_from=average_from,
-                           fixed_norm=fixed_norm, keep_norm=keep_norm, gain_lr=gain_lr, device=device or "cpu")
+        try:
+            tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
+                               test_fraction=test_fraction, augment=not no_augment, threads=threads,
+                               init_from=str(init) if init else "", split_from=str(split) if split else "", range_weight=range_weight,
+                               distill_weight=distill, distill_temperature=distill_temperature,
+                               teacher_epochs=teacher_epochs, color_jitter=color_jitter, average_from=average_from,
+                               norm_means=norm_means.value, learn_biases=learn_biases, gain_lr=gain_lr, device=device or "cpu")
+        except ValueError as exc:
+            raise AllnetError(f"training options: {exc}") from exc
         metrics = run_train(out_dir, cfg, tcfg, data_dir=data, synth_per_class=per_class, console=err)
         run_dir = out_dir
     best = metrics.get("best") or {}

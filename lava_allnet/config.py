@@ -133,6 +133,8 @@ class ModelConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
+NORM_MEANS = ("batch", "fixed", "keep")
+
 # peak learning rate for the synthetic smears (few images, few steps: a higher rate learns faster)
 SYNTH_LR = 1e-2
 
@@ -158,23 +160,40 @@ class TrainConfig:
     distill_temperature: float = 2.0
     teacher_epochs: int = 12
     average_from: int = 0  # from this epoch on, validate and keep the running mean of the weights (0: off)
-    # train with the batch-norm means frozen at inference values (the deployed biases) instead of batch means
-    fixed_norm: bool = False
-    # hold the --init model's own means fixed (its deployed biases) instead of recalibrating them
-    keep_norm: bool = False
+    # the batch-norm means (the biases Lava and Loihi deploy) in training, one of NORM_MEANS:
+    # "batch": per-batch means, re-estimated after each epoch; "fixed": frozen at their inference
+    # values, calibrated once over all training images; "keep": the --init model's own, frozen
+    norm_means: str = "batch"
+    # with "fixed" or "keep": the means start there and are trained by gradient like the weights
+    learn_biases: bool = False
     # Adam moves a weight by about lr per step whatever its scale, so a layer at threshold gain g
     # (weights g times larger) would learn g times slower; gain_lr gives its weights lr x g, which
     # keeps the training dynamics of gain 1 and leaves only the g-times finer 8-bit grid.
     gain_lr: bool = False
     device: str = "cpu"  # torch device: cpu, or cuda[:N] (same arithmetic, float32 without TF32)
 
+    def __post_init__(self) -> None:
+        if self.norm_means not in NORM_MEANS:
+            raise ValueError(f"norm_means {self.norm_means!r}: one of {', '.join(NORM_MEANS)}")
+        if self.learn_biases and self.norm_means == "batch":
+            raise ValueError("learned biases start from held means: norm_means 'fixed' or 'keep'")
+
     @property
     def holds_norm_means(self) -> bool:
-        """The batch-norm means stay fixed in training (recalibrated or the init model's)."""
-        return self.fixed_norm or self.keep_norm
+        """The batch-norm means are not re-estimated from batches (held, or trained as biases)."""
+        return self.norm_means != "batch"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """A saved config, including those of runs from before ``norm_means`` (two booleans)."""
+        d = dict(d)
+        fixed, keep = d.pop("fixed_norm", False), d.pop("keep_norm", False)
+        if fixed or keep:
+            d.setdefault("norm_means", "fixed" if fixed else "keep")
+        return cls(**d)
 
 
 # A registry of named model configs (timm style).

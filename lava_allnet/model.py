@@ -197,8 +197,8 @@ def _norm_centre(norm, current: torch.Tensor, channel_axis: int, time_sums: torc
             leaf = mean.detach().requires_grad_()
             centre = norm.pre_hook_fx(leaf)
         return centre.detach().view(shape[2:]), (leaf, centre, axis, shape)
-    with torch.no_grad():
-        return norm.pre_hook_fx(norm.running_mean).view(shape[2:]), None
+    # a learned bias (training.loop.learn_norm_means) carries its gradient; a held or running mean has none
+    return norm.pre_hook_fx(norm.running_mean).view(shape[2:]), None
 
 
 class ConvBlock(torch.nn.Module):

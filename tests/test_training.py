@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -180,17 +181,94 @@ def test_keep_norm_trains_under_the_init_models_means(tiny_data, tmp_path):
     train(tmp_path / "a", cfg, TrainConfig(epochs=1, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False)
     init = str(tmp_path / "a" / "best.pt")
     start = load_torch(init)["model"]
-    train(tmp_path / "k", cfg, TrainConfig(epochs=2, batch_size=8, seed=3, init_from=init, keep_norm=True),
+    train(tmp_path / "k", cfg, TrainConfig(epochs=2, batch_size=8, seed=3, init_from=init, norm_means="keep"),
           data_dir=tiny_data, show_progress=False)
     trained = load_torch(tmp_path / "k" / "best.pt")["model"]
     norm_keys = [k for k in start if k.endswith("running_mean")]
     assert norm_keys and all(torch.equal(trained[k], start[k]) for k in norm_keys)
     assert any(not torch.equal(trained[k], start[k]) for k in start if k not in norm_keys)  # the weights learned
     with pytest.raises(AllnetError, match="give --init"):
-        train(tmp_path / "x", cfg, TrainConfig(epochs=1, keep_norm=True), data_dir=tiny_data, show_progress=False)
-    with pytest.raises(AllnetError, match="exclude each other"):
-        train(tmp_path / "y", cfg, TrainConfig(epochs=1, init_from=init, keep_norm=True, fixed_norm=True),
-              data_dir=tiny_data, show_progress=False)
+        train(tmp_path / "x", cfg, TrainConfig(epochs=1, norm_means="keep"), data_dir=tiny_data, show_progress=False)
+
+
+def test_norm_means_options_are_checked_and_old_run_configs_load():
+    from lava_allnet.config import TrainConfig
+
+    with pytest.raises(ValueError, match="one of batch, fixed, keep"):
+        TrainConfig(norm_means="frozen")
+    with pytest.raises(ValueError, match="start from held means"):
+        TrainConfig(learn_biases=True)
+    # runs saved before norm_means held two booleans; --resume must still read them
+    old = {**TrainConfig().to_dict(), "fixed_norm": True, "keep_norm": False}
+    del old["norm_means"], old["learn_biases"]
+    assert TrainConfig.from_dict(old).norm_means == "fixed"
+    assert TrainConfig.from_dict({**old, "fixed_norm": False, "keep_norm": True}).norm_means == "keep"
+    assert TrainConfig.from_dict({**old, "fixed_norm": False}).norm_means == "batch"
+    assert TrainConfig.from_dict(TrainConfig(norm_means="keep", learn_biases=True).to_dict()).learn_biases
+
+
+def test_learned_bias_gradient_is_the_same_on_the_fused_and_the_plain_path(monkeypatch):
+    # the fused CPU kernel returns the bias gradient itself (minus the input's, summed over N and T);
+    # the plain torch path (GPU, or no extension) gets it from autograd through current - bias
+    from lava_allnet.config import get_model_config
+    from lava_allnet.model import build_model
+    from training import fast_cuba
+    from training.loop import calibrate_norm_means, enable_fast_cpu, fix_norm_means, learn_norm_means
+
+    if not enable_fast_cpu():
+        pytest.skip("C++ extension not built")
+    torch.manual_seed(0)
+    net = build_model(get_model_config("neurallnet-tiny", input_size=32, time_steps=4))
+    x = (torch.rand(6, 3, 32, 32) * 255).to(torch.uint8)
+    net.calibrate(net.encode(x))
+    calibrate_norm_means(net, x)
+    with pytest.raises(ValueError, match="held first"):
+        learn_norm_means(net)
+    fix_norm_means(net)
+    assert learn_norm_means(net) == 5
+    net.train()
+
+    def grads() -> tuple[dict, torch.Tensor]:
+        net.zero_grad()
+        out = net(net.encode(x))
+        (out.class_counts * torch.arange(out.class_counts.shape[1])).sum().backward()
+        return {n: p.grad.clone() for n, p in net.named_parameters() if n.endswith("running_mean")}, out.class_counts
+
+    fused, counts = grads()
+    monkeypatch.setattr(fast_cuba, "fused_ok", lambda *a: False)
+    plain, plain_counts = grads()
+    assert torch.equal(counts, plain_counts) and len(fused) == 5
+    for k in fused:
+        assert fused[k].abs().max() > 0, k
+        torch.testing.assert_close(fused[k], plain[k], rtol=1e-5, atol=0)
+
+
+def test_learned_biases_train_and_resume_exactly(tiny_data, tmp_path):
+    from lava_allnet.config import TrainConfig, get_model_config
+    from lava_allnet.fixed_point import bias_mantissa_from_mean
+    from training.checkpoint import load_torch
+    from training.loop import train
+
+    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
+    train(tmp_path / "a", cfg, TrainConfig(epochs=1, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False)
+    init = str(tmp_path / "a" / "best.pt")
+    start = load_torch(init)["model"]
+    tc = TrainConfig(epochs=2, batch_size=8, seed=3, lr=0.05, init_from=init, norm_means="keep", learn_biases=True)
+    ref = train(tmp_path / "ref", cfg, tc, data_dir=tiny_data, show_progress=False)
+    trained = load_torch(tmp_path / "ref" / "checkpoint.pt")["model"]  # the last epoch's weights
+    norm_keys = [k for k in start if k.endswith("running_mean")]
+    # the deployed biases (bias mantissas on Lava's grid) moved, not only the float means
+    moved = [k for k in norm_keys
+             if not np.array_equal(bias_mantissa_from_mean(trained[k]), bias_mantissa_from_mean(start[k]))]
+    assert norm_keys and moved
+    run = tmp_path / "killed"
+    train(run, cfg, tc, data_dir=tiny_data, show_progress=False, stop_after_batches=7)
+    resumed = train(run, resume=True, show_progress=False)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(ref["history"])
+    cli = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "cli"), *TINY,
+                  "--learn-biases"])
+    assert cli.returncode != 0 and "start from held means" in cli.stderr
 
 
 def test_resume_on_another_device_records_it(tiny_data, tmp_path):
@@ -250,7 +328,7 @@ def test_fixed_norm_training_keeps_the_calibrated_means_and_resumes_exactly(tiny
     cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
     train(tmp_path / "a", cfg, TrainConfig(epochs=1, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False)
     init = str(tmp_path / "a" / "best.pt")
-    tc = TrainConfig(epochs=2, batch_size=8, seed=3, init_from=init, fixed_norm=True)
+    tc = TrainConfig(epochs=2, batch_size=8, seed=3, init_from=init, norm_means="fixed")
     ref = train(tmp_path / "ref", cfg, tc, data_dir=tiny_data, show_progress=False)
     # the means fixed at the start: those of the initial weights over all training images
     net = build_model(cfg)
@@ -268,9 +346,9 @@ def test_fixed_norm_training_keeps_the_calibrated_means_and_resumes_exactly(tiny
     strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
     assert strip(resumed["history"]) == strip(ref["history"])
     cli = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "cli"), "--init", init,
-                  "--fixed-norm", *TINY])
+                  "--norm-means", "fixed", *TINY])
     assert cli.returncode == 0, cli.stderr
-    assert json.loads((tmp_path / "cli" / "config.json").read_text())["train"]["fixed_norm"] is True
+    assert json.loads((tmp_path / "cli" / "config.json").read_text())["train"]["norm_means"] == "fixed"
     assert "fixing the batch-norm means" in cli.stderr
 
 

@@ -690,7 +690,11 @@ class _VoltageSpikeTM(torch.autograd.Function):
         if grad_voltage is not None:
             grad = grad + grad_voltage
         if ctx.norm is None:
-            return _ops.li_bwd_tm(grad.contiguous(), decay.detach()), None, None, None, None, None, None, None
+            if not ctx.needs_input_grad[1]:
+                return _ops.li_bwd_tm(grad.contiguous(), decay.detach()), None, None, None, None, None, None, None
+            # a learned bias: v integrates current - bias, so its gradient is minus the input's, summed over N and T
+            grad, time_sums = _ops.li_bwd_tm_ex(grad.contiguous(), decay.detach())
+            return grad, -time_sums.sum(0), None, None, None, None, None, None
         # the centre is hook(batch mean of the current): the gradient flows through it too
         grad, time_sums = _ops.li_bwd_tm_ex(grad.contiguous(), decay.detach())
         axis = ctx.norm[2]
