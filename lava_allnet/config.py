@@ -145,6 +145,11 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 3e-3
     weight_decay: float = 0.0
+    # Adam's epsilon. SLAYER's surrogate gradients shrink ~30-100x per layer towards the input: in
+    # fine-tunes of the shipped model conv1-conv3's gradients (~1e-15..1e-12) sit far below 1e-8,
+    # so Adam's step there is lr x |g| / eps, i.e. those layers barely train; 1e-20 restores Adam's
+    # per-parameter scaling (measured: training/loop.adam_step_share).
+    adam_eps: float = 1e-8
     seed: int = 0
     val_fraction: float = 0.2
     test_fraction: float = 0.0
@@ -175,6 +180,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.norm_means not in NORM_MEANS:
             raise ValueError(f"norm_means {self.norm_means!r}: one of {', '.join(NORM_MEANS)}")
+        if not self.adam_eps > 0:
+            raise ValueError(f"adam_eps {self.adam_eps}: must be above 0 (a parameter without gradient would divide 0 by 0)")
         if self.learn_biases and self.norm_means == "batch":
             raise ValueError("learned biases start from held means: norm_means 'fixed' or 'keep'")
 

@@ -271,6 +271,24 @@ def test_learned_biases_train_and_resume_exactly(tiny_data, tmp_path):
     assert cli.returncode != 0 and "start from held means" in cli.stderr
 
 
+def test_adam_step_share_shows_layers_below_eps_and_adam_eps_restores_them(tiny_data, tmp_path):
+    # surrogate gradients shrink towards the input: below Adam's eps those layers take only
+    # |g| / eps of the nominal step; metrics.json says so per layer, and --adam-eps fixes it
+    from lava_allnet.config import TrainConfig, get_model_config
+    from training.loop import train
+
+    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
+    share = {}
+    for eps in (1e-8, 1e-20):
+        tc = TrainConfig(epochs=1, batch_size=8, seed=3, adam_eps=eps)
+        share[eps] = train(tmp_path / f"e{eps}", cfg, tc, data_dir=tiny_data, show_progress=False)["history"][-1]["adam_step_share"]
+    assert set(share[1e-8]) == {"conv1.weight", "conv2.weight", "conv3.weight", "conv4.weight", "fc.weight"}
+    assert share[1e-8]["conv1.weight"] < 0.5 < share[1e-8]["fc.weight"]
+    assert all(v > 0.99 for v in share[1e-20].values()), share[1e-20]
+    with pytest.raises(ValueError, match="above 0"):
+        TrainConfig(adam_eps=0.0)
+
+
 def test_resume_on_another_device_records_it(tiny_data, tmp_path):
     # a run trained on a GPU and continued here must say so in config.json (no GPU needed:
     # the config is what a cuda run writes, and the override moves it to the CPU)

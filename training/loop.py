@@ -298,6 +298,26 @@ def fix_norm_means(net: Network, fixed: bool = True) -> None:
         n.update = not fixed
 
 
+@torch.no_grad()
+def adam_step_share(opt: torch.optim.Adam, net: Network) -> dict[str, float]:
+    """Per weight layer ("conv1.weight", "conv1.bias" for a learned bias, ...), the median share
+    of Adam's nominal step (the learning rate) its parameters take: sqrt(v) / (sqrt(v) + eps),
+    v the bias-corrected second moment. Near 0, the gradients sit below eps and the layer barely
+    trains (what TrainConfig.adam_eps is for)."""
+    names = {id(p): n for n, p in net.named_parameters()}
+    share = {}
+    for group in opt.param_groups:
+        beta2, eps = group["betas"][1], group["eps"]
+        for p in group["params"]:
+            name, state = names.get(id(p), ""), opt.state.get(p)
+            kind = "weight" if name.endswith("synapse.weight") else "bias" if name.endswith("running_mean") else None
+            if kind is None or not state:
+                continue
+            v = (state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))).sqrt()
+            share[f"{name.split('.')[1]}.{kind}"] = round(float((v / (v + eps)).median()), 4)
+    return share
+
+
 def learn_norm_means(net: Network) -> int:
     """Make every held batch-norm mean a trainable parameter (the neuron bias, learned).
 
@@ -433,7 +453,7 @@ def train(
             # bias (on its Lava grid, straight-through), as it sets the weights.
             learn_norm_means(net)
     groups = param_groups(net, model_cfg, train_cfg)
-    opt = torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    opt = torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, eps=train_cfg.adam_eps)
     teacher = _teacher(run_dir, model_cfg, train_cfg, data, tr_idx, va_idx, console, dev) if train_cfg.distill_weight > 0 else None
     bs = train_cfg.batch_size
     # fixed training images for the batch-norm statistics (seeded, so resume repeats them)
@@ -532,6 +552,7 @@ def train(
                 "lr": sched.get_last_lr()[0],
                 "seconds": time.perf_counter() - t_epoch,
                 "averaged_epochs": int(average.n_averaged) if kept is not net else 0,
+                "adam_step_share": adam_step_share(opt, net),
             }
             state["history"].append(row)
             prog.update(task, info=f"loss {row['train_loss']:.3f}  acc {row['train_accuracy']:.3f}  "
