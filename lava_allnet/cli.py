@@ -152,8 +152,6 @@ def train(
     device: Optional[str] = typer.Option(None, "--device", help="Train on cpu (default) or cuda[:N]; with --resume, moves the run to that device."),
 ) -> None:
     """Train NeurALLNet with SLAYER (CUBA neurons, SE gates): progress bar, validation each epoch, best checkpoint."""
-    import dataclasses
-
     from lava_allnet.config import SYNTH_LR, TrainConfig, get_model_config
     from training.loop import train as run_train
 
@@ -178,7 +176,7 @@ def train(
         if no_se and se_layers is not None:
             raise AllnetError("--no-se and --se-layers exclude each other (--no-se is --se-layers with no layer)")
         if no_se:
-            cfg = dataclasses.replace(cfg.without_se(), name=cfg.name + "-nose")
+            cfg = cfg.without_se()
         if se_layers is not None:
             try:
                 layers = [int(x) for x in se_layers.split(",")]

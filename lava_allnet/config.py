@@ -79,7 +79,10 @@ class ModelConfig:
             raise ValueError("time_steps must be >= 1")
 
     def without_se(self) -> "ModelConfig":
-        return dataclasses.replace(self, se=tuple(False for _ in self.se))
+        """No SE gate (the ablation); renamed (e.g. neurallnet-nose) unless it has none already."""
+        if not any(self.se):
+            return self
+        return dataclasses.replace(self, se=tuple(False for _ in self.se), name=f"{self.name}-nose")
 
     def with_se(self, layers: Iterable[int]) -> "ModelConfig":
         """SE gates after exactly these conv layers (1-based); renamed (e.g. neurallnet-se12345) unless unchanged."""

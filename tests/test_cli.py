@@ -103,6 +103,8 @@ def test_se_layers_sets_the_gates_and_names_the_config():
     assert every.se == (True,) * 5 and every.name == "neurallnet-se12345"
     assert cfg.with_se([2]).se == (False, True, False, False, False)
     assert cfg.with_se([3, 4, 5]) == cfg  # the config's own gates: unchanged, name included
+    bare = cfg.without_se()
+    assert bare.name == "neurallnet-nose" and not any(bare.se) and bare.without_se() == bare
 
 
 def test_debug_shows_the_traceback():
