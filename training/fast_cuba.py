@@ -689,14 +689,13 @@ class _VoltageSpikeTM(torch.autograd.Function):
             grad = _spike_grad(voltage, *ctx.consts, grad_spikes.contiguous())
         if grad_voltage is not None:
             grad = grad + grad_voltage
+        if ctx.norm is None and not ctx.needs_input_grad[1]:
+            return _ops.li_bwd_tm(grad.contiguous(), decay.detach()), None, None, None, None, None, None, None
+        grad, time_sums = _ops.li_bwd_tm_ex(grad.contiguous(), decay.detach())
         if ctx.norm is None:
-            if not ctx.needs_input_grad[1]:
-                return _ops.li_bwd_tm(grad.contiguous(), decay.detach()), None, None, None, None, None, None, None
             # a learned bias: v integrates current - bias, so its gradient is minus the input's, summed over N and T
-            grad, time_sums = _ops.li_bwd_tm_ex(grad.contiguous(), decay.detach())
             return grad, -time_sums.sum(0), None, None, None, None, None, None
         # the centre is hook(batch mean of the current): the gradient flows through it too
-        grad, time_sums = _ops.li_bwd_tm_ex(grad.contiguous(), decay.detach())
         axis = ctx.norm[2]
         grad.add_(batch_mean_gradient(ctx.norm, channel_sums(time_sums, grad.shape, axis),
                                       grad.numel() // grad.shape[axis]))
