@@ -31,9 +31,13 @@ def _train(args, env=None, **kw):
     return subprocess.run([EXE, "train", *args], capture_output=True, text=True, env=env, timeout=600, **kw)
 
 
+def _timeless(history: list[dict]) -> list[dict]:
+    """Epoch rows without their wall-clock seconds: what a rerun or a resumed run must repeat exactly."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
 def _history(run: Path) -> list[dict]:
-    h = json.loads((run / "metrics.json").read_text())["history"]
-    return [{k: v for k, v in row.items() if k not in ("seconds",)} for row in h]
+    return _timeless(json.loads((run / "metrics.json").read_text())["history"])
 
 
 def test_same_seed_same_metrics(tiny_data, tmp_path):
@@ -167,8 +171,7 @@ def test_averaged_run_validates_the_average_and_resumes_exactly(tiny_data, tmp_p
     stopped = train(run, cfg, tc, data_dir=tiny_data, show_progress=False, stop_after_batches=12)
     assert stopped["epoch"] == 2 and stopped["batch"] > 0  # 5 batches an epoch
     resumed = train(run, resume=True, show_progress=False)
-    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
-    assert strip(resumed["history"]) == strip(ref["history"])
+    assert _timeless(resumed["history"]) == _timeless(ref["history"])
 
 
 def test_keep_norm_trains_under_the_init_models_means(tiny_data, tmp_path):
@@ -264,8 +267,7 @@ def test_learned_biases_train_and_resume_exactly(tiny_data, tmp_path):
     run = tmp_path / "killed"
     train(run, cfg, tc, data_dir=tiny_data, show_progress=False, stop_after_batches=7)
     resumed = train(run, resume=True, show_progress=False)
-    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
-    assert strip(resumed["history"]) == strip(ref["history"])
+    assert _timeless(resumed["history"]) == _timeless(ref["history"])
     cli = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "cli"), *TINY,
                   "--learn-biases"])
     assert cli.returncode != 0 and "start from held means" in cli.stderr
@@ -361,8 +363,7 @@ def test_fixed_norm_training_keeps_the_calibrated_means_and_resumes_exactly(tiny
     run = tmp_path / "killed"
     train(run, cfg, tc, data_dir=tiny_data, show_progress=False, stop_after_batches=7)
     resumed = train(run, resume=True, show_progress=False)
-    strip = lambda h: [{k: v for k, v in r.items() if k != "seconds"} for r in h]  # noqa: E731
-    assert strip(resumed["history"]) == strip(ref["history"])
+    assert _timeless(resumed["history"]) == _timeless(ref["history"])
     cli = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "cli"), "--init", init,
                   "--norm-means", "fixed", *TINY])
     assert cli.returncode == 0, cli.stderr
