@@ -148,6 +148,8 @@ def train(
     norm_means: NormMeans = typer.Option("batch", "--norm-means", help="The batch-norm means (the biases Lava and Loihi deploy) in training: batch (per-batch means, re-estimated from 128 training images after each epoch); fixed (set once at their inference values over all training images, layer by layer, then held, so training runs the network as Lava does; for fine-tuning with --init); keep (with --init: held at the initial model's own values)."),
     adam_eps: float = typer.Option(1e-8, "--adam-eps", min=0.0, help="Adam's epsilon. Surrogate gradients shrink towards the input layers, below the default 1e-8 there, so those layers take only |g|/eps of Adam's step (see metrics.json adam_step_share); e.g. 1e-20 gives every layer its full step (on real smears that broke training at peak rates: see models/README.md)."),
     learn_biases: bool = typer.Option(False, "--learn-biases", help="With --norm-means fixed or keep: the held means start there and are then trained by gradient, like the weights (on the Lava bias grid)."),
+    bias_adam_eps: Optional[float] = typer.Option(None, "--bias-adam-eps", min=0.0, help="With --learn-biases: Adam's epsilon for the biases alone (default: --adam-eps). Their gradients sit below 1e-8 too, so e.g. 1e-20 lets the biases train while the weights keep the default's brake."),
+    freeze_weights: bool = typer.Option(False, "--freeze-weights", help="With --learn-biases: train the biases only; the weights and SE gates stay as loaded (--init)."),
     gain_lr: bool = typer.Option(False, "--gain-lr", help="Train each layer's weights at the learning rate times its --threshold-gains value (Adam steps do not grow with the weights' scale): the dynamics of gain 1 on a finer weight grid."),
     device: Optional[str] = typer.Option(None, "--device", help="Train on cpu (default) or cuda[:N]; with --resume, moves the run to that device."),
 ) -> None:
@@ -195,7 +197,8 @@ def train(
                                init_from=str(init) if init else "", split_from=str(split) if split else "", range_weight=range_weight,
                                distill_weight=distill, distill_temperature=distill_temperature,
                                teacher_epochs=teacher_epochs, color_jitter=color_jitter, average_from=average_from,
-                               norm_means=norm_means.value, learn_biases=learn_biases, adam_eps=adam_eps, gain_lr=gain_lr, device=device or "cpu")
+                               norm_means=norm_means.value, learn_biases=learn_biases, adam_eps=adam_eps,
+                               bias_adam_eps=bias_adam_eps, freeze_weights=freeze_weights, gain_lr=gain_lr, device=device or "cpu")
         except ValueError as exc:
             raise AllnetError(f"training options: {exc}") from exc
         metrics = run_train(out_dir, cfg, tcfg, data_dir=data, synth_per_class=per_class, console=err)

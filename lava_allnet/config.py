@@ -175,6 +175,12 @@ class TrainConfig:
     norm_means: str = "batch"
     # with "fixed" or "keep": the means start there and are trained by gradient like the weights
     learn_biases: bool = False
+    # with learn_biases: Adam's epsilon for the biases alone (None: adam_eps). Their gradients sit
+    # below 1e-8 too (run L moved 15 of its 400 bias steps), while the weights need that brake
+    # (runs M and N broke without it): this unfreezes the biases only.
+    bias_adam_eps: float | None = None
+    # with learn_biases: train the biases only; the weights and SE gates stay as loaded
+    freeze_weights: bool = False
     # Adam moves a weight by about lr per step whatever its scale, so a layer at threshold gain g
     # (weights g times larger) would learn g times slower; gain_lr gives its weights lr x g, which
     # keeps the training dynamics of gain 1 and leaves only the g-times finer 8-bit grid.
@@ -188,6 +194,10 @@ class TrainConfig:
             raise ValueError(f"adam_eps {self.adam_eps}: must be above 0 (a parameter without gradient would divide 0 by 0)")
         if self.learn_biases and self.norm_means == "batch":
             raise ValueError("learned biases start from held means: norm_means 'fixed' or 'keep'")
+        if (self.bias_adam_eps is not None or self.freeze_weights) and not self.learn_biases:
+            raise ValueError("bias_adam_eps and freeze_weights act on learned biases: set learn_biases")
+        if self.bias_adam_eps is not None and not self.bias_adam_eps > 0:
+            raise ValueError(f"bias_adam_eps {self.bias_adam_eps}: must be above 0")
 
     @property
     def holds_norm_means(self) -> bool:

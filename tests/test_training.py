@@ -273,6 +273,48 @@ def test_learned_biases_train_and_resume_exactly(tiny_data, tmp_path):
     assert cli.returncode != 0 and "start from held means" in cli.stderr
 
 
+def test_bias_adam_eps_unfreezes_the_biases_alone_and_freeze_weights_trains_only_them(tiny_data, tmp_path):
+    # the learned biases' gradients sit below Adam's eps as the early weights' do; a bias-only
+    # epsilon gives them Adam's full step and leaves the weights' brake in place
+    from lava_allnet.config import TrainConfig, get_model_config
+    from lava_allnet.fixed_point import bias_mantissa_from_mean
+    from training.checkpoint import load_torch
+    from training.loop import train
+
+    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
+    train(tmp_path / "a", cfg, TrainConfig(epochs=1, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False)
+    init = str(tmp_path / "a" / "best.pt")
+    start = load_torch(init)["model"]
+    base = dict(epochs=1, batch_size=8, seed=3, lr=0.01, init_from=init, norm_means="keep", learn_biases=True)
+    shares, trained = {}, {}
+    for name, extra in (("plain", {}), ("eps", {"bias_adam_eps": 1e-20}),
+                        ("frozen", {"bias_adam_eps": 1e-20, "freeze_weights": True})):
+        h = train(tmp_path / name, cfg, TrainConfig(**base, **extra), data_dir=tiny_data, show_progress=False)
+        shares[name] = h["history"][-1]["adam_step_share"]
+        trained[name] = load_torch(tmp_path / name / "checkpoint.pt")["model"]
+    bias_keys = [k for k in shares["eps"] if k.endswith(".bias")]
+    # conv2/conv3's biases are braked by eps 1e-8 and take the full step at 1e-20 (conv1's
+    # gradients vanish in this tiny, barely trained net), while those weights stay braked
+    for layer in ("conv2", "conv3"):
+        assert shares["plain"][f"{layer}.bias"] < 0.1 and shares["eps"][f"{layer}.bias"] > 0.99, shares
+        assert shares["eps"][f"{layer}.weight"] < 0.01, shares["eps"]
+    # frozen: no weight in the optimiser or changed, and the deployed biases moved
+    assert set(shares["frozen"]) == set(bias_keys)
+    for k in start:
+        if k.endswith("running_mean"):
+            continue
+        assert torch.equal(trained["frozen"][k], start[k]), k
+    moved = [k for k in start if k.endswith("running_mean")
+             and not np.array_equal(bias_mantissa_from_mean(trained["frozen"][k]), bias_mantissa_from_mean(start[k]))]
+    assert moved
+    with pytest.raises(ValueError, match="set learn_biases"):
+        TrainConfig(norm_means="keep", freeze_weights=True)
+    with pytest.raises(ValueError, match="above 0"):
+        TrainConfig(norm_means="keep", learn_biases=True, bias_adam_eps=0.0)
+    r = _train(["--data", str(tiny_data), "--epochs", "1", "--out", str(tmp_path / "cli"), *TINY, "--bias-adam-eps", "1e-20"])
+    assert r.returncode != 0 and "set learn_biases" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_adam_step_share_shows_layers_below_eps_and_adam_eps_restores_them(tiny_data, tmp_path):
     # surrogate gradients shrink towards the input: below Adam's eps those layers take only
     # |g| / eps of the nominal step; metrics.json says so per layer, and --adam-eps fixes it

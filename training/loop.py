@@ -218,15 +218,26 @@ def rescale_to_gains(state: dict[str, torch.Tensor], thresholds: dict[str, float
 
 def param_groups(net: Network, model_cfg: ModelConfig, train_cfg: TrainConfig) -> list[dict[str, Any]]:
     """Adam's parameter groups: one at ``lr``, or with ``gain_lr`` each weight layer's synapse
-    weights at ``lr`` x its threshold gain (the rest at ``lr``)."""
-    if not train_cfg.gain_lr:
-        return [{"params": list(net.parameters()), "lr": train_cfg.lr}]
-    gains = dict(zip(model_cfg.layer_thresholds(), model_cfg.gains()))
-    by_gain: dict[int, list[torch.nn.Parameter]] = {}
-    for name, block in net.blocks.items():
-        for pname, p in block.named_parameters():
-            by_gain.setdefault(gains.get(name, 1) if pname == "synapse.weight" else 1, []).append(p)
-    return [{"params": ps, "lr": train_cfg.lr * g} for g, ps in sorted(by_gain.items())]
+    weights at ``lr`` x its threshold gain (the rest at ``lr``). With ``bias_adam_eps`` the
+    learned biases form their own group at that epsilon; with ``freeze_weights`` they are the
+    only group."""
+    gains = dict(zip(model_cfg.layer_thresholds(), model_cfg.gains())) if train_cfg.gain_lr else {}
+    own_bias_group = train_cfg.bias_adam_eps is not None or train_cfg.freeze_weights
+    by_key: dict[tuple[bool, int], list[torch.nn.Parameter]] = {}
+    for name, p in net.named_parameters():
+        bias = own_bias_group and name.endswith("running_mean")
+        if train_cfg.freeze_weights and not bias:
+            continue
+        parts = name.split(".")  # blocks.<layer>.synapse.weight
+        gain = gains.get(parts[1], 1) if name.endswith("synapse.weight") and parts[0] == "blocks" else 1
+        by_key.setdefault((bias, gain), []).append(p)
+    groups = []
+    for (bias, gain), ps in sorted(by_key.items()):
+        group: dict[str, Any] = {"params": ps, "lr": train_cfg.lr * gain}
+        if bias and train_cfg.bias_adam_eps is not None:
+            group["eps"] = train_cfg.bias_adam_eps
+        groups.append(group)
+    return groups
 
 
 def class_logits(counts: torch.Tensor, net: Network, loss_scale: float) -> torch.Tensor:
@@ -452,6 +463,10 @@ def train(
             # Trained rather than estimated: the loss, not a mean over some images, sets each
             # bias (on its Lava grid, straight-through), as it sets the weights.
             learn_norm_means(net)
+            if train_cfg.freeze_weights:
+                # bias-only training: no weight gradients either (the conv backward skips them)
+                for name, p in net.named_parameters():
+                    p.requires_grad_(name.endswith("running_mean"))
     groups = param_groups(net, model_cfg, train_cfg)
     opt = torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, eps=train_cfg.adam_eps)
     teacher = _teacher(run_dir, model_cfg, train_cfg, data, tr_idx, va_idx, console, dev) if train_cfg.distill_weight > 0 else None
