@@ -109,7 +109,7 @@ def test_explain_writes_a_heat_map(se_model_file, tmp_path):
 def test_grad_cam_of_the_shipped_model_highlights_cells():
     """The heat map (default layer) is stronger on leukocytes (dark, stained) than elsewhere.
 
-    Measured for the shipped model (models/README.md): median 1.28 at conv3, the default.
+    Measured for the shipped model (models/README.md): median 1.25 at conv3, the default.
     """
     from lava_allnet.data.images import load_image
     from netx import format as nf
