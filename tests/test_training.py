@@ -246,24 +246,37 @@ def test_learned_bias_gradient_is_the_same_on_the_fused_and_the_plain_path(monke
         torch.testing.assert_close(fused[k], plain[k], rtol=1e-5, atol=0)
 
 
-def test_learned_biases_train_and_resume_exactly(tiny_data, tmp_path):
+def _tiny_start(tiny_data, tmp_path):
+    """A tiny model trained for one epoch: (config, its best.pt, its state dict), to fine-tune from."""
     from lava_allnet.config import TrainConfig, get_model_config
-    from lava_allnet.fixed_point import bias_mantissa_from_mean
     from training.checkpoint import load_torch
     from training.loop import train
 
     cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
     train(tmp_path / "a", cfg, TrainConfig(epochs=1, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False)
     init = str(tmp_path / "a" / "best.pt")
-    start = load_torch(init)["model"]
+    return cfg, init, load_torch(init)["model"]
+
+
+def _moved_biases(start: dict, trained: dict) -> list[str]:
+    """The batch-norm means whose deployed bias mantissas (on Lava's grid) differ."""
+    from lava_allnet.fixed_point import bias_mantissa_from_mean
+
+    return [k for k in start if k.endswith("running_mean")
+            and not np.array_equal(bias_mantissa_from_mean(trained[k]), bias_mantissa_from_mean(start[k]))]
+
+
+def test_learned_biases_train_and_resume_exactly(tiny_data, tmp_path):
+    from lava_allnet.config import TrainConfig
+    from training.checkpoint import load_torch
+    from training.loop import train
+
+    cfg, init, start = _tiny_start(tiny_data, tmp_path)
     tc = TrainConfig(epochs=2, batch_size=8, seed=3, lr=0.05, init_from=init, norm_means="keep", learn_biases=True)
     ref = train(tmp_path / "ref", cfg, tc, data_dir=tiny_data, show_progress=False)
     trained = load_torch(tmp_path / "ref" / "checkpoint.pt")["model"]  # the last epoch's weights
-    norm_keys = [k for k in start if k.endswith("running_mean")]
     # the deployed biases (bias mantissas on Lava's grid) moved, not only the float means
-    moved = [k for k in norm_keys
-             if not np.array_equal(bias_mantissa_from_mean(trained[k]), bias_mantissa_from_mean(start[k]))]
-    assert norm_keys and moved
+    assert _moved_biases(start, trained)
     run = tmp_path / "killed"
     train(run, cfg, tc, data_dir=tiny_data, show_progress=False, stop_after_batches=7)
     resumed = train(run, resume=True, show_progress=False)
@@ -276,15 +289,11 @@ def test_learned_biases_train_and_resume_exactly(tiny_data, tmp_path):
 def test_bias_adam_eps_unfreezes_the_biases_alone_and_freeze_weights_trains_only_them(tiny_data, tmp_path):
     # the learned biases' gradients sit below Adam's eps as the early weights' do; a bias-only
     # epsilon gives them Adam's full step and leaves the weights' brake in place
-    from lava_allnet.config import TrainConfig, get_model_config
-    from lava_allnet.fixed_point import bias_mantissa_from_mean
+    from lava_allnet.config import TrainConfig
     from training.checkpoint import load_torch
     from training.loop import train
 
-    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
-    train(tmp_path / "a", cfg, TrainConfig(epochs=1, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False)
-    init = str(tmp_path / "a" / "best.pt")
-    start = load_torch(init)["model"]
+    cfg, init, start = _tiny_start(tiny_data, tmp_path)
     base = dict(epochs=1, batch_size=8, seed=3, lr=0.01, init_from=init, norm_means="keep", learn_biases=True)
     shares, trained = {}, {}
     for name, extra in (("plain", {}), ("eps", {"bias_adam_eps": 1e-20}),
@@ -304,9 +313,7 @@ def test_bias_adam_eps_unfreezes_the_biases_alone_and_freeze_weights_trains_only
         if k.endswith("running_mean"):
             continue
         assert torch.equal(trained["frozen"][k], start[k]), k
-    moved = [k for k in start if k.endswith("running_mean")
-             and not np.array_equal(bias_mantissa_from_mean(trained["frozen"][k]), bias_mantissa_from_mean(start[k]))]
-    assert moved
+    assert _moved_biases(start, trained["frozen"])
     with pytest.raises(ValueError, match="set learn_biases"):
         TrainConfig(norm_means="keep", freeze_weights=True)
     with pytest.raises(ValueError, match="above 0"):
