@@ -216,6 +216,11 @@ def rescale_to_gains(state: dict[str, torch.Tensor], thresholds: dict[str, float
     return out
 
 
+def is_learned_bias(name: str) -> bool:
+    """A parameter name that is a neuron bias (a held batch-norm mean made trainable by learn_norm_means)."""
+    return name.endswith("running_mean")
+
+
 def param_groups(net: Network, model_cfg: ModelConfig, train_cfg: TrainConfig) -> list[dict[str, Any]]:
     """Adam's parameter groups: one at ``lr``, or with ``gain_lr`` each weight layer's synapse
     weights at ``lr`` x its threshold gain (the rest at ``lr``). With ``bias_adam_eps`` the
@@ -225,7 +230,7 @@ def param_groups(net: Network, model_cfg: ModelConfig, train_cfg: TrainConfig) -
     own_bias_group = train_cfg.bias_adam_eps is not None or train_cfg.freeze_weights
     by_key: dict[tuple[bool, int], list[torch.nn.Parameter]] = {}
     for name, p in net.named_parameters():
-        bias = own_bias_group and name.endswith("running_mean")
+        bias = own_bias_group and is_learned_bias(name)
         if train_cfg.freeze_weights and not bias:
             continue
         parts = name.split(".")  # blocks.<layer>.synapse.weight
@@ -321,7 +326,7 @@ def adam_step_share(opt: torch.optim.Adam, net: Network) -> dict[str, float]:
         beta2, eps = group["betas"][1], group["eps"]
         for p in group["params"]:
             name, state = names.get(id(p), ""), opt.state.get(p)
-            kind = "weight" if name.endswith("synapse.weight") else "bias" if name.endswith("running_mean") else None
+            kind = "weight" if name.endswith("synapse.weight") else "bias" if is_learned_bias(name) else None
             if kind is None or not state:
                 continue
             v = (state["exp_avg_sq"] / (1 - beta2 ** float(state["step"]))).sqrt()
@@ -466,7 +471,7 @@ def train(
             if train_cfg.freeze_weights:
                 # bias-only training: no weight gradients either (the conv backward skips them)
                 for name, p in net.named_parameters():
-                    p.requires_grad_(name.endswith("running_mean"))
+                    p.requires_grad_(is_learned_bias(name))
     groups = param_groups(net, model_cfg, train_cfg)
     opt = torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, eps=train_cfg.adam_eps)
     teacher = _teacher(run_dir, model_cfg, train_cfg, data, tr_idx, va_idx, console, dev) if train_cfg.distill_weight > 0 else None
