@@ -239,6 +239,28 @@ def export(
               f"T={spec.time_steps}, classes {list(spec.class_names)})")
 
 
+@app.command()
+def soup(
+    run_dirs: List[Path] = typer.Argument(..., help="Two or more run directories fine-tuned from one start (same model config and split)."),
+    out_dir: Path = typer.Option(..., "--out", help="Run directory to create (gets best.pt, for `lava-allnet export`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Average the best.pt weights of several runs into one run directory (a uniform "model soup")."""
+    from training.soup import soup as do_soup
+
+    summary = do_soup(run_dirs, out_dir)
+    if as_json:
+        _emit_json(summary)
+        return
+    t = Table(title=f"soup of {len(summary['runs'])} runs → {out_dir}/best.pt")
+    for col in ("run", "epoch", "val acc", "val loss"):
+        t.add_column(col)
+    for r in summary["runs"]:
+        t.add_row(r["run"], str(r["epoch"]), "-" if r["val_accuracy"] is None else f"{r['val_accuracy']:.3f}",
+                  "-" if r["val_loss"] is None else f"{r['val_loss']:.3f}")
+    out.print(t)
+
+
 # -------------------------------------------------------------------- run
 
 
