@@ -240,6 +240,24 @@ def export(
 
 
 @app.command()
+def retime(
+    model_file: Path = typer.Argument(..., help="Model file (.net) to read."),
+    time_steps: int = typer.Option(..., "--time-steps", min=1, help="Steps per image in the new file."),
+    out_file: Path = typer.Option(..., "--out", help="Model file to write (may not be the input)."),
+) -> None:
+    """Write a copy of a model that runs for another number of time steps per image (nothing retrained)."""
+    from netx import format as nf
+
+    if out_file.resolve() == model_file.resolve():
+        raise AllnetError(f"retime: --out {out_file} is the input file; write a new one")
+    spec = nf.read(model_file)
+    old = spec.time_steps
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    nf.write(nf.retimed(spec, time_steps), out_file)
+    err.print(f"wrote {out_file}: T {old} → {time_steps}, weights unchanged")
+
+
+@app.command()
 def soup(
     run_dirs: List[Path] = typer.Argument(..., help="Two or more run directories fine-tuned from one start (same model config and split)."),
     out_dir: Path = typer.Option(..., "--out", help="Run directory to create (gets best.pt, for `lava-allnet export`)."),

@@ -25,6 +25,7 @@ layer index and type.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -491,6 +492,18 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
         for k, l in enumerate(dense, start=1):
             l.name = f"fc{k}"
     return NetworkSpec(layers, class_names, time_steps, population, config, version, source)
+
+
+def retimed(spec: NetworkSpec, time_steps: int) -> NetworkSpec:
+    """The same network run for ``time_steps`` steps per image (weights, biases, gates unchanged).
+
+    The input is held constant and every gate is computed per step, so T is a run-time choice:
+    a longer T gives the output counts more settled steps, at a cost in time per image.
+    """
+    if not 1 <= int(time_steps) <= 100_000:
+        raise ModelFileError(f"time_steps {time_steps}: must be within 1..100000")
+    config = None if spec.model_config is None else {**spec.model_config, "time_steps": int(time_steps)}
+    return dataclasses.replace(spec, time_steps=int(time_steps), model_config=config, source="")
 
 
 # ------------------------------------------------------------------ writing
