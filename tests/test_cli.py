@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from lava_allnet.cli import app
 
 EXE = str(Path(sys.executable).parent / "lava-allnet")
-COMMANDS = ["train", "export", "run", "info", "verify", "profile", "map", "demo", "models", "data synth"]
+COMMANDS = ["train", "export", "soup", "retime", "run", "info", "verify", "profile", "map", "evaluate", "robustness",
+            "explain", "demo", "models", "data synth"]
 
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -79,6 +80,10 @@ def test_verify_passes_and_reports_layers(se_model_file, synth_dir):
         (["run", "MODEL", "IMAGE", "--backend", "loihi2"], "lava-loihi"),
         (["run", "MODEL", "IMAGE", "--backend", "gpu"], "unknown backend"),
         (["export", "/no/such/run", "--out", "x.net"], "no such run directory"),
+        (["soup", "/no/such/run", "/no/such/run2", "--out", "x"], "no such run directory"),
+        (["soup", "/no/such/run", "--out", "x"], "at least two"),
+        (["retime", "MODEL", "--time-steps", "8", "--out", "MODEL"], "is the input file"),
+        (["retime", "/no/such/model.net", "--time-steps", "8", "--out", "x.net"], "no such model file"),
         (["train", "--no-se", "--se-layers", "1,2"], "exclude each other"),
         (["train", "--se-layers", "0,5"], "has conv layers 1..5"),
         (["train", "--se-layers", "1,6"], "has conv layers 1..5"),

@@ -123,3 +123,28 @@ def test_odd_weight_mantissa_is_refused(se_model_file, tmp_path):
         f["layer/1"].create_dataset("weight", data=w)
     with pytest.raises(ModelFileError, match="odd mantissas"):
         nf.read(p)
+
+
+def test_retimed_file_runs_the_same_first_steps_then_more(se_model_file, synth_images, tmp_path):
+    spec = nf.read(se_model_file)
+    longer = tmp_path / "longer.net"
+    nf.write(nf.retimed(spec, spec.time_steps + 5), longer)
+    again = nf.read(longer)
+    assert again.time_steps == spec.time_steps + 5 and again.model_config["time_steps"] == spec.time_steps + 5
+    for a, b in zip(spec.layers, again.layers):
+        for key in ("weight", "weight1", "weight2", "bias1", "bias2"):
+            if hasattr(a, key):
+                np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    short, long_ = ex.network_from_spec(spec), ex.network_from_spec(again)
+    x = torch.from_numpy(synth_images[0][:6])
+    with torch.no_grad():
+        s, l = short(short.encode(x), record=True), long_(long_.encode(x), record=True)
+    # the dynamics are causal: the first T steps are the original run's, every stage, step by step
+    t = spec.time_steps
+    assert len(s.stage_steps) > 8
+    for name, steps in s.stage_steps.items():
+        assert torch.equal(l.stage_steps[name][:, :t], steps), name
+    last = list(s.stage_steps)[-1]
+    assert l.stage_steps[last][:, t:].sum() > 0  # and the extra steps carry output spikes
+    with pytest.raises(ModelFileError, match="1..100000"):
+        nf.retimed(spec, 0)
