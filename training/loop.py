@@ -626,8 +626,8 @@ def _metrics(state, model_cfg: ModelConfig, net: Network, fast: bool, data: Trai
     }
 
 
-def load_trained(run_dir: str | Path) -> Network:
-    """The best model of a run directory (for export)."""
+def read_best(run_dir: str | Path) -> tuple[dict, ModelConfig]:
+    """A run directory's best.pt and its model config, with one-line errors."""
     run_dir = Path(run_dir)
     best = run_dir / "best.pt"
     if not run_dir.is_dir():
@@ -636,12 +636,18 @@ def load_trained(run_dir: str | Path) -> Network:
         raise AllnetError(f"{run_dir}: no best.pt (has training finished an epoch?)")
     try:
         ck = load_torch(best)
-        cfg = ModelConfig.from_dict(ck["config"])
-        net = build_model(cfg)
-        net.load_state_dict(ck["model"])
-    except AllnetError:
-        raise
+        return ck, ModelConfig.from_dict(ck["config"])
     except Exception as exc:
         raise AllnetError(f"{best}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
+
+
+def load_trained(run_dir: str | Path) -> Network:
+    """The best model of a run directory (for export)."""
+    ck, cfg = read_best(run_dir)
+    try:
+        net = build_model(cfg)
+        net.load_state_dict(ck["model"])
+    except Exception as exc:
+        raise AllnetError(f"{Path(run_dir) / 'best.pt'}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
     net.eval()
     return net

@@ -20,31 +20,25 @@ import torch
 from lava_allnet.config import ModelConfig
 from lava_allnet.errors import AllnetError
 from lava_allnet.model import build_model
-from training.checkpoint import load_torch, save_json, save_torch
+from training.checkpoint import save_json, save_torch
+from training.loop import read_best
 
 SPLIT_KEYS = ("train", "val", "test")
 
 
 def _read_run(run_dir: Path) -> dict:
-    if not run_dir.is_dir():
-        raise AllnetError(f"{run_dir}: no such run directory")
-    best = run_dir / "best.pt"
-    if not best.is_file():
-        raise AllnetError(f"{run_dir}: no best.pt (has training finished an epoch?)")
+    ck, cfg = read_best(run_dir)
     try:
-        ck = load_torch(best)
-        cfg = ModelConfig.from_dict(ck["config"]).to_dict()
-        state = ck["model"]
-    except Exception as exc:
-        raise AllnetError(f"{best}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
-    split = None
-    if (run_dir / "split.json").is_file():
-        doc = json.loads((run_dir / "split.json").read_text())
-        split = {k: sorted(doc.get(k) or []) for k in SPLIT_KEYS}
-    metrics = {}
-    if (run_dir / "metrics.json").is_file():
-        metrics = json.loads((run_dir / "metrics.json").read_text()).get("best") or {}
-    return {"dir": run_dir, "config": cfg, "state": state, "split": split, "epoch": ck.get("epoch"),
+        split = None
+        if (run_dir / "split.json").is_file():
+            doc = json.loads((run_dir / "split.json").read_text())
+            split = {k: sorted(doc.get(k) or []) for k in SPLIT_KEYS}
+        metrics = {}
+        if (run_dir / "metrics.json").is_file():
+            metrics = json.loads((run_dir / "metrics.json").read_text()).get("best") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise AllnetError(f"{run_dir}: cannot read its split.json or metrics.json ({exc})") from exc
+    return {"dir": run_dir, "config": cfg.to_dict(), "state": ck["model"], "split": split, "epoch": ck.get("epoch"),
             "val_accuracy": metrics.get("val_accuracy"), "val_loss": metrics.get("val_loss")}
 
 
