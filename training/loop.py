@@ -647,6 +647,8 @@ def load_trained(run_dir: str | Path) -> Network:
     try:
         net = build_model(cfg)
         net.load_state_dict(ck["model"])
+    except AllnetError:
+        raise
     except Exception as exc:
         raise AllnetError(f"{Path(run_dir) / 'best.pt'}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
     net.eval()
