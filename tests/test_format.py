@@ -14,6 +14,17 @@ from netx import export as ex
 from netx import format as nf
 
 
+def _assert_same_integers(spec: nf.NetworkSpec, other: nf.NetworkSpec) -> None:
+    """Every weight, gate bias and neuron parameter of the two specs is the same integer."""
+    assert len(spec.layers) == len(other.layers)
+    for a, b in zip(spec.layers, other.layers):
+        for key in ("weight", "weight1", "weight2", "bias1", "bias2"):
+            if hasattr(a, key):
+                np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+        if hasattr(a, "neuron"):
+            assert a.neuron == b.neuron
+
+
 def test_round_trip_is_exact(se_model_file, synth_images):
     spec = nf.read(se_model_file)
     assert spec.format_version == nf.FORMAT_VERSION
@@ -21,12 +32,7 @@ def test_round_trip_is_exact(se_model_file, synth_images):
     net = ex.network_from_spec(spec)
     # re-export of the rebuilt network gives the same integers
     again = ex.spec_from_network(net)
-    for a, b in zip(spec.layers, again.layers):
-        for key in ("weight", "weight1", "weight2", "bias1", "bias2"):
-            if hasattr(a, key):
-                np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
-        if hasattr(a, "neuron"):
-            assert a.neuron == b.neuron
+    _assert_same_integers(spec, again)
 
 
 def test_file_has_version_attribute(se_model_file):
@@ -131,10 +137,7 @@ def test_retimed_file_runs_the_same_first_steps_then_more(se_model_file, synth_i
     nf.write(nf.retimed(spec, spec.time_steps + 5), longer)
     again = nf.read(longer)
     assert again.time_steps == spec.time_steps + 5 and again.model_config["time_steps"] == spec.time_steps + 5
-    for a, b in zip(spec.layers, again.layers):
-        for key in ("weight", "weight1", "weight2", "bias1", "bias2"):
-            if hasattr(a, key):
-                np.testing.assert_array_equal(getattr(a, key), getattr(b, key))
+    _assert_same_integers(spec, again)
     short, long_ = ex.network_from_spec(spec), ex.network_from_spec(again)
     x = torch.from_numpy(synth_images[0][:6])
     with torch.no_grad():
