@@ -146,6 +146,8 @@ def train(
     color_jitter: float = typer.Option(0.0, "--color-jitter", min=0.0, max=5.0, help="Strength of the brightness / stain / contrast jitter added to the augmentation (1: gain and contrast ±12%%, stain ±5%% per channel; 0: off)."),
     average_from: int = typer.Option(0, "--average-from", min=0, help="From this epoch on, validate (and keep as best.pt) the running mean of the weights of every epoch end (weight averaging; 0: off)."),
     norm_means: NormMeans = typer.Option("batch", "--norm-means", help="The batch-norm means (the biases Lava and Loihi deploy) in training: batch (per-batch means, re-estimated from 128 training images after each epoch); fixed (set once at their inference values over all training images, layer by layer, then held, so training runs the network as Lava does; for fine-tuning with --init); keep (with --init: held at the initial model's own values)."),
+    hint: float = typer.Option(0.0, "--hint", min=0.0, help="Weight of the hint loss: the student's spike rates after --hint-layers, through a 1x1 adapter, against the ANN teacher's features there (FitNets; the teacher is trained or reused as for --distill). 0: off."),
+    hint_layers: str = typer.Option("3", "--hint-layers", help="Conv layers (1-based, comma-separated) that --hint guides."),
     adam_eps: float = typer.Option(1e-8, "--adam-eps", min=0.0, help="Adam's epsilon. Surrogate gradients shrink towards the input layers, below the default 1e-8 there, so those layers take only |g|/eps of Adam's step (see metrics.json adam_step_share); e.g. 1e-20 gives every layer its full step (on real smears that broke training at peak rates: see models/README.md)."),
     learn_biases: bool = typer.Option(False, "--learn-biases", help="With --norm-means fixed or keep: the held means start there and are then trained by gradient, like the weights (on the Lava bias grid)."),
     bias_adam_eps: Optional[float] = typer.Option(None, "--bias-adam-eps", min=0.0, help="With --learn-biases: Adam's epsilon for the biases alone (default: --adam-eps). Their gradients sit below 1e-8 too, so e.g. 1e-20 lets the biases train while the weights keep the default's brake."),
@@ -192,13 +194,18 @@ def train(
             # measured, 2 epochs: synthetic val 0.42 at 3e-3 vs 0.50 at 1e-2; real smears are steadier at 3e-3
             lr = SYNTH_LR if data is None else TrainConfig.lr
         try:
+            hint_at = tuple(int(x) for x in hint_layers.split(","))
+        except ValueError as exc:
+            raise AllnetError(f"--hint-layers {hint_layers!r}: comma-separated conv layer numbers, e.g. 3 or 2,3") from exc
+        try:
             tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
                                test_fraction=test_fraction, augment=not no_augment, threads=threads,
                                init_from=str(init) if init else "", split_from=str(split) if split else "", range_weight=range_weight,
                                distill_weight=distill, distill_temperature=distill_temperature,
                                teacher_epochs=teacher_epochs, color_jitter=color_jitter, average_from=average_from,
                                norm_means=norm_means.value, learn_biases=learn_biases, adam_eps=adam_eps,
-                               bias_adam_eps=bias_adam_eps, freeze_weights=freeze_weights, gain_lr=gain_lr, device=device or "cpu")
+                               bias_adam_eps=bias_adam_eps, freeze_weights=freeze_weights, gain_lr=gain_lr, hint_weight=hint, hint_layers=hint_at,
+                               device=device or "cpu")
         except ValueError as exc:
             raise AllnetError(f"training options: {exc}") from exc
         metrics = run_train(out_dir, cfg, tcfg, data_dir=data, synth_per_class=per_class, console=err)

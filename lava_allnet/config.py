@@ -168,6 +168,10 @@ class TrainConfig:
     distill_weight: float = 0.0  # share of the distillation term in the loss (the rest: cross-entropy)
     distill_temperature: float = 2.0
     teacher_epochs: int = 12
+    # hints (training/hint.py): weight of the loss between the student's and the teacher's
+    # features after these conv layers (1-based); 0: off. Uses the distillation teacher.
+    hint_weight: float = 0.0
+    hint_layers: tuple[int, ...] = (3,)
     average_from: int = 0  # from this epoch on, validate and keep the running mean of the weights (0: off)
     # the batch-norm means (the biases Lava and Loihi deploy) in training, one of NORM_MEANS:
     # "batch": per-batch means, re-estimated after each epoch; "fixed": frozen at their inference
@@ -198,6 +202,14 @@ class TrainConfig:
             raise ValueError("bias_adam_eps and freeze_weights act on learned biases: set learn_biases")
         if self.bias_adam_eps is not None and not self.bias_adam_eps > 0:
             raise ValueError(f"bias_adam_eps {self.bias_adam_eps}: must be above 0")
+        if self.hint_weight < 0:
+            raise ValueError(f"hint_weight {self.hint_weight}: must be 0 (off) or above")
+        if self.hint_weight > 0 and not self.hint_layers:
+            raise ValueError("hints need at least one conv layer")
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.distill_weight > 0 or self.hint_weight > 0
 
     @property
     def holds_norm_means(self) -> bool:
@@ -214,6 +226,8 @@ class TrainConfig:
         fixed, keep = d.pop("fixed_norm", False), d.pop("keep_norm", False)
         if fixed or keep:
             d.setdefault("norm_means", "fixed" if fixed else "keep")
+        if "hint_layers" in d:
+            d["hint_layers"] = tuple(d["hint_layers"])
         return cls(**d)
 
 

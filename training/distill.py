@@ -37,8 +37,19 @@ class Teacher(torch.nn.Module):
         self.head = torch.nn.Linear(c_in * side * side, cfg.num_classes)
 
     def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        x = (images_uint8.float() / 255).contiguous(memory_format=torch.channels_last)
-        return self.head(self.features(x).flatten(1))
+        return self.forward_features(images_uint8)[0]
+
+    def forward_features(self, images_uint8: torch.Tensor, layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Logits and, for each conv layer in ``layers`` (1-based), its ReLU output (N, C, H, W)."""
+        h = (images_uint8.float() / 255).contiguous(memory_format=torch.channels_last)
+        acts, layer = {}, 0
+        for m in self.features:
+            h = m(h)
+            if isinstance(m, torch.nn.ReLU):
+                layer += 1
+                if layer in layers:
+                    acts[layer] = h
+        return self.head(h.flatten(1)), acts
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

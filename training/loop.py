@@ -34,6 +34,7 @@ from lava_allnet.data import images as di
 from lava_allnet.errors import AllnetError, DataError
 from lava_allnet.model import Network, build_model
 from training import augment, distill
+from training.hint import Hint
 from training.checkpoint import load_torch, save_json, save_torch
 
 # mid-epoch checkpoint period (resume after a kill); the variable exists for tests
@@ -472,12 +473,23 @@ def train(
                 # bias-only training: no weight gradients either (the conv backward skips them)
                 for name, p in net.named_parameters():
                     p.requires_grad_(is_learned_bias(name))
-    groups = param_groups(net, model_cfg, train_cfg)
-    opt = torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, eps=train_cfg.adam_eps)
-    teacher = _teacher(run_dir, model_cfg, train_cfg, data, tr_idx, va_idx, console, dev) if train_cfg.distill_weight > 0 else None
+    hint = None
+    if train_cfg.hint_weight > 0:
+        try:
+            hint = Hint(model_cfg, train_cfg.hint_layers).to(dev)
+        except ValueError as exc:
+            raise AllnetError(f"--hint-layers: {exc}") from exc
+    teacher = _teacher(run_dir, model_cfg, train_cfg, data, tr_idx, va_idx, console, dev) if train_cfg.uses_teacher else None
     bs = train_cfg.batch_size
     # fixed training images for the batch-norm statistics (seeded, so resume repeats them)
     norm_idx = tr_idx[torch.randperm(len(tr_idx), generator=_gen(train_cfg.seed, 7))[:128]]
+    groups = param_groups(net, model_cfg, train_cfg)
+    if hint is not None:
+        if not resume:
+            fit = hint.fit(net, teacher, data.images[norm_idx])
+            console.print("hint adapters fitted on 128 training images, loss " + ", ".join(f"conv{k} {v:.3f}" for k, v in fit.items()))
+        groups.append({"params": list(hint.parameters()), "lr": train_cfg.lr})
+    opt = torch.optim.Adam(groups, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, eps=train_cfg.adam_eps)
     batches_per_epoch = (len(tr_idx) + bs - 1) // bs
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=[g["lr"] for g in groups], total_steps=max(1, train_cfg.epochs * batches_per_epoch), pct_start=0.15
@@ -497,12 +509,17 @@ def train(
         state = ck["state"]
         if average is not None and ck.get("average") is not None:
             average.load_state_dict(ck["average"])
+        if hint is not None:
+            if ck.get("hint") is None:
+                raise AllnetError(f"{ckpt_path}: has no hint adapters to resume with")
+            hint.load_state_dict(ck["hint"])
         console.print(f"resuming at epoch {state['epoch'] + 1}, batch {state['batch']}")
 
     def checkpoint() -> None:
         save_torch({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "state": state,
-                    "average": average.state_dict() if average is not None else None}, ckpt_path)
+                    "average": average.state_dict() if average is not None else None,
+                    "hint": hint.state_dict() if hint is not None else None}, ckpt_path)
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -526,14 +543,19 @@ def train(
                 if train_cfg.augment:
                     x = augment.augment_batch(x, _gen(train_cfg.seed, epoch, b), strength=train_cfg.color_jitter)
                 x, y = x.to(dev, non_blocking=True), data.labels[idx].to(dev, non_blocking=True)
-                out = net(net.encode(x), range_penalty=train_cfg.range_weight > 0)
+                out = net(net.encode(x), range_penalty=train_cfg.range_weight > 0, keep=hint.keep() if hint else ())
                 logits = class_logits(out.class_counts, net, train_cfg.loss_scale)
                 loss = F.cross_entropy(logits, y)
                 if teacher is not None:
                     with torch.no_grad():
-                        soft = teacher(x)
+                        soft, feats = teacher.forward_features(x, hint.layers if hint else ())
                     a = train_cfg.distill_weight
-                    loss = (1 - a) * loss + a * distill.distillation_loss(logits, soft, train_cfg.distill_temperature)
+                    if a > 0:
+                        loss = (1 - a) * loss + a * distill.distillation_loss(logits, soft, train_cfg.distill_temperature)
+                    if hint is not None:
+                        h_loss = hint.loss(out.activations, net, feats)
+                        part["hint"] = part.get("hint", 0.0) + h_loss.item() * len(idx)
+                        loss = loss + train_cfg.hint_weight * h_loss
                 # keep u and v inside Loihi's 24-bit registers, where Lava wraps/saturates and SLAYER does not
                 loss = loss + train_cfg.range_weight * out.range_penalty
                 opt.zero_grad(set_to_none=True)
@@ -574,6 +596,8 @@ def train(
                 "averaged_epochs": int(average.n_averaged) if kept is not net else 0,
                 "adam_step_share": adam_step_share(opt, net),
             }
+            if hint is not None:
+                row["hint_loss"] = part.get("hint", 0.0) / max(1, part["seen"])
             state["history"].append(row)
             prog.update(task, info=f"loss {row['train_loss']:.3f}  acc {row['train_accuracy']:.3f}  "
                                    f"val acc {row['val_accuracy']:.3f}")
