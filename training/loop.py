@@ -34,8 +34,8 @@ from lava_allnet.data import images as di
 from lava_allnet.errors import AllnetError, DataError
 from lava_allnet.model import Network, build_model
 from training import augment, distill
-from training.hint import Hint
 from training.checkpoint import load_torch, save_json, save_torch
+from training.hint import Hint
 
 # mid-epoch checkpoint period (resume after a kill); the variable exists for tests
 CHECKPOINT_EVERY_S = float(os.environ.get("LAVA_ALLNET_CHECKPOINT_EVERY_S", "30"))
@@ -484,8 +484,9 @@ def train(
     # fixed training images for the batch-norm statistics (seeded, so resume repeats them)
     norm_idx = tr_idx[torch.randperm(len(tr_idx), generator=_gen(train_cfg.seed, 7))[:128]]
     groups = param_groups(net, model_cfg, train_cfg)
+    ckpt_path = run_dir / "checkpoint.pt"
     if hint is not None:
-        if not resume:
+        if not (resume and ckpt_path.exists()):  # a resumed run loads its trained adapters below
             fit = hint.fit(net, teacher, data.images[norm_idx])
             console.print("hint adapters fitted on 128 training images, loss " + ", ".join(f"conv{k} {v:.3f}" for k, v in fit.items()))
         groups.append({"params": list(hint.parameters()), "lr": train_cfg.lr})
@@ -500,7 +501,6 @@ def train(
     # flatter model instead of a pick among noisy ones. Parameters only: the batch-norm means
     # are recomputed for the mean weights, and quantisation applies on use.
     average = AveragedModel(net) if train_cfg.average_from else None
-    ckpt_path = run_dir / "checkpoint.pt"
     if resume and ckpt_path.exists():
         ck = load_torch(ckpt_path)
         net.load_state_dict(ck["model"])
