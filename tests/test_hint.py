@@ -52,7 +52,7 @@ def test_teacher_features_are_its_relu_outputs_on_the_students_grid():
     assert float(feats[2].detach().min()) >= 0.0 and float(feats[2].detach().max()) > 0.0
 
 
-def test_the_fit_is_the_least_squares_adapter_and_gradient_steps_lower_the_hint():
+def test_the_fit_is_the_least_squares_adapter_and_training_moves_the_features_towards_the_teacher():
     cfg, net, teacher, images = _tiny()
     h = hint.Hint(cfg, (2, 3))
     before = _loss(h, net, teacher, images[:32])  # random adapters
