@@ -243,7 +243,9 @@ def test_learned_bias_gradient_is_the_same_on_the_fused_and_the_plain_path(monke
     assert torch.equal(counts, plain_counts) and len(fused) == 5
     for k in fused:
         assert fused[k].abs().max() > 0, k
-        torch.testing.assert_close(fused[k], plain[k], rtol=1e-5, atol=0)
+        # float32 sums in another order differ by an ulp of the partial sums, not of each element:
+        # an element that cancels to 1/300 of the layer's largest differs by ~3e-5 of itself
+        torch.testing.assert_close(fused[k], plain[k], rtol=1e-5, atol=1e-5 * float(plain[k].abs().max()))
 
 
 def _tiny_start(tiny_data, tmp_path):
