@@ -154,6 +154,7 @@ def train(
     freeze_weights: bool = typer.Option(False, "--freeze-weights", help="With --learn-biases: train the biases only; the weights and SE gates stay as loaded (--init)."),
     gain_lr: bool = typer.Option(False, "--gain-lr", help="Train each layer's weights at the learning rate times its --threshold-gains value (Adam steps do not grow with the weights' scale): the dynamics of gain 1 on a finer weight grid."),
     device: Optional[str] = typer.Option(None, "--device", help="Train on cpu (default) or cuda[:N]; with --resume, moves the run to that device."),
+    freeze_through: int = typer.Option(0, "--freeze-through", min=0, help="Fine-tuning (with --init and --norm-means fixed or keep): conv1..conv K stay as loaded, weights and biases, and their output spikes are computed once per training image and flip/rotation view, so a training step runs only the layers after them (~5x faster on the CPU). 0: off."),
 ) -> None:
     """Train NeurALLNet with SLAYER (CUBA neurons, SE gates): progress bar, validation each epoch, best checkpoint."""
     from lava_allnet.config import SYNTH_LR, TrainConfig, get_model_config
@@ -205,7 +206,7 @@ def train(
                                teacher_epochs=teacher_epochs, color_jitter=color_jitter, average_from=average_from,
                                norm_means=norm_means.value, learn_biases=learn_biases, adam_eps=adam_eps,
                                bias_adam_eps=bias_adam_eps, freeze_weights=freeze_weights, gain_lr=gain_lr, hint_weight=hint, hint_layers=hint_at,
-                               device=device or "cpu")
+                               freeze_through=freeze_through, device=device or "cpu")
         except ValueError as exc:
             raise AllnetError(f"training options: {exc}") from exc
         metrics = run_train(out_dir, cfg, tcfg, data_dir=data, synth_per_class=per_class, console=err)

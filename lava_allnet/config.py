@@ -190,6 +190,9 @@ class TrainConfig:
     # keeps the training dynamics of gain 1 and leaves only the g-times finer 8-bit grid.
     gain_lr: bool = False
     device: str = "cpu"  # torch device: cpu, or cuda[:N] (same arithmetic, float32 without TF32)
+    # fine-tuning: conv1..conv<k> (weights and biases) stay as loaded, and their output spikes are
+    # computed once per training image and flip/rotation view (training/prefix_cache.py); 0: off
+    freeze_through: int = 0
 
     def __post_init__(self) -> None:
         if self.norm_means not in NORM_MEANS:
@@ -206,6 +209,19 @@ class TrainConfig:
             raise ValueError(f"hint_weight {self.hint_weight}: must be 0 (off) or above")
         if self.hint_weight > 0 and not self.hint_layers:
             raise ValueError("hints need at least one conv layer")
+        if self.freeze_through < 0:
+            raise ValueError(f"freeze_through {self.freeze_through}: a number of conv layers, 0 (off) or above")
+        if self.freeze_through:
+            # the cached spikes must not depend on the batch, on jitter or on anything that trains
+            if not self.init_from:
+                raise ValueError("freeze_through keeps the first conv layers as loaded: give init_from")
+            if self.norm_means == "batch":
+                raise ValueError("freeze_through needs held biases (norm_means 'fixed' or 'keep'): a batch mean "
+                                 "makes the frozen layers' spikes depend on the batch")
+            if self.color_jitter > 0:
+                raise ValueError("freeze_through caches the flip/rotation views only: color_jitter must be 0")
+            if self.hint_weight > 0:
+                raise ValueError("freeze_through and hints do not combine (hints move the early layers)")
 
     @property
     def uses_teacher(self) -> bool:

@@ -391,6 +391,7 @@ class Network(torch.nn.Module):
         keep: tuple[str, ...] = (),
         weights: dict[str, torch.Tensor] | None = None,
         range_penalty: bool = False,
+        start_after: str | None = None,
     ) -> Output:
         """x: encoded input (N, C, H, W) float, see :meth:`encode`.
 
@@ -400,6 +401,8 @@ class Network(torch.nn.Module):
             to count weighted messages (synaptic operations) per step.
         range_penalty: also return the differentiable 24-bit state-range penalty
             (training only; a full pass over every state, so only when asked).
+        start_after: run only the blocks after this one; x is then its output spikes
+            (N, T, ...), e.g. cached for a frozen prefix (training.prefix_cache).
         """
         steps: dict[str, torch.Tensor] = {}
         weighted: dict[str, torch.Tensor] = {}
@@ -420,9 +423,14 @@ class Network(torch.nn.Module):
             if name in keep:
                 acts[name] = t
 
-        if record:
+        names = list(self.blocks)
+        if start_after is not None and start_after not in self.blocks:
+            raise ValueError(f"start_after {start_after!r}: not a block ({', '.join(names)})")
+        first = names.index(start_after) + 1 if start_after is not None else 0
+        if record and start_after is None:
             note("input", x.unsqueeze(1).expand(x.shape[0], self.time_steps, *x.shape[1:]))
-        for name, block in self.blocks.items():
+        for name in names[first:]:
+            block = self.blocks[name]
             if isinstance(block, SEBlock):
                 x, a1, rows, _gate = block(x)
                 note(f"{name}.squeeze", a1)

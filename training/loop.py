@@ -36,6 +36,7 @@ from lava_allnet.model import Network, build_model
 from training import augment, distill
 from training.checkpoint import load_torch, save_json, save_torch
 from training.hint import Hint
+from training.prefix_cache import PrefixCache, freeze, frozen_blocks
 
 # mid-epoch checkpoint period (resume after a kill); the variable exists for tests
 CHECKPOINT_EVERY_S = float(os.environ.get("LAVA_ALLNET_CHECKPOINT_EVERY_S", "30"))
@@ -226,15 +227,16 @@ def param_groups(net: Network, model_cfg: ModelConfig, train_cfg: TrainConfig) -
     """Adam's parameter groups: one at ``lr``, or with ``gain_lr`` each weight layer's synapse
     weights at ``lr`` x its threshold gain (the rest at ``lr``). With ``bias_adam_eps`` the
     learned biases form their own group at that epsilon; with ``freeze_weights`` they are the
-    only group."""
+    only group; with ``freeze_through`` the frozen prefix's parameters are in none."""
     gains = dict(zip(model_cfg.layer_thresholds(), model_cfg.gains())) if train_cfg.gain_lr else {}
     own_bias_group = train_cfg.bias_adam_eps is not None or train_cfg.freeze_weights
     by_key: dict[tuple[bool, int], list[torch.nn.Parameter]] = {}
+    frozen = set(frozen_blocks(net, f"conv{train_cfg.freeze_through}")) if train_cfg.freeze_through else set()
     for name, p in net.named_parameters():
         bias = own_bias_group and is_learned_bias(name)
-        if train_cfg.freeze_weights and not bias:
-            continue
         parts = name.split(".")  # blocks.<layer>.synapse.weight
+        if (train_cfg.freeze_weights and not bias) or (parts[0] == "blocks" and parts[1] in frozen):
+            continue
         gain = gains.get(parts[1], 1) if name.endswith("synapse.weight") and parts[0] == "blocks" else 1
         by_key.setdefault((bias, gain), []).append(p)
     groups = []
@@ -473,6 +475,13 @@ def train(
                 # bias-only training: no weight gradients either (the conv backward skips them)
                 for name, p in net.named_parameters():
                     p.requires_grad_(is_learned_bias(name))
+    prefix, cache, cache_row = None, None, None
+    if train_cfg.freeze_through:
+        prefix = f"conv{train_cfg.freeze_through}"
+        try:
+            frozen = freeze(net, prefix)
+        except ValueError as exc:
+            raise AllnetError(f"--freeze-through {train_cfg.freeze_through}: {exc}") from exc
     hint = None
     if train_cfg.hint_weight > 0:
         try:
@@ -514,6 +523,14 @@ def train(
                 raise AllnetError(f"{ckpt_path}: has no hint adapters to resume with")
             hint.load_state_dict(ck["hint"])
         console.print(f"resuming at epoch {state['epoch'] + 1}, batch {state['batch']}")
+    if prefix is not None:  # from the weights training starts with (a resumed run's checkpoint)
+        t0 = time.perf_counter()
+        views = len(augment.VIEWS) if train_cfg.augment else 1
+        cache = PrefixCache(net, prefix, data.images[tr_idx], views=views, device=dev)
+        cache_row = torch.full((len(data.images),), -1, dtype=torch.long)
+        cache_row[tr_idx] = torch.arange(len(tr_idx))
+        console.print(f"conv1..{prefix} frozen ({frozen:,} parameters); their spikes for {len(tr_idx)} training "
+                      f"images x {views} views cached: {cache.nbytes / 2**20:.0f} MiB, {time.perf_counter() - t0:.0f} s")
 
     def checkpoint() -> None:
         save_torch({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
@@ -543,7 +560,15 @@ def train(
                 if train_cfg.augment:
                     x = augment.augment_batch(x, _gen(train_cfg.seed, epoch, b), strength=train_cfg.color_jitter)
                 x, y = x.to(dev, non_blocking=True), data.labels[idx].to(dev, non_blocking=True)
-                out = net(net.encode(x), range_penalty=train_cfg.range_weight > 0, keep=hint.keep() if hint else ())
+                if cache is not None:
+                    # the same draw as augment_batch's above, as a cached view; the frozen layers'
+                    # range penalty has no gradient, so only the trained layers' is added
+                    views = (augment.view_indices(len(idx), _gen(train_cfg.seed, epoch, b)) if train_cfg.augment
+                             else torch.zeros(len(idx), dtype=torch.long))
+                    h = cache.get(cache_row[idx], views).to(dev, non_blocking=True)
+                    out = net(h, range_penalty=train_cfg.range_weight > 0, start_after=prefix)
+                else:
+                    out = net(net.encode(x), range_penalty=train_cfg.range_weight > 0, keep=hint.keep() if hint else ())
                 logits = class_logits(out.class_counts, net, train_cfg.loss_scale)
                 loss = F.cross_entropy(logits, y)
                 if teacher is not None:
