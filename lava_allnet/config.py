@@ -152,7 +152,7 @@ class TrainConfig:
     # fine-tunes of the shipped model conv1-conv3's gradients (~1e-15..1e-12) sit far below 1e-8,
     # so Adam's step there is lr x |g| / eps, i.e. those layers barely train; 1e-20 restores Adam's
     # per-parameter scaling (measured: training/loop.adam_step_share). The default stays: with full
-    # steps in every layer the 8-bit network broke at peak rates (models/README.md, runs M and N).
+    # steps in every layer the 8-bit network broke at peak rates (models/experiments.md, runs M and N).
     adam_eps: float = 1e-8
     seed: int = 0
     val_fraction: float = 0.2

@@ -2,7 +2,7 @@
 
 Why: linear probes on the shipped student's time-summed spikes reach 0.88-0.92 validation
 accuracy at conv3 and at most 0.96 at conv5, while the same probes on the ANN teacher's
-ReLU outputs reach 0.98-0.99 from conv3 on (models/README.md). The gap opens in the early layers,
+ReLU outputs reach 0.98-0.99 from conv3 on (models/experiments.md). The gap opens in the early layers,
 and the class loss reaches them only through several surrogate gradients, far below Adam's
 epsilon. A hint puts a target right after the layer: its gradient is one layer deep.
 

@@ -1,7 +1,7 @@
 """A frozen prefix's output spikes, computed once per training image and view.
 
 Why: fine-tunes of the shipped model leave conv1-conv3 where they are (their gradients sit
-far below Adam's epsilon; models/README.md, run L), yet those three layers hold most of the
+far below Adam's epsilon; models/experiments.md, run L), yet those three layers hold most of the
 neurons and cost ~80% of a training step on the CPU (measured: 0.35 s full against 0.07 s
 from conv3 on, 16 images, one thread). With the prefix frozen, its output depends only on the
 image and on which of the 8 flip/rotation views the augmentation drew, so it is computed once
