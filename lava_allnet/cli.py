@@ -154,7 +154,7 @@ def train(
     freeze_weights: bool = typer.Option(False, "--freeze-weights", help="With --learn-biases: train the biases only; the weights and SE gates stay as loaded (--init)."),
     gain_lr: bool = typer.Option(False, "--gain-lr", help="Train each layer's weights at the learning rate times its --threshold-gains value (Adam steps do not grow with the weights' scale): the dynamics of gain 1 on a finer weight grid."),
     device: Optional[str] = typer.Option(None, "--device", help="Train on cpu (default) or cuda[:N]; with --resume, moves the run to that device."),
-    freeze_through: int = typer.Option(0, "--freeze-through", min=0, help="Fine-tuning (with --init and --norm-means fixed or keep): conv1..conv K stay as loaded, weights and biases, and their output spikes are computed once per training image and flip/rotation view, so a training step runs only the layers after them (~5x faster on the CPU). 0: off."),
+    freeze_through: int = typer.Option(0, "--freeze-through", min=0, help="Fine-tuning (with --init and --norm-means fixed or keep): conv1..conv K stay as loaded, weights and biases, and their output spikes are computed once per training image and flip/rotation view, so a training step runs only the layers after them (~5x faster on the CPU); --hint-layers must then be after K. 0: off."),
 ) -> None:
     """Train NeurALLNet with SLAYER (CUBA neurons, SE gates): progress bar, validation each epoch, best checkpoint."""
     from lava_allnet.config import SYNTH_LR, TrainConfig, get_model_config

@@ -220,8 +220,9 @@ class TrainConfig:
                                  "makes the frozen layers' spikes depend on the batch")
             if self.color_jitter > 0:
                 raise ValueError("freeze_through caches the flip/rotation views only: color_jitter must be 0")
-            if self.hint_weight > 0:
-                raise ValueError("freeze_through and hints do not combine (hints move the early layers)")
+            if self.hint_weight > 0 and min(self.hint_layers) <= self.freeze_through:
+                raise ValueError(f"hint_layers {list(self.hint_layers)}: a hint at conv1..conv{self.freeze_through} "
+                                 "guides a frozen layer; hint the layers after freeze_through")
 
     @property
     def uses_teacher(self) -> bool:

@@ -118,6 +118,26 @@ def test_freeze_through_trains_only_the_layers_after_it_and_resumes_exactly(tiny
     assert _timeless(resumed["history"]) == _timeless(ref["history"])
 
 
+def test_hints_after_the_frozen_prefix_train_from_the_cache(tiny_start, tmp_path):
+    from lava_allnet.config import TrainConfig
+    from training.checkpoint import load_torch
+    from training.loop import train
+
+    cfg, data, init = tiny_start
+    start = load_torch(init)["model"]
+    base = dict(epochs=1, batch_size=8, seed=3, lr=0.05, init_from=init, norm_means="keep", learn_biases=True,
+                bias_adam_eps=1e-20, freeze_through=2, distill_weight=0.5, teacher_epochs=1)
+    plain = train(tmp_path / "plain", cfg, TrainConfig(**base), data_dir=data, show_progress=False)
+    hinted = train(tmp_path / "hinted", cfg, TrainConfig(**base, hint_weight=1.0, hint_layers=(3,)),
+                   data_dir=data, show_progress=False)
+    assert hinted["history"][0]["hint_loss"] > 0 and "hint_loss" not in plain["history"][0]
+    got = {n: load_torch(tmp_path / n / "checkpoint.pt")["model"] for n in ("plain", "hinted")}
+    frozen = [k for k in start if k.startswith(("blocks.conv1.", "blocks.conv2."))]
+    assert frozen and all(torch.equal(start[k], got["hinted"][k]) for k in frozen)
+    # the hint's gradient reaches conv3 through the cached path: same seed, different weights
+    assert not torch.equal(got["plain"]["blocks.conv3.synapse.weight"], got["hinted"]["blocks.conv3.synapse.weight"])
+
+
 def test_freeze_through_options_are_checked(tiny_start, tmp_path):
     from lava_allnet.config import TrainConfig
     from lava_allnet.errors import AllnetError
@@ -126,7 +146,7 @@ def test_freeze_through_options_are_checked(tiny_start, tmp_path):
     cfg, data, init = tiny_start
     for bad, match in [(dict(), "give init_from"), (dict(init_from=init), "held biases"),
                        (dict(init_from=init, norm_means="keep", color_jitter=1.0), "color_jitter must be 0"),
-                       (dict(init_from=init, norm_means="keep", hint_weight=1.0), "do not combine")]:
+                       (dict(init_from=init, norm_means="keep", hint_weight=1.0, hint_layers=(3, 2)), "guides a frozen layer")]:
         with pytest.raises(ValueError, match=match):
             TrainConfig(freeze_through=2, **bad)
     with pytest.raises(AllnetError, match="conv5.*not a conv layer"):

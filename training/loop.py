@@ -566,7 +566,8 @@ def train(
                     views = (augment.view_indices(len(idx), _gen(train_cfg.seed, epoch, b)) if train_cfg.augment
                              else torch.zeros(len(idx), dtype=torch.long))
                     h = cache.get(cache_row[idx], views).to(dev, non_blocking=True)
-                    out = net(h, range_penalty=train_cfg.range_weight > 0, start_after=prefix)
+                    out = net(h, range_penalty=train_cfg.range_weight > 0, start_after=prefix,
+                              keep=hint.keep() if hint else ())
                 else:
                     out = net(net.encode(x), range_penalty=train_cfg.range_weight > 0, keep=hint.keep() if hint else ())
                 logits = class_logits(out.class_counts, net, train_cfg.loss_scale)
