@@ -488,6 +488,7 @@ def train(
             hint = Hint(model_cfg, train_cfg.hint_layers).to(dev)
         except ValueError as exc:
             raise AllnetError(f"--hint-layers: {exc}") from exc
+    keep = hint.keep() if hint is not None else ()  # the stages the hint reads, on either path
     teacher = _teacher(run_dir, model_cfg, train_cfg, data, tr_idx, va_idx, console, dev) if train_cfg.uses_teacher else None
     bs = train_cfg.batch_size
     # fixed training images for the batch-norm statistics (seeded, so resume repeats them)
@@ -566,10 +567,9 @@ def train(
                     views = (augment.view_indices(len(idx), _gen(train_cfg.seed, epoch, b)) if train_cfg.augment
                              else torch.zeros(len(idx), dtype=torch.long))
                     h = cache.get(cache_row[idx], views).to(dev, non_blocking=True)
-                    out = net(h, range_penalty=train_cfg.range_weight > 0, start_after=prefix,
-                              keep=hint.keep() if hint else ())
+                    out = net(h, range_penalty=train_cfg.range_weight > 0, start_after=prefix, keep=keep)
                 else:
-                    out = net(net.encode(x), range_penalty=train_cfg.range_weight > 0, keep=hint.keep() if hint else ())
+                    out = net(net.encode(x), range_penalty=train_cfg.range_weight > 0, keep=keep)
                 logits = class_logits(out.class_counts, net, train_cfg.loss_scale)
                 loss = F.cross_entropy(logits, y)
                 if teacher is not None:
