@@ -54,11 +54,14 @@ def test_same_seed_same_metrics(tiny_data, tmp_path):
 
 
 def test_kill_mid_epoch_and_resume_gives_the_uninterrupted_result(tiny_data, tmp_path):
-    ref = _train(["--data", str(tiny_data), "--epochs", "2", "--out", str(tmp_path / "ref"), *TINY])
+    # batches of 2 (19 per epoch, not 5): the kill window after batch 2 must outlast a poll even
+    # on a fast, idle machine, where 5 batches of 8 could all pass between two polls
+    args = [*TINY, "--batch-size", "2"]
+    ref = _train(["--data", str(tiny_data), "--epochs", "2", "--out", str(tmp_path / "ref"), *args])
     assert ref.returncode == 0, ref.stderr
     env = {**os.environ, "LAVA_ALLNET_CHECKPOINT_EVERY_S": "0"}  # checkpoint after every batch
     run = tmp_path / "killed"
-    proc = subprocess.Popen([EXE, "train", "--data", str(tiny_data), "--epochs", "2", "--out", str(run), *TINY],
+    proc = subprocess.Popen([EXE, "train", "--data", str(tiny_data), "--epochs", "2", "--out", str(run), *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     ckpt = run / "checkpoint.pt"
     deadline = time.time() + 300
@@ -73,7 +76,7 @@ def test_kill_mid_epoch_and_resume_gives_the_uninterrupted_result(tiny_data, tmp
                 proc.send_signal(signal.SIGKILL)
                 killed_at = (state["epoch"], state["batch"])
                 break
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.wait(timeout=60)
     assert killed_at is not None, "training finished before it could be killed mid-epoch"
     assert not (run / "metrics.json").exists()  # no epoch had completed
