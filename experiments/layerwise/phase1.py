@@ -14,7 +14,7 @@ cfg, tc, data, net = load(out)
 loop.enable_fast_cpu()
 tr = torch.from_numpy(data.split['train'])
 if a.scratch:
-    fresh = loop.build_model(cfg); torch.manual_seed(a.seed)
+    torch.manual_seed(a.seed)
     fresh = loop.build_model(cfg)
     sd = net.state_dict()
     for k, v in fresh.state_dict().items():
