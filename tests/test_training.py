@@ -386,6 +386,18 @@ def test_calibrated_norm_means_do_not_depend_on_batching(tiny_data):
     calibrate_norm_means(net, x.flip(0), batch=5)
     b = means()
     assert all(torch.allclose(u, v, rtol=1e-5, atol=1e-6) for u, v in zip(a, b))
+    # only the named blocks' means: the others keep theirs, the named one gets the full calibration's
+    last = [n for n, blk in net.blocks.items() if getattr(getattr(blk, "neuron", None), "norm", None) is not None][-1]
+    for blk in net.blocks.values():
+        if getattr(getattr(blk, "neuron", None), "norm", None) is not None:
+            blk.neuron.norm.running_mean.add_(3.0)
+    moved = means()
+    assert calibrate_norm_means(net, x, batch=16, blocks=(last,)) == 1
+    e = means()
+    assert all(torch.equal(u, v) for u, v in zip(e[:-1], moved[:-1]))
+    assert not torch.allclose(e[-1], moved[-1])
+    calibrate_norm_means(net, x, batch=16)
+    assert all(torch.allclose(u, v, rtol=1e-5, atol=1e-6) for u, v in zip(means(), a))
     refresh_norm_stats(net, x, batch=16)
     c = means()
     refresh_norm_stats(net, x.flip(0), batch=5)

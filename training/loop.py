@@ -280,21 +280,24 @@ def refresh_norm_stats(net: Network, images: torch.Tensor, batch: int = 16, devi
     net.train(was_training)
 
 
-def _norms(net: Network) -> list:
-    return [b.neuron.norm for b in net.blocks.values() if getattr(getattr(b, "neuron", None), "norm", None) is not None]
+def _norms(net: Network, blocks: tuple[str, ...] | None = None) -> list:
+    return [b.neuron.norm for name, b in net.blocks.items()
+            if getattr(getattr(b, "neuron", None), "norm", None) is not None and (blocks is None or name in blocks)]
 
 
 @torch.no_grad()
-def calibrate_norm_means(net: Network, images: torch.Tensor, batch: int = 16, device: torch.device | None = None) -> int:
+def calibrate_norm_means(net: Network, images: torch.Tensor, batch: int = 16, device: torch.device | None = None,
+                         blocks: tuple[str, ...] | None = None) -> int:
     """Set every batch norm's mean to its inference value, layer by layer.
 
     :func:`refresh_norm_stats` runs the whole net in training mode, so each layer's mean is
     taken over inputs that earlier layers centred with their batch means, not with the
     biases inference uses. Here layer k's mean is taken with layers before it already at
     their new inference means (one pass over ``images`` per norm), so the result depends on
-    the image set only, not on how the images are batched. Returns the number of norms.
+    the image set only, not on how the images are batched. ``blocks``: only these blocks' norms (the
+    others keep their means, e.g. a new prefix under old layers). Returns the number of norms set.
     """
-    norms = _norms(net)
+    norms = _norms(net, blocks)
     was_training = net.training
     net.eval()
     for n in norms:
