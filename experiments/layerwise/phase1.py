@@ -25,7 +25,8 @@ if a.scratch:
     pick = tr[torch.randperm(len(tr), generator=loop._gen(a.seed, 99))[:32]]
     print('rates', net.calibrate(net.encode(data.images[pick])))
     sub = tr[torch.randperm(len(tr), generator=loop._gen(a.seed, 98))[:256]]
-    loop.calibrate_norm_means(net, data.images[sub])
+    # the prefix's means only: mkinit.py takes conv4.. from stage 4 and recalibrates them itself
+    loop.calibrate_norm_means(net, data.images[sub], blocks=('conv1', 'conv2', 'conv3'))
     loop.fix_norm_means(net)
 loop.learn_norm_means(net)
 teacher = distill.load_teacher(Path(a.teacher), cfg)
