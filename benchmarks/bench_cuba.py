@@ -1,4 +1,4 @@
-"""Stock lava-dl vs ``training.fast_cuba`` on a CUBA conv net, CPU, one process.
+"""Stock lava-dl vs ``lava_allnet.kernels.fast_cuba`` on a CUBA conv net, CPU, one process.
 
 Times inference (batch 1 and 16) and a training step (batch 16: forward, MSE
 loss on spike rates, backward, SGD step) with the stock CPU dynamics and with
@@ -15,11 +15,10 @@ import statistics
 import time
 from typing import Callable, Sequence
 
-import lava_allnet  # noqa: F401  (Python 3.11 compatibility layer before lava)
 import torch
 from lava.lib.dl import slayer
 
-from training import fast_cuba
+from lava_allnet.kernels import fast_cuba
 
 NEURON_PARAMS = {
     "threshold": 1.25,

@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import lava_allnet  # noqa: F401
 import numpy as np
 import torch
 

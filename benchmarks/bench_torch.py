@@ -6,7 +6,7 @@ ours:  ``Network.forward``: time-major and channels-last, conv2d over (batch x t
        frames, the image convolved once and held (never repeated T times),
        event-driven convs where the input is sparse (training.event_conv), and
        fused C++ CUBA layer kernels (current; norm + voltage + spikes) of
-       training.fast_cuba
+       lava_allnet.kernels.fast_cuba
 
 Prints ms/image for inference at batch 1 and 16 and for a training step at
 batch 16 (forward, cross-entropy on output rates, backward, Adam step), the
@@ -21,7 +21,6 @@ import copy
 import statistics
 import time
 
-import lava_allnet  # noqa: F401
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from lava_allnet.config import get_model_config
 from lava_allnet.data import synth
 from lava_allnet.model import build_model, reference_forward
-from training import fast_cuba
+from lava_allnet.kernels import fast_cuba
 
 
 def smear_batch(size: int, n: int, seed: int = 0) -> torch.Tensor:

@@ -16,7 +16,8 @@ import typing as ty
 
 import numpy as np
 
-import lava_allnet  # noqa: F401  (Python 3.11 compatibility layer before lava)
+import lava_allnet  # noqa: F401  (the Python 3.11 patch, before this file imports lava)
+
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 from lava.proc.conv.process import Conv

@@ -13,7 +13,6 @@ from typing import Callable
 
 import numpy as np
 
-import lava_allnet  # noqa: F401
 from lava_allnet.errors import BackendUnavailable
 from netx import format as nf
 

@@ -27,7 +27,6 @@ import typing as ty
 import numpy as np
 from scipy.sparse import csr_matrix
 
-import lava_allnet  # noqa: F401  (Python 3.11 compatibility layer before lava)
 from lava.magma.core.model.py.model import AbstractPyProcessModel
 from lava.proc.conv import utils as conv_utils
 from lava.proc.conv.models import PyConvModelFixed

@@ -15,7 +15,6 @@ import signal
 import threading
 from typing import Iterator
 
-import lava_allnet  # noqa: F401
 from lava.magma.core.process.process import AbstractProcess
 
 STOP_TIMEOUT_S = 20.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import lava_allnet  # noqa: F401
 from netx import analysis
 from netx import format as nf
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 
-import lava_allnet  # noqa: F401
 from lava_allnet.errors import AllnetError
 from lava_allnet.result import Run
 from netx import analysis

@@ -10,7 +10,6 @@ from typing import Callable
 
 import numpy as np
 
-import lava_allnet  # noqa: F401
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 

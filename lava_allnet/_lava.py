@@ -11,7 +11,6 @@ import functools
 import io
 from types import ModuleType
 
-import lava_allnet  # noqa: F401  (compatibility layer first)
 
 
 @functools.lru_cache(maxsize=None)

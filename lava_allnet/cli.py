@@ -19,7 +19,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import lava_allnet  # noqa: F401
 from lava_allnet.config import NORM_MEANS
 from lava_allnet.errors import AllnetError
 
@@ -80,7 +79,7 @@ def _read_spec(path: Path):
 
 def _resolve_model(first: list[str], model: Optional[Path]) -> tuple[Path, list[str]]:
     """`run [MODEL.net] PATH...`: the model is optional (then the shipped one is used)."""
-    from lava_allnet.inference import DEFAULT_MODEL
+    from hw_targets.inference import DEFAULT_MODEL
 
     if model is not None:
         return model, first
@@ -344,7 +343,7 @@ def run(
 ) -> None:
     """Classify images: predicted class, output spikes per class and spikes per layer for each image."""
     from lava_allnet.data.images import normalize_exposure
-    from lava_allnet.inference import load_inputs, run_backend
+    from hw_targets.inference import load_inputs, run_backend
 
     from hw_targets.backends import check_backend
 
@@ -424,7 +423,7 @@ def verify(
 
     Exit status 1 when any layer's spike count differs at any time step.
     """
-    from lava_allnet.inference import load_inputs, run_backend
+    from hw_targets.inference import load_inputs, run_backend
     from lava_allnet.verify import compare_runs
 
     spec = _read_spec(model_file)
@@ -465,7 +464,7 @@ def profile(
     """Per image and layer: spikes, rate, synaptic ops, neuron updates, active neurons, timing and energy proxy."""
     from hw_targets import profile as hp
     from hw_targets.backends import check_backend
-    from lava_allnet.inference import load_inputs, run_backend
+    from hw_targets.inference import load_inputs, run_backend
     from netx.analysis import stage_fanouts
 
     check_backend(backend)
@@ -545,7 +544,7 @@ def map_cmd(
 def _dataset_inputs(spec, data_dir: Path, split: Optional[Path], subset: str, limit: Optional[int], strict: bool = False):
     """An ImageFolder (classes must be the model's), optionally restricted to a saved split."""
     from lava_allnet.data import images as di
-    from lava_allnet.inference import Inputs
+    from hw_targets.inference import Inputs
 
     ds = di.scan_image_folder(data_dir, class_names=spec.class_names, require_all=split is None)
     paths, labels = ds.paths, list(ds.labels)
@@ -587,7 +586,7 @@ def evaluate(
     from hw_targets.backends import check_backend
     from lava_allnet.data.images import normalize_exposure
     from lava_allnet.evaluation import classification_report, confusion_text, write_evaluation
-    from lava_allnet.inference import run_backend
+    from hw_targets.inference import run_backend
 
     check_backend(backend)
     spec = _read_spec(model_file)
@@ -730,7 +729,7 @@ def demo(
 
     from lava_allnet.config import SYNTH_LR, TrainConfig, get_model_config
     from lava_allnet.data import synth
-    from lava_allnet.inference import load_dataset, run_backend
+    from hw_targets.inference import load_dataset, run_backend
     from netx.export import export as do_export
     from training.loop import load_trained
     from training.loop import train as run_train

@@ -292,7 +292,7 @@ def state_range_penalty(current: torch.Tensor, voltage: torch.Tensor) -> torch.T
     far past 2**23 (gated graded input is up to 64x a spike) and lost 17 points of
     accuracy on Lava, which wraps u and saturates v.
     """
-    from training.fast_cuba import range_penalty  # fused: six torch passes had doubled a training step
+    from lava_allnet.kernels.fast_cuba import range_penalty  # fused: six torch passes had doubled a training step
 
     scale = STATE_SCALE / float(1 << (STATE_BITS - 1))
     excess = range_penalty(current, scale, STATE_MARGIN) + range_penalty(voltage, scale, STATE_MARGIN)

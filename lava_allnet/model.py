@@ -64,7 +64,7 @@ class _Conv2d(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, stride, padding, dilation, groups):  # type: ignore[override]
-        from training import event_conv
+        from lava_allnet.kernels import event_conv
 
         ctx.save_for_backward(x, w)
         ctx.conf = (stride, padding, dilation, groups)
@@ -85,7 +85,7 @@ class _Conv2d(torch.autograd.Function):
             (ctx.needs_input_grad[0], ctx.needs_input_grad[1] and not weight_events, False),
         )
         if weight_events:
-            from training import event_conv
+            from lava_allnet.kernels import event_conv
 
             gw = event_conv.conv2d_weight(x, w.shape[2], g, stride[0], padding[0])
         return gx, gw, None, None, None, None
@@ -120,7 +120,7 @@ class _SubtractBatchMean(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):  # type: ignore[override]
-        from training import fast_cuba
+        from lava_allnet.kernels import fast_cuba
 
         axis = ctx.batch_mean[2]
         total = g.sum(dim=[d for d in range(g.dim()) if d != axis])
@@ -135,9 +135,9 @@ def cuba(
     z: (N, T, ...), or (N, ...) held for ``time_steps`` steps (a conv of the
     static image). Equal bit for bit to ``neuron.dynamics`` + ``neuron.spike``
     on the time-last tensor (SLAYER's layout), without the permute copies
-    (training/fast_cuba; see :func:`reference_forward` for lava-dl's own path).
+    (lava_allnet/kernels/fast_cuba; see :func:`reference_forward` for lava-dl's own path).
     """
-    from training import fast_cuba
+    from lava_allnet.kernels import fast_cuba
 
     held = time_steps is not None
     # The dynamics are per neuron, so a channels-last z runs as its contiguous
@@ -181,7 +181,7 @@ def _norm_centre(norm, current: torch.Tensor, channel_axis: int, time_sums: torc
     (current.shape[2:]), and for a batch mean the (mean, centre, axis, shape) its
     gradient needs (see fast_cuba.voltage_spike_tm); None at inference.
     time_sums: the current's sums over time per sample and neuron, if at hand."""
-    from training import fast_cuba
+    from lava_allnet.kernels import fast_cuba
 
     axis = channel_axis % current.dim()
     shape = [1] * current.dim()
@@ -197,7 +197,7 @@ def _norm_centre(norm, current: torch.Tensor, channel_axis: int, time_sums: torc
             leaf = mean.detach().requires_grad_()
             centre = norm.pre_hook_fx(leaf)
         return centre.detach().view(shape[2:]), (leaf, centre, axis, shape)
-    # a learned bias (training.loop.learn_norm_means) carries its gradient; a held or running mean has none
+    # a learned bias (training.features.learn_norm_means) carries its gradient; a held or running mean has none
     return norm.pre_hook_fx(norm.running_mean).view(shape[2:]), None
 
 
@@ -391,7 +391,6 @@ class Network(torch.nn.Module):
         keep: tuple[str, ...] = (),
         weights: dict[str, torch.Tensor] | None = None,
         range_penalty: bool = False,
-        start_after: str | None = None,
     ) -> Output:
         """x: encoded input (N, C, H, W) float, see :meth:`encode`.
 
@@ -401,8 +400,6 @@ class Network(torch.nn.Module):
             to count weighted messages (synaptic operations) per step.
         range_penalty: also return the differentiable 24-bit state-range penalty
             (training only; a full pass over every state, so only when asked).
-        start_after: run only the blocks after this one; x is then its output spikes
-            (N, T, ...), e.g. cached for a frozen prefix (training.prefix_cache).
         """
         steps: dict[str, torch.Tensor] = {}
         weighted: dict[str, torch.Tensor] = {}
@@ -423,14 +420,9 @@ class Network(torch.nn.Module):
             if name in keep:
                 acts[name] = t
 
-        names = list(self.blocks)
-        if start_after is not None and start_after not in self.blocks:
-            raise ValueError(f"start_after {start_after!r}: not a block ({', '.join(names)})")
-        first = names.index(start_after) + 1 if start_after is not None else 0
-        if record and start_after is None:
+        if record:
             note("input", x.unsqueeze(1).expand(x.shape[0], self.time_steps, *x.shape[1:]))
-        for name in names[first:]:
-            block = self.blocks[name]
+        for name, block in self.blocks.items():
             if isinstance(block, SEBlock):
                 x, a1, rows, _gate = block(x)
                 note(f"{name}.squeeze", a1)

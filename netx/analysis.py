@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-import lava_allnet  # noqa: F401
 from netx import format as nf
 
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import sparse as sp
 
-import lava_allnet  # noqa: F401
 from lava.magma.core.process.ports.ports import OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.proc.conv.process import Conv

@@ -6,7 +6,6 @@ import os
 import numpy as np
 import torch
 
-import lava_allnet  # noqa: F401
 from lava_allnet import fixed_point as fx
 from lava_allnet.config import NeuronConfig
 from lava_allnet.model import ConvBlock, DenseBlock, Network, SEBlock, neuron_bias

@@ -35,7 +35,6 @@ from typing import Any, Union
 import h5py
 import numpy as np
 
-import lava_allnet  # noqa: F401
 from lava_allnet import fixed_point as fx
 from lava_allnet.errors import ModelFileError
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import lava_allnet  # noqa: F401  (compatibility layer before lava)
+import lava_allnet  # noqa: F401  (the Python 3.11 patch, before this file imports lava)
+
 
 warnings.filterwarnings("ignore", category=UserWarning, module=r"lava(\.|$)")
 

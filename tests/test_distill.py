@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from lava_allnet.config import ModelConfig, TrainConfig
+from lava_allnet.config import ModelConfig
+from training.config import TrainConfig
 from training import distill
 
 
@@ -58,7 +59,7 @@ def test_teacher_has_the_student_shape_and_learns():
 
 def test_a_distilled_run_trains_its_teacher_once_and_resumes_with_it(tmp_path):
     from lava_allnet.data import synth
-    from training.loop import train
+    from training.trainer import train
 
     data = tmp_path / "data"
     synth.generate_dataset(data, 8, size=32, seed=5)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import real_images
-from lava_allnet.inference import Inputs, load_inputs, run_backend
+from hw_targets.inference import Inputs, load_inputs, run_backend
 from lava_allnet.verify import compare_runs
 from netx import format as nf
 
@@ -98,7 +98,7 @@ def test_threshold_gains_stay_bit_exact_on_the_simulator(se_model_file, synth_im
     from lava_allnet.config import ModelConfig
     from lava_allnet.model import build_model
     from netx.export import export
-    from training.loop import initial_weights
+    from training.trainer import initial_weights
 
     base = nf.read(se_model_file)
     gains = (1, 8, 4, 2)

@@ -1,4 +1,4 @@
-"""training.fast_cuba must be bit-identical to lava-dl's stock CPU code.
+"""lava_allnet.kernels.fast_cuba must be bit-identical to lava-dl's stock CPU code.
 
 Every comparison runs the same computation with the patch uninstalled (stock)
 and installed (fast) and compares with torch.equal (exact; plus the raw bits
@@ -13,7 +13,7 @@ from typing import Callable, Iterator
 import pytest
 import torch
 
-from training import fast_cuba
+from lava_allnet.kernels import fast_cuba
 
 from lava.lib.dl import slayer  # noqa: E402  (after the compat layer)
 from lava.lib.dl.slayer.neuron import cuba

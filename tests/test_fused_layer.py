@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lava_allnet import model as M
-from training import event_conv, fast_cuba
+from lava_allnet.kernels import event_conv, fast_cuba
 
 def _model(images, norm: bool = True) -> M.Network:
     """The tests' small SE net, widened so its last conv is event-driven, calibrated to ~10% spikes."""

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from scipy.sparse import csr_matrix
 
-import lava_allnet  # noqa: F401  (Python 3.11 compatibility layer before lava)
 from lava.magma.core.run_conditions import RunSteps
 from lava.magma.core.run_configs import Loihi2SimCfg
 from lava.proc.conv import utils as conv_utils

@@ -9,7 +9,7 @@ import torch
 
 from hw_targets import profile as hp
 from hw_targets.mapping import map_network
-from lava_allnet.inference import Inputs, run_backend
+from hw_targets.inference import Inputs, run_backend
 from netx import analysis
 from netx import format as nf
 

@@ -87,7 +87,7 @@ def test_default_model_size_budget(tmp_path):
 def test_fast_path_equals_lava_dl_stock_path(synth_images):
     """Our time-major conv2d + C++ CUBA path gives exactly lava-dl's spikes (conv3d + stock dynamics)."""
     from lava_allnet.model import reference_forward
-    from training import fast_cuba
+    from lava_allnet.kernels import fast_cuba
 
     images, _ = synth_images
     net = make_model(True, calib=images[:16])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REAL_DATA, real_images
-from lava_allnet.inference import DEFAULT_MODEL
+from hw_targets.inference import DEFAULT_MODEL
 from netx import format as nf
 
 EXE = str(Path(sys.executable).parent / "lava-allnet")

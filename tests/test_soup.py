@@ -13,9 +13,10 @@ from lava_allnet.errors import AllnetError
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
     """Two tiny fine-tunes of one start (seeds 5 and 6) on the start's saved split."""
-    from lava_allnet.config import TrainConfig, get_model_config
+    from lava_allnet.config import get_model_config
+    from training.config import TrainConfig
     from lava_allnet.data import synth
-    from training.loop import train
+    from training.trainer import train
 
     root = tmp_path_factory.mktemp("soup")
     data = root / "data"
@@ -34,7 +35,7 @@ def test_soup_is_the_mean_of_the_runs_and_exports_like_a_run(two_runs, tmp_path)
     from lava_allnet.data import images as di
     from netx.export import export
     from training.checkpoint import load_torch
-    from training.loop import load_trained
+    from training.trainer import load_trained
     from training.soup import soup
 
     root, data, cfg = two_runs
@@ -59,8 +60,9 @@ def test_soup_is_the_mean_of_the_runs_and_exports_like_a_run(two_runs, tmp_path)
 
 
 def test_soup_refuses_runs_that_cannot_be_averaged(two_runs, tmp_path):
-    from lava_allnet.config import TrainConfig, get_model_config
-    from training.loop import train
+    from lava_allnet.config import get_model_config
+    from training.config import TrainConfig
+    from training.trainer import train
     from training.soup import soup
 
     root, data, cfg = two_runs

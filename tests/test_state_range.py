@@ -44,7 +44,7 @@ def test_forward_returns_the_penalty_only_when_asked_with_gradients(synth_images
 
 
 def test_fused_penalty_equals_the_torch_formula_in_value_and_gradient():
-    from training import fast_cuba
+    from lava_allnet.kernels import fast_cuba
 
     scale = fx.STATE_SCALE / float(1 << (fx.STATE_BITS - 1))
     g = torch.Generator().manual_seed(0)

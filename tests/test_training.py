@@ -91,8 +91,9 @@ def test_training_learns_above_chance(tmp_path):
 
     Measured: best validation accuracy 0.58 (120 images; chance + 0.13 is > 5 standard errors).
     """
-    from lava_allnet.config import SYNTH_LR, TrainConfig, get_model_config
-    from training.loop import train
+    from lava_allnet.config import get_model_config
+    from training.config import SYNTH_LR, TrainConfig
+    from training.trainer import train
 
     cfg = get_model_config("neurallnet-demo")  # 96 px: smaller images lose the morphology
     m = train(tmp_path / "run", cfg, TrainConfig(epochs=4, seed=0, lr=SYNTH_LR), synth_per_class=150,
@@ -102,7 +103,7 @@ def test_training_learns_above_chance(tmp_path):
 
 def test_device_errors_are_clear(tiny_data, tmp_path):
     from lava_allnet.errors import AllnetError
-    from training.loop import resolve_device
+    from training.trainer import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(AllnetError, match="not a torch device"):
@@ -118,9 +119,10 @@ def test_device_errors_are_clear(tiny_data, tmp_path):
 def test_without_cpu_kernels_training_is_identical(tiny_data, tmp_path, monkeypatch):
     # Off the CPU (CUDA) the C++ kernels do not apply and SLAYER's own torch code
     # runs the neurons: the same integer arithmetic, so the same run, bit for bit.
-    from lava_allnet.config import TrainConfig, get_model_config
-    from training import fast_cuba
-    from training.loop import train
+    from lava_allnet.config import get_model_config
+    from training.config import TrainConfig
+    from lava_allnet.kernels import fast_cuba
+    from training.trainer import train
 
     cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
     tc = TrainConfig(epochs=2, batch_size=8, seed=3, distill_weight=0.5, teacher_epochs=1, color_jitter=1.0)
@@ -156,8 +158,9 @@ def test_weight_average_is_the_mean_of_epoch_ends():
 
 
 def test_averaged_run_validates_the_average_and_resumes_exactly(tiny_data, tmp_path):
-    from lava_allnet.config import TrainConfig, get_model_config
-    from training.loop import train
+    from lava_allnet.config import get_model_config
+    from training.config import TrainConfig
+    from training.trainer import train
 
     cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
     tc = TrainConfig(epochs=3, batch_size=8, seed=3, average_from=2)
@@ -178,10 +181,11 @@ def test_averaged_run_validates_the_average_and_resumes_exactly(tiny_data, tmp_p
 
 
 def test_keep_norm_trains_under_the_init_models_means(tiny_data, tmp_path):
-    from lava_allnet.config import TrainConfig, get_model_config
+    from lava_allnet.config import get_model_config
+    from training.config import TrainConfig
     from lava_allnet.errors import AllnetError
     from training.checkpoint import load_torch
-    from training.loop import train
+    from training.trainer import train
 
     cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
     train(tmp_path / "a", cfg, TrainConfig(epochs=1, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False)
@@ -198,7 +202,7 @@ def test_keep_norm_trains_under_the_init_models_means(tiny_data, tmp_path):
 
 
 def test_norm_means_options_are_checked_and_old_run_configs_load():
-    from lava_allnet.config import TrainConfig
+    from training.config import TrainConfig
 
     with pytest.raises(ValueError, match="one of batch, fixed, keep"):
         TrainConfig(norm_means="frozen")
@@ -218,8 +222,9 @@ def test_learned_bias_gradient_is_the_same_on_the_fused_and_the_plain_path(monke
     # the plain torch path (GPU, or no extension) gets it from autograd through current - bias
     from lava_allnet.config import get_model_config
     from lava_allnet.model import build_model
-    from training import fast_cuba
-    from training.loop import calibrate_norm_means, enable_fast_cpu, fix_norm_means, learn_norm_means
+    from lava_allnet.kernels import fast_cuba
+    from training.features import calibrate_norm_means, fix_norm_means, learn_norm_means
+    from training.trainer import enable_fast_cpu
 
     if not enable_fast_cpu():
         pytest.skip("C++ extension not built")
@@ -253,9 +258,10 @@ def test_learned_bias_gradient_is_the_same_on_the_fused_and_the_plain_path(monke
 
 def _tiny_start(tiny_data, tmp_path):
     """A tiny model trained for one epoch: (config, its best.pt, its state dict), to fine-tune from."""
-    from lava_allnet.config import TrainConfig, get_model_config
+    from lava_allnet.config import get_model_config
+    from training.config import TrainConfig
     from training.checkpoint import load_torch
-    from training.loop import train
+    from training.trainer import train
 
     cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
     train(tmp_path / "a", cfg, TrainConfig(epochs=1, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False)
@@ -272,9 +278,9 @@ def _moved_biases(start: dict, trained: dict) -> list[str]:
 
 
 def test_learned_biases_train_and_resume_exactly(tiny_data, tmp_path):
-    from lava_allnet.config import TrainConfig
+    from training.config import TrainConfig
     from training.checkpoint import load_torch
-    from training.loop import train
+    from training.trainer import train
 
     cfg, init, start = _tiny_start(tiny_data, tmp_path)
     tc = TrainConfig(epochs=2, batch_size=8, seed=3, lr=0.05, init_from=init, norm_means="keep", learn_biases=True)
@@ -294,9 +300,9 @@ def test_learned_biases_train_and_resume_exactly(tiny_data, tmp_path):
 def test_bias_adam_eps_unfreezes_the_biases_alone_and_freeze_weights_trains_only_them(tiny_data, tmp_path):
     # the learned biases' gradients sit below Adam's eps as the early weights' do; a bias-only
     # epsilon gives them Adam's full step and leaves the weights' brake in place
-    from lava_allnet.config import TrainConfig
+    from training.config import TrainConfig
     from training.checkpoint import load_torch
-    from training.loop import train
+    from training.trainer import train
 
     cfg, init, start = _tiny_start(tiny_data, tmp_path)
     base = dict(epochs=1, batch_size=8, seed=3, lr=0.01, init_from=init, norm_means="keep", learn_biases=True)
@@ -330,8 +336,9 @@ def test_bias_adam_eps_unfreezes_the_biases_alone_and_freeze_weights_trains_only
 def test_adam_step_share_shows_layers_below_eps_and_adam_eps_restores_them(tiny_data, tmp_path):
     # surrogate gradients shrink towards the input: below Adam's eps those layers take only
     # |g| / eps of the nominal step; metrics.json says so per layer, and --adam-eps fixes it
-    from lava_allnet.config import TrainConfig, get_model_config
-    from training.loop import train
+    from lava_allnet.config import get_model_config
+    from training.config import TrainConfig
+    from training.trainer import train
 
     cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
     share = {}
@@ -348,8 +355,9 @@ def test_adam_step_share_shows_layers_below_eps_and_adam_eps_restores_them(tiny_
 def test_resume_on_another_device_records_it(tiny_data, tmp_path):
     # a run trained on a GPU and continued here must say so in config.json (no GPU needed:
     # the config is what a cuda run writes, and the override moves it to the CPU)
-    from lava_allnet.config import TrainConfig, get_model_config
-    from training.loop import train
+    from lava_allnet.config import get_model_config
+    from training.config import TrainConfig
+    from training.trainer import train
 
     cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
     run = tmp_path / "moved"
@@ -369,7 +377,7 @@ def test_calibrated_norm_means_do_not_depend_on_batching(tiny_data):
     from lava_allnet.config import get_model_config
     from lava_allnet.data import images as di
     from lava_allnet.model import build_model
-    from training.loop import calibrate_norm_means, refresh_norm_stats
+    from training.features import calibrate_norm_means, refresh_norm_stats
 
     cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
     ds = di.scan_image_folder(tiny_data, class_names=None)
@@ -406,10 +414,12 @@ def test_calibrated_norm_means_do_not_depend_on_batching(tiny_data):
 
 
 def test_fixed_norm_training_keeps_the_calibrated_means_and_resumes_exactly(tiny_data, tmp_path):
-    from lava_allnet.config import TrainConfig, get_model_config
+    from lava_allnet.config import get_model_config
+    from training.config import TrainConfig
     from lava_allnet.model import build_model
     from training.checkpoint import load_torch
-    from training.loop import calibrate_norm_means, prepare_data, train
+    from training.features import calibrate_norm_means
+    from training.trainer import prepare_data, train
 
     cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
     train(tmp_path / "a", cfg, TrainConfig(epochs=1, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False)
@@ -439,10 +449,11 @@ def test_fixed_norm_training_keeps_the_calibrated_means_and_resumes_exactly(tiny
 
 def test_fine_tune_from_an_exported_model_on_a_saved_split(tiny_data, tmp_path):
     from lava_allnet.data import images as di
-    from lava_allnet.config import TrainConfig, get_model_config
+    from lava_allnet.config import get_model_config
+    from training.config import TrainConfig
     from lava_allnet.model import build_model
     from netx.export import export
-    from training.loop import initial_weights, load_trained, train
+    from training.trainer import initial_weights, load_trained, train
 
     cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4)
     train(tmp_path / "a", cfg, TrainConfig(epochs=1, batch_size=8, seed=3), data_dir=tiny_data, show_progress=False)
@@ -478,7 +489,7 @@ def test_init_rescales_layers_whose_threshold_gain_changes(se_model_file, synth_
     from lava_allnet.model import build_model
     from netx import format as nf
     from netx.export import network_from_spec
-    from training.loop import initial_weights, rescale_to_gains
+    from training.trainer import initial_weights, rescale_to_gains
 
     spec = nf.read(se_model_file)
     base = network_from_spec(spec)
@@ -514,9 +525,10 @@ def test_init_rescales_layers_whose_threshold_gain_changes(se_model_file, synth_
 def test_gain_lr_trains_each_layer_at_lr_times_its_gain(tiny_data, tmp_path):
     """Adam's first step is lr x m/(sqrt(v)+eps) with the same m and v in runs from the same seed,
     so after one batch each layer's step shows its rate: conv2 at gain 4 moves 4x, conv3 at 2 2x."""
-    from lava_allnet.config import TrainConfig, get_model_config
+    from lava_allnet.config import get_model_config
+    from training.config import TrainConfig
     from training.checkpoint import load_torch
-    from training.loop import param_groups, train
+    from training.trainer import param_groups, train
 
     cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=8, threshold_gains=(1, 4, 2, 1, 1))
     runs = {}

@@ -21,7 +21,7 @@ from lava_allnet.config import ModelConfig
 from lava_allnet.errors import AllnetError
 from lava_allnet.model import build_model
 from training.checkpoint import save_json, save_torch
-from training.loop import read_best
+from training.trainer import read_best
 
 SPLIT_KEYS = ("train", "val", "test")
 

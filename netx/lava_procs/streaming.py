@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-import lava_allnet  # noqa: F401
 from lava.magma.core.decorator import implements, requires, tag
 from lava.magma.core.model.py.model import PyLoihiProcessModel
 from lava.magma.core.model.py.ports import PyInPort, PyOutPort

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from training import fast_cuba
+from lava_allnet.kernels import fast_cuba
 
 MIN_CHANNELS = 32  # fewer input channels: too few events per pixel to pay
 MAX_DENSITY = 0.2  # denser inputs: the dense GEMM wins

@@ -24,7 +24,7 @@ code runs.
 
 Usage::
 
-    from training import fast_cuba
+    from lava_allnet.kernels import fast_cuba
     fast_cuba.install()     # idempotent
     ...
     fast_cuba.uninstall()   # back to stock
@@ -60,7 +60,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import lava_allnet  # noqa: F401  (Python 3.11 compatibility layer before lava)
 import torch
 from lava_allnet._lava import slayer as _quiet_slayer
 
@@ -144,7 +143,7 @@ def _load_ops() -> Any:
         except Exception as exc:  # no compiler, broken headers, ...
             _ops = None
             warnings.warn(
-                f"training.fast_cuba: could not build the C++ CUBA extension "
+                f"lava_allnet.kernels.fast_cuba: could not build the C++ CUBA extension "
                 f"({type(exc).__name__}: {exc}); using lava-dl's stock (slow) "
                 f"CPU code.",
                 RuntimeWarning,

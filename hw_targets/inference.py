@@ -9,7 +9,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-import lava_allnet  # noqa: F401
 from lava_allnet.data import images as di
 from lava_allnet.errors import DataError
 from lava_allnet.result import Run, make_results

@@ -1,0 +1,96 @@
+"""One training stage's configuration (what a recipe stage compiles to, and what a run directory keeps).
+
+The fields are grouped by the recipe section that sets them (``recipes/README.md``). Each optional
+training feature (``training/features.py``) checks its own fields; ``__post_init__`` runs those checks.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+# peak learning rate for the synthetic smears (few images, few steps: a higher rate learns faster)
+SYNTH_LR = 1e-2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # [schedule]
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    # Adam's epsilon. SLAYER's surrogate gradients shrink ~30-100x per layer towards the input, so in
+    # fine-tunes conv1-conv3 sit below 1e-8 and take little of Adam's step (metrics.json
+    # adam_step_share); 1e-20 gives every layer its full step, which broke the 8-bit network at peak
+    # rates on the real smears (research/experiments.md, runs M and N).
+    adam_eps: float = 1e-8
+    seed: int = 0
+    threads: int = 0  # 0: torch default
+    device: str = "cpu"  # torch device: cpu, or cuda[:N] (same arithmetic, float32 without TF32)
+    init_from: str = ""  # a best.pt or exported .net to start from instead of a fresh initialisation
+    # [data]
+    val_fraction: float = 0.2
+    test_fraction: float = 0.0
+    split_from: str = ""  # a saved split.json to reuse instead of drawing one (e.g. the shipped model's)
+    # [augment]
+    augment: bool = True  # flips and 90-degree rotations
+    color_jitter: float = 0.0  # strength of brightness / stain / contrast jitter (0: off)
+    # [losses]
+    loss_scale: float = 10.0  # logits = loss_scale * output spike rate
+    range_weight: float = 1e-3  # [losses.range]: the 24-bit state-range penalty (features.RangePenalty)
+    distill_weight: float = 0.0  # [losses.distill]: share of the distillation term (features.Distillation); 0: off
+    distill_temperature: float = 2.0
+    # [teacher]: the ANN that distillation learns from
+    teacher_epochs: int = 12
+    teacher_seed: int | None = None  # None: the stage's seed
+    teacher_path: str = ""  # where the teacher is kept (trained there if missing); "": the run directory's teacher.pt
+    # [biases] (features.NormMeans): "batch", "fixed" or "keep" (the batch-norm means Lava deploys as biases)
+    norm_means: str = "batch"
+    learn_biases: bool = False
+    bias_adam_eps: float | None = None  # None: adam_eps
+    # [averaging] (features.WeightAveraging): from this epoch on, validate the running mean of the weights; 0: off
+    average_from: int = 0
+
+    def __post_init__(self) -> None:
+        from training import features
+
+        if self.epochs < 1:
+            raise ValueError(f"epochs {self.epochs}: at least 1")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size {self.batch_size}: at least 1")
+        if not self.lr > 0:
+            raise ValueError(f"lr {self.lr}: must be above 0")
+        if not self.adam_eps > 0:
+            raise ValueError(f"adam_eps {self.adam_eps}: must be above 0 (a parameter without gradient would divide 0 by 0)")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise ValueError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction}: shares in [0, 1) "
+                             "that leave training images")
+        for feature in features.FEATURES:
+            feature.check(self)
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.distill_weight > 0
+
+    @property
+    def holds_norm_means(self) -> bool:
+        """The batch-norm means are not re-estimated from batches (held, or trained as biases)."""
+        return self.norm_means != "batch"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """A saved config, including those of runs from before ``norm_means`` (two booleans)."""
+        d = dict(d)
+        fixed, keep = d.pop("fixed_norm", False), d.pop("keep_norm", False)
+        if fixed or keep:
+            d.setdefault("norm_means", "fixed" if fixed else "keep")
+        known = {f.name for f in dataclasses.fields(cls)}
+        retired = sorted(k for k in d if k not in known and d[k] not in (0, 0.0, False, None, "", [], (), [3], (3,)))
+        if retired:
+            raise ValueError(f"this run used training options that moved to research/ ({', '.join(retired)}); "
+                             "resume it with lava-allnet 97121b9")
+        return cls(**{k: v for k, v in d.items() if k in known})
