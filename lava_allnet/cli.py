@@ -19,11 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lava_allnet.config import NORM_MEANS
 from lava_allnet.errors import AllnetError
-
-# typer offers an option's choices from an Enum
-NormMeans = enum.Enum("NormMeans", {m: m for m in NORM_MEANS}, type=str)
 
 app = typer.Typer(
     add_completion=False,
@@ -118,101 +114,42 @@ def data_synth(
 
 @app.command()
 def train(
-    data: Optional[Path] = typer.Option(None, "--data", help="ImageFolder of training images (default: fresh synthetic smears)."),
-    epochs: int = typer.Option(10, "--epochs", min=1, help="Training epochs."),
-    out_dir: Path = typer.Option(Path("runs/neurallnet"), "--out", help="Run directory to create."),
-    seed: int = typer.Option(0, "--seed", help="Seed of init, split, shuffling and augmentation."),
-    model: str = typer.Option("neurallnet", "--model", help="Model config name (see `lava-allnet models`)."),
-    no_se: bool = typer.Option(False, "--no-se", help="The same network without SE gates (ablation)."),
-    se_layers: Optional[str] = typer.Option(None, "--se-layers", help="Conv layers (1-based, comma-separated, e.g. 1,2,3,4,5) followed by an SE gate, instead of the model config's."),
-    input_size: Optional[int] = typer.Option(None, "--input-size", min=16, help="Override the input side in pixels."),
-    time_steps: Optional[int] = typer.Option(None, "--time-steps", min=1, help="Override T."),
-    threshold_gains: Optional[str] = typer.Option(None, "--threshold-gains", help="Integer gain per weight layer, comma-separated (conv1..convN, fc; e.g. 1,8,8,1,1,1): the layer's threshold, weights, bias and states scale by it, a finer weight grid at a larger state range. With --init, the init model's weights are rescaled to match."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images per training step."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate (one-cycle schedule; default 3e-3 with --data, 1e-2 on synthetic smears)."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction", min=0.0, max=0.5, help="Stratified validation share."),
-    test_fraction: float = typer.Option(0.0, "--test-fraction", min=0.0, max=0.5, help="Stratified test share, held out and saved in split.json."),
-    per_class: int = typer.Option(150, "--per-class", min=3, help="Synthetic images per class (without --data)."),
-    threads: int = typer.Option(0, "--threads", min=0, help="torch threads (0: default)."),
-    no_augment: bool = typer.Option(False, "--no-augment", help="Disable flips and 90-degree rotations."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory."),
-    init: Optional[Path] = typer.Option(None, "--init", help="Start from this best.pt or exported .net model (fine-tuning; same model config)."),
-    split: Optional[Path] = typer.Option(None, "--split", exists=True, dir_okay=False, help="Reuse this saved split.json (e.g. models/neurallnet-aria.split.json) instead of drawing one."),
-    range_weight: float = typer.Option(1e-3, "--range-weight", min=0.0, help="Weight of the penalty that keeps neuron states in Loihi's 24-bit range."),
-    distill: float = typer.Option(0.0, "--distill", min=0.0, max=1.0, help="Share of the loss taken by distillation from an ANN teacher of the same shape (trained first into the run directory; 0: off)."),
-    distill_temperature: float = typer.Option(2.0, "--distill-temperature", min=0.1, help="Softmax temperature of the distillation term."),
-    teacher_epochs: int = typer.Option(12, "--teacher-epochs", min=1, help="Training epochs of the ANN teacher."),
-    color_jitter: float = typer.Option(0.0, "--color-jitter", min=0.0, max=5.0, help="Strength of the brightness / stain / contrast jitter added to the augmentation (1: gain and contrast ±12%%, stain ±5%% per channel; 0: off)."),
-    average_from: int = typer.Option(0, "--average-from", min=0, help="From this epoch on, validate (and keep as best.pt) the running mean of the weights of every epoch end (weight averaging; 0: off)."),
-    norm_means: NormMeans = typer.Option("batch", "--norm-means", help="The batch-norm means (the biases Lava and Loihi deploy) in training: batch (per-batch means, re-estimated from 128 training images after each epoch); fixed (set once at their inference values over all training images, layer by layer, then held, so training runs the network as Lava does; for fine-tuning with --init); keep (with --init: held at the initial model's own values)."),
-    hint: float = typer.Option(0.0, "--hint", min=0.0, help="Weight of the hint loss: the student's spike rates after --hint-layers, through a 1x1 adapter, against the ANN teacher's features there (FitNets; the teacher is trained or reused as for --distill). 0: off."),
-    hint_layers: str = typer.Option("3", "--hint-layers", help="Conv layers (1-based, comma-separated) that --hint guides."),
-    adam_eps: float = typer.Option(1e-8, "--adam-eps", min=0.0, help="Adam's epsilon. Surrogate gradients shrink towards the input layers, below the default 1e-8 there, so those layers take only |g|/eps of Adam's step (see metrics.json adam_step_share); e.g. 1e-20 gives every layer its full step (on real smears that broke training at peak rates: see models/experiments.md)."),
-    learn_biases: bool = typer.Option(False, "--learn-biases", help="With --norm-means fixed or keep: the held means start there and are then trained by gradient, like the weights (on the Lava bias grid)."),
-    bias_adam_eps: Optional[float] = typer.Option(None, "--bias-adam-eps", min=0.0, help="With --learn-biases: Adam's epsilon for the biases alone (default: --adam-eps). Their gradients sit below 1e-8 too, so e.g. 1e-20 lets the biases train while the weights keep the default's brake."),
-    freeze_weights: bool = typer.Option(False, "--freeze-weights", help="With --learn-biases: train the biases only; the weights and SE gates stay as loaded (--init)."),
-    gain_lr: bool = typer.Option(False, "--gain-lr", help="Train each layer's weights at the learning rate times its --threshold-gains value (Adam steps do not grow with the weights' scale): the dynamics of gain 1 on a finer weight grid."),
-    device: Optional[str] = typer.Option(None, "--device", help="Train on cpu (default) or cuda[:N]; with --resume, moves the run to that device."),
-    freeze_through: int = typer.Option(0, "--freeze-through", min=0, help="Fine-tuning (with --init and --norm-means fixed or keep): conv1..conv K stay as loaded, weights and biases, and their output spikes are computed once per training image and flip/rotation view, so a training step runs only the layers after them (~5x faster on the CPU); --hint-layers must then be after K. 0: off."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", "-r", help="Recipe file (TOML; see recipes/README.md), e.g. recipes/demo.toml."),
+    sets: List[str] = typer.Option([], "--set", help="Override a recipe key for every stage: section.key=value (e.g. schedule.epochs=3); stages.N.section.key=value for stage N (number or name). Repeatable."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory to create (default: runs/<recipe name>)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory (its recipe.toml); the stage and batch it reached."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda[:N]: same integer neuron arithmetic; with --resume, moves the run there."),
+    print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe (every stage, every key) and exit."),
 ) -> None:
-    """Train NeurALLNet with SLAYER (CUBA neurons, SE gates): progress bar, validation each epoch, best checkpoint."""
-    from lava_allnet.config import SYNTH_LR, TrainConfig, get_model_config
-    from training.loop import train as run_train
+    """Train a model from a recipe file: every stage in order, each exported; the last one is RUN_DIR/model.net."""
+    from training import recipe as rc
 
     if resume is not None:
-        metrics = run_train(resume, resume=True, console=err, device=device)
+        if recipe is not None or sets:
+            raise AllnetError("--resume continues the run's own recipe.toml: give no --recipe or --set")
+        if not (resume / "recipe.toml").exists() and (resume / "config.json").exists():
+            from training.trainer import train as train_stage  # a single-stage run directory
+
+            metrics = train_stage(resume, resume=True, console=err, device=device)
+            best = metrics.get("best") or {}
+            out.print(f"best epoch {best.get('epoch')}: validation accuracy {best.get('val_accuracy', float('nan')):.4f} → {resume}/best.pt")
+            return
+        resolved = rc.read_run_recipe(resume)
         run_dir = resume
     else:
-        overrides = {}
-        if input_size is not None:
-            overrides["input_size"] = input_size
-        if time_steps is not None:
-            overrides["time_steps"] = time_steps
-        if threshold_gains is not None:
-            try:
-                overrides["threshold_gains"] = tuple(int(g) for g in threshold_gains.split(","))
-            except ValueError as exc:
-                raise AllnetError(f"--threshold-gains {threshold_gains!r}: comma-separated integers, e.g. 1,8,8,1,1,1") from exc
-        try:
-            cfg = get_model_config(model, **overrides)
-        except ValueError as exc:
-            raise AllnetError(f"model config: {exc}") from exc
-        if no_se and se_layers is not None:
-            raise AllnetError("--no-se and --se-layers exclude each other (--no-se is --se-layers with no layer)")
-        if no_se:
-            cfg = cfg.without_se()
-        if se_layers is not None:
-            try:
-                layers = [int(x) for x in se_layers.split(",")]
-            except ValueError as exc:
-                raise AllnetError(f"--se-layers {se_layers!r}: comma-separated conv layer numbers, e.g. 1,2,3,4,5") from exc
-            try:
-                cfg = cfg.with_se(layers)
-            except ValueError as exc:
-                raise AllnetError(f"--se-layers {se_layers!r}: {exc}") from exc
-        if lr is None:
-            # measured, 2 epochs: synthetic val 0.42 at 3e-3 vs 0.50 at 1e-2; real smears are steadier at 3e-3
-            lr = SYNTH_LR if data is None else TrainConfig.lr
-        try:
-            hint_at = tuple(int(x) for x in hint_layers.split(","))
-        except ValueError as exc:
-            raise AllnetError(f"--hint-layers {hint_layers!r}: comma-separated conv layer numbers, e.g. 3 or 2,3") from exc
-        try:
-            tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, val_fraction=val_fraction,
-                               test_fraction=test_fraction, augment=not no_augment, threads=threads,
-                               init_from=str(init) if init else "", split_from=str(split) if split else "", range_weight=range_weight,
-                               distill_weight=distill, distill_temperature=distill_temperature,
-                               teacher_epochs=teacher_epochs, color_jitter=color_jitter, average_from=average_from,
-                               norm_means=norm_means.value, learn_biases=learn_biases, adam_eps=adam_eps,
-                               bias_adam_eps=bias_adam_eps, freeze_weights=freeze_weights, gain_lr=gain_lr, hint_weight=hint, hint_layers=hint_at,
-                               freeze_through=freeze_through, device=device or "cpu")
-        except ValueError as exc:
-            raise AllnetError(f"training options: {exc}") from exc
-        metrics = run_train(out_dir, cfg, tcfg, data_dir=data, synth_per_class=per_class, console=err)
-        run_dir = out_dir
-    best = metrics.get("best") or {}
-    out.print(f"best epoch {best.get('epoch')}: validation accuracy {best.get('val_accuracy', float('nan')):.4f} "
-              f"({metrics['parameters']:,} parameters) → {run_dir}/best.pt")
+        if recipe is None:
+            raise AllnetError("give --recipe FILE (e.g. recipes/demo.toml) or --resume RUN_DIR")
+        resolved = rc.load(recipe, sets)
+        run_dir = out_dir or Path("runs") / resolved["name"]
+    if print_recipe:
+        sys.stdout.write(rc.to_toml(resolved))
+        return
+    summary = rc.run(resolved, run_dir, resume=resume is not None, device=device, console=err)
+    for s in summary["stages"]:
+        best = s["best"] or {}
+        out.print(f"stage {s['name']}: best epoch {best.get('epoch')}, validation accuracy "
+                  f"{best.get('val_accuracy', float('nan')):.4f}")
+    out.print(f"model → {summary['model']}")
 
 
 @app.command()
@@ -237,7 +174,7 @@ def export(
 ) -> None:
     """Export the best checkpoint of a run to the (extended) NetX HDF5 format."""
     from netx.export import export as do_export
-    from training.loop import load_trained
+    from training.trainer import load_trained
 
     net = load_trained(run_dir)
     out_file.parent.mkdir(parents=True, exist_ok=True)
@@ -718,52 +655,49 @@ def explain(
 
 @app.command()
 def demo(
-    out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Working folder (data, run, model)."),
-    per_class: int = typer.Option(300, "--per-class", min=5, help="Synthetic images per class."),
-    epochs: int = typer.Option(8, "--epochs", min=1, help="Training epochs."),
+    out_dir: Path = typer.Option(Path("demo-out"), "--out", help="Working folder (run directory, held-out images)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe to train (default: the packaged recipes/demo.toml)."),
     held_out: int = typer.Option(8, "--held-out", min=1, help="Held-out images per class run on the simulator."),
 ) -> None:
-    """The main job on the embedded default: synthesise smears, train, export, run on the Lava simulator."""
-    import dataclasses
+    """The main job on the embedded default: train recipes/demo.toml on synthetic smears, export, run held-out images on the Lava simulator."""
     import shutil
 
-    from lava_allnet.config import SYNTH_LR, TrainConfig, get_model_config
+    from lava_allnet import shipped
     from lava_allnet.data import synth
     from hw_targets.inference import load_dataset, run_backend
-    from netx.export import export as do_export
-    from training.loop import load_trained
-    from training.loop import train as run_train
+    from training import recipe as rc
 
     t0 = time.perf_counter()
-    cfg = get_model_config("neurallnet-demo")
-    data_dir, test_dir, run_dir = out_dir / "data", out_dir / "held-out", out_dir / "run"
-    model_file = out_dir / "neurallnet-demo.net"
-    if not data_dir.exists():
-        err.print(f"[bold]1/4[/] synthetic smears: {per_class} per class for training/validation")
-        synth.generate_dataset(data_dir, per_class, size=cfg.input_size, seed=0)
+    recipe = recipe or shipped.recipe_path("demo")
+    resolved = rc.load(recipe)
+    first = resolved["stages"][0]
+    if first["data"]["root"] != "synthetic":
+        raise AllnetError(f"{recipe}: the demo trains on synthetic smears (data.root = \"synthetic\")")
+    per_class, size, seed = first["data"]["synthetic_per_class"], rc.model_config(first).input_size, first["schedule"]["seed"]
+    run_dir, test_dir = out_dir / "run", out_dir / "held-out"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    err.print(f"[bold]1/3[/] training {recipe} ({len(resolved['stages'])} stage(s)) into {run_dir}")
+    summary = rc.run(resolved, run_dir, console=err)
+    model_file = Path(summary["model"])
+    err.print(f"[bold]2/3[/] exported {model_file} ({model_file.stat().st_size / 1e3:.0f} kB)")
     if not test_dir.exists():
         tmp = out_dir / "held-out-src"
-        synth.generate_dataset(tmp, per_class + held_out, size=cfg.input_size, seed=0)
-        # images per_class.. are never seen in training (same generator, later indices)
+        synth.generate_dataset(tmp, per_class + held_out, size=size, seed=seed)
+        # images per_class.. are never seen in training (same generator and seed, later indices)
         for c in synth.CLASS_NAMES:
             (test_dir / c).mkdir(parents=True, exist_ok=True)
             for f in sorted((tmp / c).iterdir())[per_class:]:
                 shutil.move(str(f), test_dir / c / f.name)
         shutil.rmtree(tmp)
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    err.print(f"[bold]2/4[/] training {cfg.name} ({epochs} epochs)")
-    metrics = run_train(run_dir, cfg, TrainConfig(epochs=epochs, seed=0, lr=SYNTH_LR), data_dir=data_dir, console=err)
-    net = load_trained(run_dir)
-    spec = do_export(net, model_file)
-    err.print(f"[bold]3/4[/] exported {model_file} ({model_file.stat().st_size / 1e3:.0f} kB)")
-    err.print(f"[bold]4/4[/] running {held_out * 4} held-out images on the Lava simulator (Loihi2SimCfg fixed_pt)")
+    err.print(f"[bold]3/3[/] running {held_out * 4} held-out images on the Lava simulator (Loihi2SimCfg fixed_pt)")
+    spec = _read_spec(model_file)
     data = load_dataset(test_dir, spec.input.shape[1], spec.class_names)
     prog, update = _progress(len(data.paths), "sim")
     with prog:
         result = run_backend(spec, data, "sim", progress=update)
     _print_results(result, spec, max_images=8)
-    best = metrics["best"]
+    best = summary["stages"][-1]["best"]
     out.print(f"validation accuracy (torch, best epoch {best['epoch']}): {best['val_accuracy']:.3f}")
     out.print(f"held-out accuracy on the Lava simulator: {result.accuracy():.3f} ({len(result.results)} images; chance 0.25)")
     out.print(f"simulator: {result.timing['ms_per_step']:.1f} ms/step, {result.timing['ms_per_image']:.0f} ms/image, "

@@ -56,16 +56,22 @@ class TrainConfig:
         from training import features
 
         if self.epochs < 1:
-            raise ValueError(f"epochs {self.epochs}: at least 1")
+            raise ValueError(f"schedule.epochs {self.epochs}: at least 1")
         if self.batch_size < 1:
-            raise ValueError(f"batch_size {self.batch_size}: at least 1")
+            raise ValueError(f"schedule.batch_size {self.batch_size}: at least 1")
         if not self.lr > 0:
-            raise ValueError(f"lr {self.lr}: must be above 0")
+            raise ValueError(f"schedule.lr {self.lr}: must be above 0")
         if not self.adam_eps > 0:
-            raise ValueError(f"adam_eps {self.adam_eps}: must be above 0 (a parameter without gradient would divide 0 by 0)")
+            raise ValueError(f"schedule.adam_eps {self.adam_eps}: must be above 0 (a parameter without gradient would divide 0 by 0)")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
-            raise ValueError(f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction}: shares in [0, 1) "
+            raise ValueError(f"data.val_fraction {self.val_fraction} and data.test_fraction {self.test_fraction}: shares in [0, 1) "
                              "that leave training images")
+        if self.threads < 0:
+            raise ValueError(f"schedule.threads {self.threads}: 0 (torch's default) or more")
+        if self.color_jitter < 0:
+            raise ValueError(f"augment.color_jitter {self.color_jitter}: 0 (off) or above")
+        if self.loss_scale <= 0:
+            raise ValueError(f"losses.logit_scale {self.loss_scale}: must be above 0")
         for feature in features.FEATURES:
             feature.check(self)
 

@@ -540,9 +540,13 @@ def _metrics(state, model_cfg: ModelConfig, net: Network, fast: bool, data: Trai
 def read_best(run_dir: str | Path) -> tuple[dict, ModelConfig]:
     """A run directory's best.pt and its model config, with one-line errors."""
     run_dir = Path(run_dir)
-    best = run_dir / "best.pt"
     if not run_dir.is_dir():
         raise AllnetError(f"{run_dir}: no such run directory")
+    if not (run_dir / "best.pt").exists():
+        from training.recipe import last_stage_dir
+
+        run_dir = last_stage_dir(run_dir) or run_dir  # a recipe run: its last stage with a best.pt
+    best = run_dir / "best.pt"
     if not best.exists():
         raise AllnetError(f"{run_dir}: no best.pt (has training finished an epoch?)")
     try:
