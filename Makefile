@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/lava-allnet demo --out $(DEMO)
+	$(BIN)/lava-allnet demo --recipe recipes/demo.toml --out $(DEMO)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_torch.py

@@ -139,6 +139,8 @@ class ModelConfig:
 # A registry of named model configs (timm style).
 MODELS: dict[str, ModelConfig] = {
     "neurallnet": ModelConfig(),
+    # the SE ablation of the model card: the same network without SE gates
+    "neurallnet-nose": ModelConfig().without_se(),
     # small and quick: `make demo` trains it in a few minutes on 2 CPU cores
     "neurallnet-demo": ModelConfig(
         name="neurallnet-demo",

@@ -313,10 +313,11 @@ def run(recipe: dict[str, Any], run_dir: str | Path, resume: bool = False, devic
     """
     from netx.export import export
     from training.checkpoint import save_json
-    from training.trainer import _console, load_trained, train
+    from training.trainer import _console, load_trained, resolve_device, train
 
     console = console or _console()
     run_dir = Path(run_dir)
+    resolve_device(device or "cpu")  # refused before anything is written
     if resume:
         if not (run_dir / "recipe.toml").exists():
             raise AllnetError(f"{run_dir}: nothing to resume (no recipe.toml)")

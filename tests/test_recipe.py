@@ -1,0 +1,139 @@
+"""Recipe files: resolved, checked and overridden before anything trains; the CLI stays small."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from lava_allnet.errors import AllnetError
+from training import recipe as rc
+
+ROOT = Path(__file__).resolve().parent.parent
+EXE = str(Path(sys.executable).parent / "lava-allnet")
+
+
+def _cli(*args):
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=300)
+
+
+def _write(tmp_path, text: str) -> Path:
+    p = tmp_path / "r.toml"
+    p.write_text(text)
+    return p
+
+
+def test_train_help_lists_at_most_twelve_options():
+    r = _cli("train", "--help")
+    assert r.returncode == 0
+    options = re.findall(r"^\s+(?:-\w, )?(--[\w-]+)", r.stdout, flags=re.M)
+    assert "--recipe" in options and "--set" in options and "--print-recipe" in options
+    assert len(options) <= 12, options
+
+
+def test_shipped_recipes_resolve_and_the_aria_recipe_has_the_shipped_models_stages():
+    for name in ("demo", "neurallnet-aria"):
+        r = rc.load(ROOT / "recipes" / f"{name}.toml")
+        assert r["name"] == name
+    aria = rc.load(ROOT / "recipes" / "neurallnet-aria.toml")
+    stages = aria["stages"]
+    assert [s["name"] for s in stages] == ["scratch", "finetune", "distill", "distill2", "biases"]
+    assert [s["schedule"]["epochs"] for s in stages] == [20, 50, 36, 50, 20]
+    assert [s["schedule"]["lr"] for s in stages] == [3e-3, 2e-3, 1.5e-3, 1e-3, 5e-4]
+    assert [s["losses.distill"]["weight"] for s in stages] == [0.0, 0.0, 0.5, 0.7, 0.7]
+    assert [s["schedule"]["threads"] for s in stages] == [2, 2, 2, 2, 1]
+    assert [s["schedule"]["seed"] for s in stages] == [0, 0, 0, 0, 23]
+    last = stages[-1]
+    assert last["schedule"]["init"] == "previous-export"
+    assert last["biases"] == {"means": "keep", "learn": True, "adam_eps": 1e-20}
+    assert all(s["data"]["split"] == str(ROOT / "models" / "neurallnet-aria.split.json") for s in stages)
+    # compiled: stage 2 starts from stage 1's best.pt, stage 5 from stage 4's export, one teacher
+    cfgs = [rc.compile_stage(s, i, run_dir=Path("/r"), previous=Path(f"/r/{i - 1}"))[1] for i, s in enumerate(stages, 1)]
+    assert cfgs[0].init_from == "" and cfgs[1].init_from == "/r/1/best.pt" and cfgs[4].init_from == "/r/4/model.net"
+    assert {c.teacher_path for c in cfgs} == {"../teacher.pt"} and cfgs[4].bias_adam_eps == 1e-20
+    assert cfgs[4].norm_means == "keep" and cfgs[4].learn_biases and cfgs[4].range_weight == 1e-3
+
+
+def test_every_key_is_documented():
+    doc = (ROOT / "recipes" / "README.md").read_text()
+    for sec, keys in rc.SCHEMA.items():
+        for k in keys:
+            assert f"`{sec}.{k}`" in doc, f"{sec}.{k}"
+
+
+def test_set_overrides_every_stage_or_one_and_print_recipe_round_trips(tmp_path):
+    p = _write(tmp_path, """
+[schedule]
+epochs = 3
+[[stages]]
+name = "a"
+[[stages]]
+name = "b"
+[stages.schedule]
+epochs = 7
+""")
+    r = rc.load(p)
+    assert [s["schedule"]["epochs"] for s in r["stages"]] == [3, 7]
+    r = rc.load(p, ["schedule.epochs=1"])  # wins over stage tables too
+    assert [s["schedule"]["epochs"] for s in r["stages"]] == [1, 1]
+    r = rc.load(p, ["stages.2.schedule.lr=5e-4", "stages.a.augment.flips=false", "data.root=some/dir"])
+    assert [s["schedule"]["lr"] for s in r["stages"]] == [3e-3, 5e-4]
+    assert [s["augment"]["flips"] for s in r["stages"]] == [False, True]
+    assert r["stages"][0]["data"]["root"] == str(Path.cwd() / "some" / "dir")  # --set paths: from the cwd
+    text = rc.to_toml(r)
+    again = rc.resolve(tomllib.loads(text), "x", tmp_path)
+    assert again == r
+    out = _cli("train", "--recipe", str(p), "--set", "schedule.epochs=2", "--print-recipe")
+    assert out.returncode == 0 and tomllib.loads(out.stdout)["stages"][1]["schedule"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("text, sets, message", [
+    ("[schedule]\nepoch = 3\n", [], "unknown key 'schedule.epoch'"),
+    ("[schedul]\nepochs = 3\n", [], "unknown section [schedul]"),
+    ("[schedule]\nepochs = \"three\"\n", [], "schedule.epochs = 'three': expected an integer"),
+    ("[schedule]\nepochs = 0\n", [], "schedule.epochs 0: at least 1"),
+    ("[biases]\nmeans = \"held\"\n", [], "biases.means 'held': one of batch, fixed, keep"),
+    ("[biases]\nmeans = \"keep\"\n", [], "biases.means 'keep' keeps the means of the init model: set schedule.init"),
+    ("[losses.distill]\nweight = 1.5\n", [], "losses.distill.weight 1.5"),
+    ("[model]\nname = \"resnet\"\n", [], "model.name 'resnet'"),
+    ("[[stages]]\nschedule = { init = \"previous\" }\n", [], "the first stage has no previous stage"),
+    ("colour = 1\n", [], "unknown key 'colour'"),
+    ("", ["schedule.epochz=3"], "unknown key 'schedule.epochz'"),
+    ("", ["schedule.epochs"], "expected section.key=value"),
+    ("", ["augment.flips=maybe"], "augment.flips = 'maybe': expected true or false"),
+    ("", ["stages.4.schedule.epochs=1"], "no stage 4"),
+])
+def test_bad_recipes_are_one_line_errors_naming_the_key(tmp_path, text, sets, message):
+    p = _write(tmp_path, text)
+    with pytest.raises(AllnetError) as exc:
+        rc.load(p, sets)
+    assert message in str(exc.value)
+    args = [a for s in sets for a in ("--set", s)]
+    r = _cli("train", "--recipe", str(p), *args, "--out", str(tmp_path / "run"))
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], r.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+def test_train_needs_a_recipe_and_resume_takes_the_runs_own(tmp_path):
+    r = _cli("train")
+    assert r.returncode == 2 and "--recipe" in r.stderr
+    r = _cli("train", "--resume", str(tmp_path))
+    assert r.returncode == 2 and "nothing to resume" in r.stderr
+    r = _cli("train", "--resume", str(tmp_path), "--set", "schedule.epochs=1")
+    assert r.returncode == 2 and "recipe.toml" in r.stderr
+
+
+def test_the_library_layers_do_not_import_training_or_hw_targets():
+    bad = []
+    for path in (ROOT / "lava_allnet").rglob("*.py"):
+        if path.name in ("cli.py", "api.py", "__init__.py") and path.parent == ROOT / "lava_allnet":
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"from (training|hw_targets)|import (training|hw_targets)", line):
+                bad.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not bad, bad
