@@ -12,8 +12,9 @@ import numpy as np
 from lava_allnet.data import images as di
 from lava_allnet.errors import DataError
 from lava_allnet.result import Run, make_results
+from lava_allnet.shipped import default_model
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "neurallnet-aria.net"
+DEFAULT_MODEL = default_model()  # the shipped model (packaged; models/neurallnet-aria.net in the repository)
 
 
 @dataclass

@@ -29,6 +29,8 @@ class SimRun:
     output_neurons: np.ndarray  # (N, n_out) output spikes per neuron
     active: dict[str, np.ndarray] = field(default_factory=dict)  # stage → (N,) neurons active in the window
     timing: dict[str, float] = field(default_factory=dict)
+    # with record_dir: stage → (file, Lava shape): (N, T, neurons) int32 message values, Lava (W, H, C) order
+    recorded: dict[str, tuple[str, tuple[int, ...]]] = field(default_factory=dict)
 
 
 def run_config(float_mode: bool = False, fast: bool = True, extra: dict | None = None) -> Loihi2SimCfg:
@@ -57,8 +59,11 @@ def run(
     progress: Callable[[int], None] | None = None,
     chunk_samples: int = 8,
     run_cfg=None,
+    record_dir: str | None = None,
 ) -> SimRun:
     """images_uint8: (N, C, H, W) RGB. Streams them through one compiled network.
+
+    record_dir: also write every stage's message values there, one file per stage (``recorded``).
 
     The runtime is always stopped (errors and Ctrl-C included), so no Lava
     child process or shared-memory segment outlives the call.
@@ -70,7 +75,7 @@ def run(
     with tempfile.TemporaryDirectory(prefix="lava-allnet-") as tmp:
         path = Path(tmp) / "frames.npy"
         np.save(path, frames)
-        graph = nb.build(spec, str(path), n, reset=True, float_mode=float_mode, fanouts=fanouts)
+        graph = nb.build(spec, str(path), n, reset=True, float_mode=float_mode, fanouts=fanouts, record_dir=record_dir)
         if run_cfg is None:
             cfg = run_config(float_mode=float_mode, fast=fast, extra=graph.model_map())
         else:
@@ -105,7 +110,9 @@ def run(
     active = {st.name: all_active[st.index] for st in graph.stages}
     timing["ms_per_step"] = 1000 * timing.get("run_s", 0.0) / max(1.0, timing.get("steps", 1.0))
     timing["ms_per_image"] = 1000 * timing.get("run_s", 0.0) / max(1, n)
-    return SimRun(counts, weighted, out, active, timing)
+    recorded = ({st.name: (f"{record_dir}/stage{st.index}.npy", st.shape) for st in graph.stages}
+                if record_dir is not None else {})
+    return SimRun(counts, weighted, out, active, timing, recorded)
 
 
 @contextlib.contextmanager

@@ -19,10 +19,24 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from lava_allnet import __version__, api
 from lava_allnet.errors import AllnetError
 
+
+def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
+    """An option's accepted values as an Enum: typer lists them in --help and completes them."""
+    return enum.Enum(name, {v: v for v in values}, type=str)
+
+
+RunBackend = _choices("RunBackend", api.RUN_BACKENDS)
+EvaluateBackend = _choices("EvaluateBackend", api.EVALUATE_BACKENDS)
+RobustnessBackend = _choices("RobustnessBackend", api.ROBUSTNESS_BACKENDS)
+ProfileBackend = _choices("ProfileBackend", api.PROFILE_BACKENDS)
+Target = _choices("Target", api.TARGETS)
+Subset = _choices("Subset", api.SUBSETS)
+
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     rich_markup_mode=None,
     help=(
@@ -39,7 +53,11 @@ out = Console(width=None if sys.stdout.isatty() else 160)  # tables, results
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)  # progress, notes, errors
 _state = {"debug": False}
 
-BACKEND_HELP = "sim: Lava Loihi2SimCfg fixed point (bit-accurate); sim-float: Lava floating point; torch: SLAYER fixed-point reference; loihi2: Loihi 2 hardware (needs lava-loihi)."
+# measured once: `run` on 8 synthetic 128x128 images with the shipped model, 2 CPU cores:
+# torch 0.8-2.1 s in all; sim 7.8 s (2.3 s compile, 445 ms/image)
+SPEED_HELP = "torch is the faster (~4x on 8 images of the shipped model: ~2 s against ~8 s for sim, which first compiles the network for ~2 s)."
+BACKEND_HELP = ("sim: Lava Loihi2SimCfg fixed point (bit-accurate); sim-float: Lava floating point; torch: SLAYER fixed-point "
+                "reference (the same spikes as sim); loihi2: Loihi 2 hardware (needs lava-loihi). " + SPEED_HELP)
 EXPOSURE_HELP = ("Scale each image so its brightest pixel is 255 before encoding (undoes a dimmer exposure; "
                  "the identity on the ALL smear set, where every image reaches 255).")
 
@@ -53,6 +71,32 @@ def _progress(total: int, label: str, enabled: bool = True):
     return prog, (lambda done, *_: prog.update(task, completed=done))
 
 
+class _Bars:
+    """The API's progress(stage, done, total) as one transient bar per stage (loading images, backend)."""
+
+    def __init__(self) -> None:
+        self._prog, self._stage = None, None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self._stage:
+            self.close()
+            self._prog, _ = _progress(total, stage)
+            self._prog.start()
+            self._stage = stage
+        self._prog.update(self._prog.task_ids[0], completed=done, total=total)
+
+    def close(self) -> None:
+        if self._prog is not None:
+            self._prog.stop()
+        self._prog, self._stage = None, None
+
+    def __enter__(self) -> "_Bars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _quiet_lava() -> None:
     # Lava and lava-dl warn about unused process-model search paths and old APIs.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"lava(\.|$)")
@@ -61,8 +105,18 @@ def _quiet_lava() -> None:
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"lava-allnet {__version__}\n")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version (lava-allnet X.Y.Z) and exit."),
+) -> None:
     _state["debug"] = debug
     _quiet_lava()
 
@@ -75,15 +129,13 @@ def _read_spec(path: Path):
 
 def _resolve_model(first: list[str], model: Optional[Path]) -> tuple[Path, list[str]]:
     """`run [MODEL.net] PATH...`: the model is optional (then the shipped one is used)."""
-    from hw_targets.inference import DEFAULT_MODEL
+    from lava_allnet.shipped import require_default_model
 
     if model is not None:
         return model, first
     if first and first[0].endswith((".net", ".h5", ".hdf5")):
         return Path(first[0]), first[1:]
-    if not DEFAULT_MODEL.exists():
-        raise AllnetError(f"no model given and the shipped model {DEFAULT_MODEL} is missing")
-    return DEFAULT_MODEL, first
+    return require_default_model(), first
 
 
 def _emit_json(obj) -> None:
@@ -269,8 +321,8 @@ def _run_json(run, spec, model_path: Path) -> dict:
 
 @app.command()
 def run(
-    paths: List[str] = typer.Argument(..., help="[MODEL.net] then image files and/or folders. Without a .net first, the shipped models/neurallnet-aria.net is used."),
-    backend: str = typer.Option("sim", "--backend", "-b", help=BACKEND_HELP),
+    paths: List[str] = typer.Argument(..., help="[MODEL.net] then image files and/or folders. Without a .net first, the shipped model (models/neurallnet-aria.net, packaged with lava-allnet) is used."),
+    backend: RunBackend = typer.Option(RunBackend.sim, "--backend", "-b", help=BACKEND_HELP),
     model: Optional[Path] = typer.Option(None, "--model", help="Model file (alternative to giving it first)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (see README) instead of tables."),
     workers: int = typer.Option(1, "--workers", min=1, help="Simulator processes, each with its own compiled network."),
@@ -284,6 +336,7 @@ def run(
 
     from hw_targets.backends import check_backend
 
+    backend = backend.value
     model_path, inputs = _resolve_model(paths, model)
     if not inputs:
         raise AllnetError("no images given (usage: lava-allnet run [MODEL.net] PATH...)")
@@ -353,33 +406,43 @@ def info(
 def verify(
     model_file: Path = typer.Argument(..., help="Model file (.net)."),
     paths: List[str] = typer.Argument(..., help="Image files and/or folders."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON (values_compared per layer, the first difference)."),
     float_mode: bool = typer.Option(False, "--sim-float", help="Compare against the floating-point simulator instead (not expected to match)."),
 ) -> None:
-    """Run the torch fixed-point reference and the Lava simulator on the same images; compare every layer's spikes.
+    """Run the torch fixed-point reference and the Lava simulator on the same images; compare every neuron's
+    message (spike or graded value) of every layer at every step.
 
-    Exit status 1 when any layer's spike count differs at any time step.
+    Images go through in chunks of 8, so memory stays bounded. Exit status 1 on any difference; the first
+    one is reported with its layer, image, step, neuron and both values.
     """
-    from hw_targets.inference import load_inputs, run_backend
-    from lava_allnet.verify import compare_runs
+    from hw_targets.verify import verify_files
+    from lava_allnet.data import images as di
 
     spec = _read_spec(model_file)
-    data = load_inputs(paths, spec.input.shape[1], spec.class_names)
-    ref = run_backend(spec, data, "torch")
-    prog, update = _progress(len(data.paths), "sim")
+    files = di.collect_image_paths(paths)
+    candidate = "sim-float" if float_mode else "sim"
+    prog, update = _progress(len(files), f"torch vs {candidate}")
     with prog:
-        sim = run_backend(spec, data, "sim-float" if float_mode else "sim", progress=update)
-    report = compare_runs(ref, sim)
+        report, skipped = verify_files(spec, files, candidate=candidate, progress=update)
+    for p, why in skipped:
+        err.print(f"[yellow]skipped[/] {why}")
     if as_json:
         _emit_json({"model": str(model_file), **report})
     else:
-        t = Table(title=f"torch vs {sim.backend}: spikes per layer, summed over {len(data.paths)} image(s)")
-        for col in ("layer", "torch", sim.backend, "equal (every image and step)"):
+        t = Table(title=f"torch vs {candidate}: every message value, {report['n_images']} image(s)")
+        for col in ("layer", "neurons", "values compared", "messages (torch)", f"messages ({candidate})", "equal"):
             t.add_column(col, justify="right" if col != "layer" else "left")
         for row in report["layers"]:
-            t.add_row(row["layer"], f"{row['reference']:,}", f"{row['candidate']:,}", "yes" if row["equal"] else "[red]NO[/]")
+            t.add_row(row["layer"], f"{row['neurons']:,}", f"{row['values_compared']:,}",
+                      f"{row['reference_messages']:,}", f"{row['candidate_messages']:,}",
+                      "yes" if row["equal"] else "[red]NO[/]")
         out.print(t)
         out.print(f"predictions equal: {report['predictions_equal']}; overflow (24-bit) in torch: {report['overflow']}")
+        first = report["first_difference"]
+        if first is not None:
+            out.print(f"first difference: {first['layer']}, image {first['image']}, step {first['step']}, neuron "
+                      f"{first['neuron']} {tuple(first['index'])}: torch {first['reference']}, "
+                      f"{candidate} {first['candidate']}")
         out.print("VERIFIED: identical" if report["identical"] else "[red]MISMATCH[/]")
     if not report["identical"]:
         raise typer.Exit(1)
@@ -392,26 +455,19 @@ def verify(
 def profile(
     model_file: Path = typer.Argument(..., help="Model file (.net)."),
     paths: List[str] = typer.Argument(..., help="Image files and/or folders."),
-    backend: str = typer.Option("sim", "--backend", "-b", help="sim | torch | loihi2 (the counts are identical on sim and torch)."),
-    target: str = typer.Option("loihi1", "--target", help="Energy / limits table: loihi1 | loihi2."),
+    backend: ProfileBackend = typer.Option(ProfileBackend.sim, "--backend", "-b", help="sim: the Lava simulator; torch: the fixed-point reference (the counts are identical on sim and torch; torch is faster); loihi2: Loihi 2 hardware (needs lava-loihi)."),
+    target: Target = typer.Option(Target.loihi1, "--target", help="Energy / limits table."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Also write profile.csv, profile.json and PNG plots here."),
     workers: int = typer.Option(1, "--workers", min=1, help="Simulator processes."),
 ) -> None:
     """Per image and layer: spikes, rate, synaptic ops, neuron updates, active neurons, timing and energy proxy."""
     from hw_targets import profile as hp
-    from hw_targets.backends import check_backend
-    from hw_targets.inference import load_inputs, run_backend
-    from netx.analysis import stage_fanouts
 
-    check_backend(backend)
-    spec = _read_spec(model_file)
-    tgt = hp.load_target(target)
-    data = load_inputs(paths, spec.input.shape[1], spec.class_names)
-    prog, update = _progress(len(data.paths), backend)
-    with prog:
-        result = run_backend(spec, data, backend, workers=workers, fanouts=stage_fanouts(spec), progress=update)
-    report = hp.profile(spec, result, tgt)
+    backend, target = backend.value, target.value
+    with _Bars() as bars:
+        model, report, _ = api.profile_run(model_file, paths, backend, target, workers, progress=bars)
+    spec = model.spec
     written = hp.write_outputs(report, out_dir) if out_dir is not None else []
     if as_json:
         _emit_json({"model": str(model_file), **report, "written": [str(p) for p in written]})
@@ -447,7 +503,7 @@ def profile(
 @app.command("map")
 def map_cmd(
     model_file: Path = typer.Argument(..., help="Model file (.net)."),
-    target: str = typer.Option("loihi2", "--target", help="loihi1 | loihi2."),
+    target: Target = typer.Option(Target.loihi2, "--target", help="The chip whose per-core limits apply."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Per layer: neurons, synapses, fan-in, synaptic memory and cores needed under the target's per-core limits."""
@@ -455,7 +511,7 @@ def map_cmd(
     from hw_targets.mapping import map_network
 
     spec = _read_spec(model_file)
-    report = map_network(spec, hp.load_target(target))
+    report = map_network(spec, hp.load_target(target.value))
     if as_json:
         _emit_json({"model": str(model_file), **report})
         return
@@ -480,37 +536,24 @@ def map_cmd(
 
 def _dataset_inputs(spec, data_dir: Path, split: Optional[Path], subset: str, limit: Optional[int], strict: bool = False):
     """An ImageFolder (classes must be the model's), optionally restricted to a saved split."""
-    from lava_allnet.data import images as di
-    from hw_targets.inference import Inputs
+    with _Bars() as bars:
+        data = api.dataset_inputs(spec, data_dir, split, subset, limit, strict, progress=bars)
+    _print_skipped(data.skipped)
+    return data
 
-    ds = di.scan_image_folder(data_dir, class_names=spec.class_names, require_all=split is None)
-    paths, labels = ds.paths, list(ds.labels)
-    if split is not None:
-        if not split.exists():
-            raise AllnetError(f"{split}: no such split file")
-        idx = di.load_split(split, ds).get(subset)
-        if idx is None:
-            raise AllnetError(f"{split}: has no '{subset}' subset")
-        paths, labels = [ds.paths[i] for i in idx], [int(ds.labels[i]) for i in idx]
-    if limit is not None:
-        # a stratified, deterministic subset: every k-th image of the sorted list
-        step = max(1, len(paths) // limit)
-        paths, labels = paths[::step][:limit], labels[::step][:limit]
-    prog, update = _progress(len(paths), "loading images")
-    with prog:
-        loaded = di.load_images(paths, spec.input.shape[1], labels=labels, strict=strict, progress=update)
-    for p, why in loaded.skipped:
+
+def _print_skipped(skipped) -> None:
+    for _, why in skipped:
         err.print(f"[yellow]skipped[/] {why}")
-    return Inputs(loaded.images, loaded.paths, [int(v) for v in loaded.labels], loaded.skipped)
 
 
 @app.command()
 def evaluate(
     model_file: Path = typer.Argument(..., help="Model file (.net)."),
     data_dir: Path = typer.Argument(..., help="ImageFolder whose class folders are the model's classes."),
-    backend: str = typer.Option("sim", "--backend", "-b", help="sim | torch (identical predictions; torch is faster)."),
+    backend: EvaluateBackend = typer.Option(EvaluateBackend.sim, "--backend", "-b", help="sim: the Lava simulator (bit-accurate fixed point); torch: the fixed-point reference. Identical predictions; " + SPEED_HELP),
     split: Optional[Path] = typer.Option(None, "--split", help="A run's split.json: evaluate only its --subset files."),
-    subset: str = typer.Option("test", "--subset", help="Which part of --split: test | val | train."),
+    subset: Subset = typer.Option(Subset.test, "--subset", help="Which part of --split."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, predictions.csv and confusion_matrix.png."),
     resamples: int = typer.Option(2000, "--resamples", min=1000, help="Bootstrap resamples for the 95% CI."),
@@ -520,23 +563,13 @@ def evaluate(
     exposure: bool = typer.Option(False, "--normalize-exposure", help=EXPOSURE_HELP),
 ) -> None:
     """Accuracy with a bootstrapped 95% CI, per-class precision/recall/F1, confusion matrix, per-image predictions."""
-    from hw_targets.backends import check_backend
-    from lava_allnet.data.images import normalize_exposure
-    from lava_allnet.evaluation import classification_report, confusion_text, write_evaluation
-    from hw_targets.inference import run_backend
+    from lava_allnet.evaluation import confusion_text, write_evaluation
 
-    check_backend(backend)
-    spec = _read_spec(model_file)
-    data = _dataset_inputs(spec, data_dir, split, subset, None, strict)
-    if exposure:
-        data.images = normalize_exposure(data.images)
-    prog, update = _progress(len(data.paths), backend)
-    with prog:
-        result = run_backend(spec, data, backend, workers=workers, progress=update)
-    report = classification_report(data.labels, [r.predicted_index for r in result.results], spec.class_names, resamples, seed)
-    report.update({"model": str(model_file), "data": str(data_dir), "backend": backend, "normalize_exposure": exposure,
-                   "timing": result.timing,
-                   "skipped": [{"path": p, "reason": w} for p, w in result.skipped]})
+    backend = backend.value
+    with _Bars() as bars:
+        report, result = api.evaluate_run(model_file, data_dir, split, subset.value, backend, resamples, seed, workers,
+                                          strict, exposure, progress=bars)
+    _print_skipped(result.skipped)
     written = write_evaluation(report, result, out_dir) if out_dir is not None else []
     if as_json:
         _emit_json({**report, "written": [str(p) for p in written]})
@@ -557,9 +590,9 @@ def evaluate(
 def robustness(
     model_file: Path = typer.Argument(..., help="Model file (.net)."),
     data_dir: Path = typer.Argument(..., help="ImageFolder whose class folders are the model's classes."),
-    backend: str = typer.Option("torch", "--backend", "-b", help="torch | sim (identical predictions; sim compiles once per distortion level)."),
+    backend: RobustnessBackend = typer.Option(RobustnessBackend.torch, "--backend", "-b", help="torch: the fixed-point reference; sim: the Lava simulator (identical predictions; sim compiles once per distortion level)."),
     split: Optional[Path] = typer.Option(None, "--split", help="A run's split.json: use only its --subset files."),
-    subset: str = typer.Option("test", "--subset", help="Which part of --split."),
+    subset: Subset = typer.Option(Subset.test, "--subset", help="Which part of --split."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use at most this many images (evenly spaced)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     out_dir: Path = typer.Option(Path("robustness-out"), "--out", help="Where robustness.json and one PNG curve per distortion go."),
@@ -575,9 +608,10 @@ def robustness(
     from lava_allnet.evaluation import write_robustness
     from lava_allnet.result import make_results
 
+    backend = backend.value
     check_backend(backend)
     spec = _read_spec(model_file)
-    data = _dataset_inputs(spec, data_dir, split, subset, limit)
+    data = _dataset_inputs(spec, data_dir, split, subset.value, limit)
     be = get_backend(backend, spec)
 
     def predict(images):
@@ -707,12 +741,33 @@ def demo(
 # ------------------------------------------------------------------- main
 
 
+def _bad_value_line(exc: Exception) -> Optional[str]:
+    """A bad option value (typer's BadParameter) as one line; None for other errors.
+
+    A choice: "unknown backend 'gpu' (--backend); choose one of sim, sim-float, torch, loihi2".
+    """
+    import re
+
+    param = getattr(exc, "param", None)
+    message = getattr(exc, "message", None)
+    if (param is None or not isinstance(message, str) or not message.strip() or not hasattr(exc, "exit_code")
+            or type(exc).__name__ == "MissingParameter"):  # a missing argument keeps typer's usage message
+        return None
+    opts = "/".join(getattr(param, "opts", None) or [str(getattr(param, "name", "?"))])
+    message = re.sub(r"^Value error, ", "", message.strip()).rstrip(".")
+    m = re.fullmatch(r"(.+?) is not one of (.+)", message)
+    if m is not None:
+        choices = ", ".join(c.strip().strip("'\"") for c in m.group(2).split(","))
+        return f"unknown {param.name} {m.group(1)} ({opts}); choose one of {choices}"
+    return f"invalid value for {opts}: {message}"
+
+
 def main() -> None:
     """Console entry point with the error policy."""
     _quiet_lava()
     debug = "--debug" in sys.argv[1:]
     try:
-        rc = app(standalone_mode=False)  # click returns the exit code of typer.Exit here
+        rc = app(standalone_mode=False, prog_name="lava-allnet")  # click returns the exit code of typer.Exit here
         sys.exit(rc or 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -725,6 +780,10 @@ def main() -> None:
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except Exception as exc:  # usage errors (typer's click) and the unexpected
+        line = _bad_value_line(exc)
+        if line is not None and not debug:  # e.g. --backend gpu: one line, exit 2, like the errors above
+            err.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+            sys.exit(2)
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(exc.exit_code)

@@ -420,7 +420,7 @@ class Network(torch.nn.Module):
             if name in keep:
                 acts[name] = t
 
-        if record:
+        if record or "input" in keep:
             note("input", x.unsqueeze(1).expand(x.shape[0], self.time_steps, *x.shape[1:]))
         for name, block in self.blocks.items():
             if isinstance(block, SEBlock):

@@ -35,7 +35,7 @@ from lava.proc.sparse.process import Sparse
 
 from lava_allnet import fixed_point as fx
 from netx import format as nf
-from netx.lava_procs.streaming import ImageSource, StageCounters, stage_counters_model
+from netx.lava_procs.streaming import ImageSource, StageCounters, create_recordings, stage_counters_model
 
 
 def conv_weight_to_lava(w: np.ndarray) -> np.ndarray:
@@ -160,11 +160,14 @@ def build(
     float_mode: bool = False,
     counters: bool = True,
     fanouts: dict[str, np.ndarray] | None = None,
+    record_dir: str | None = None,
 ) -> LavaGraph:
     """The network as Lava processes, fed from ``frames_path`` (N, W, H, C messages).
 
     reset: LIFReset neurons (needed to stream several samples through one network).
     fanouts: optional per-stage weights for the counters (synaptic-op counting).
+    record_dir: the counters also write every stage's message values there (``stage{i}.npy``, one
+        row per sample and window step, Lava's (W, H, C) order flattened; see ``Stage.index``).
     """
     b = _Builder(spec, spec.time_steps, reset, float_mode)
     c, h, w = spec.input.shape
@@ -211,9 +214,12 @@ def build(
     graph = LavaGraph(src, b.stages, b.procs, depth)
     if counters:
         fanouts = fanouts or {}
+        if record_dir is not None:
+            create_recordings(record_dir, [st.shape for st in b.stages], num_samples, spec.time_steps)
         graph.counters = StageCounters(
             shapes=[st.shape for st in b.stages], depths=[st.depth for st in b.stages], steps=spec.time_steps,
             num_samples=num_samples, weights=[fanouts.get(st.name) for st in b.stages], per_neuron=-1,
+            record_dir=record_dir,
         )
         for i, st in enumerate(b.stages):
             st.index = i

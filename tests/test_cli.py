@@ -78,21 +78,28 @@ def test_verify_passes_and_reports_layers(se_model_file, synth_dir):
         (["run", "MODEL", "/no/such/image.png", "--backend", "torch"], "no such file or folder"),
         (["info", "/no/such/model.net"], "no such model file"),
         (["run", "MODEL", "IMAGE", "--backend", "loihi2"], "lava-loihi"),
-        (["run", "MODEL", "IMAGE", "--backend", "gpu"], "unknown backend"),
+        (["run", "MODEL", "IMAGE", "--backend", "gpu"], "unknown backend 'gpu' (--backend/-b); choose one of sim, sim-float, torch, loihi2"),
+        (["evaluate", "MODEL", "DIR", "--backend", "sim-float"], "unknown backend 'sim-float' (--backend/-b); choose one of sim, torch"),
+        (["robustness", "MODEL", "DIR", "-b", "loihi2"], "choose one of torch, sim"),
+        (["evaluate", "MODEL", "DIR", "--subset", "everything"], "unknown subset 'everything' (--subset); choose one of test, val, train"),
+        (["profile", "MODEL", "IMAGE", "--target", "loihi3"], "unknown target 'loihi3' (--target); choose one of loihi1, loihi2"),
+        (["profile", "MODEL", "IMAGE", "--backend", "sim-float"], "choose one of sim, torch, loihi2"),
+        (["map", "MODEL", "--target", "truenorth"], "unknown target 'truenorth'"),
+        (["run", "MODEL", "IMAGE", "--workers", "0"], "invalid value for --workers"),
         (["export", "/no/such/run", "--out", "x.net"], "no such run directory"),
         (["soup", "/no/such/run", "/no/such/run2", "--out", "x"], "no such run directory"),
         (["soup", "/no/such/run", "--out", "x"], "at least two"),
         (["retime", "MODEL", "--time-steps", "8", "--out", "MODEL"], "is the input file"),
         (["retime", "/no/such/model.net", "--time-steps", "8", "--out", "x.net"], "no such model file"),
-        (["train", "--no-se", "--se-layers", "1,2"], "exclude each other"),
-        (["train", "--se-layers", "0,5"], "has conv layers 1..5"),
-        (["train", "--se-layers", "1,6"], "has conv layers 1..5"),
-        (["train", "--se-layers", "one"], "comma-separated conv layer numbers"),
+        (["train"], "give --recipe FILE"),
+        (["train", "--recipe", "/no/such/recipe.toml"], "cannot read"),
+        (["train", "--resume", "/no/such/run", "--recipe", "x.toml"], "give no --recipe or --set"),
     ],
 )
 def test_expected_failures_are_one_line_exit_2(args, message, se_model_file, synth_dir):
     image = str(sorted((synth_dir / "Pro").glob("*.png"))[0])
-    args = [str(se_model_file) if a == "MODEL" else image if a == "IMAGE" else a for a in args]
+    places = {"MODEL": str(se_model_file), "IMAGE": image, "DIR": str(synth_dir)}
+    args = [places.get(a, a) for a in args]
     r = cli(*args)
     assert r.returncode == 2, (r.stdout, r.stderr)
     lines = [l for l in r.stderr.splitlines() if l.strip()]
@@ -110,6 +117,34 @@ def test_se_layers_sets_the_gates_and_names_the_config():
     assert cfg.with_se([3, 4, 5]) == cfg  # the config's own gates: unchanged, name included
     bare = cfg.without_se()
     assert bare.name == "neurallnet-nose" and not any(bare.se) and bare.without_se() == bare
+
+
+def test_version_completion_and_choices_in_help():
+    from lava_allnet import __version__
+
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout == f"lava-allnet {__version__}\n", (r.stdout, r.stderr)
+    top = CliRunner().invoke(app, ["--help"]).output
+    assert "--version" in top and "--install-completion" in top
+    for command, shown in [("run", "sim|sim-float|torch|loihi2"), ("evaluate", "sim|torch"), ("evaluate", "test|val|train"),
+                           ("robustness", "torch|sim"), ("profile", "sim|torch|loihi2"), ("profile", "loihi1|loihi2"),
+                           ("map", "loihi1|loihi2")]:
+        assert shown in CliRunner().invoke(app, [command, "--help"]).output, (command, shown)
+    assert "faster" in CliRunner().invoke(app, ["run", "--help"]).output
+
+
+def test_shell_completion_offers_the_choices():
+    import os
+
+    env = {**os.environ, "_LAVA_ALLNET_COMPLETE": "complete_bash", "COMP_WORDS": "lava-allnet run x --backend s",
+           "COMP_CWORD": "4"}
+    r = subprocess.run([EXE], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0 and r.stdout.split() == ["sim", "sim-float"], (r.stdout, r.stderr)
+
+
+def test_missing_arguments_keep_the_usage_message():
+    r = cli("evaluate")
+    assert r.returncode == 2 and "Usage: lava-allnet evaluate" in r.stderr and "Missing argument" in r.stderr
 
 
 def test_debug_shows_the_traceback():

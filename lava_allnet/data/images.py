@@ -65,9 +65,38 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
         raise DataError(f"{p}: not a readable image ({type(exc).__name__})") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(f"{p}: corrupt or truncated image ({exc})") from exc
+    return _fit(rgb, size)
+
+
+def _fit(rgb: np.ndarray, size: int) -> np.ndarray:
+    """HxWx3 uint8 → (3, size, size): bilinear resize when the size differs."""
     if rgb.shape[:2] != (size, size):
         rgb = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BILINEAR))
     return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def image_from_array(array, size: int, name: str = "array") -> np.ndarray:
+    """An image given in memory as (3, size, size) uint8, resized exactly as :func:`load_image` does.
+
+    Accepts uint8 RGB (H, W, 3), grey (H, W), (3, H, W) and PIL images; ``name`` appears in errors.
+    """
+    if isinstance(array, Image.Image):
+        array = _to_rgb_array(array)
+    a = np.asarray(array)
+    if a.dtype != np.uint8:
+        raise DataError(f"{name}: {a.dtype} pixels; give uint8 (0-255) RGB")
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim == 3 and a.shape[0] == 3 and a.shape[2] != 3:
+        if a.shape[1:] == (size, size):
+            return np.ascontiguousarray(a)
+        a = a.transpose(1, 2, 0)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise DataError(f"{name}: shape {a.shape}; give (H, W, 3), (H, W) or (3, H, W) uint8")
+    h, w = a.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise DataError(f"{name}: image too small ({w}x{h}; at least {MIN_SIDE}x{MIN_SIDE})")
+    return _fit(np.ascontiguousarray(a), size)
 
 
 @dataclass

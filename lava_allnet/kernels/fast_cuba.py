@@ -72,7 +72,7 @@ from lava.lib.dl.slayer.spike.spike import Spike as _Spike
 _shift_mod = sys.modules["lava.lib.dl.slayer.utils.time.shift"]
 
 __all__ = [
-    "install", "uninstall", "is_installed", "available", "extension_dir", "tune_malloc",
+    "install", "uninstall", "is_installed", "available", "build_error", "extension_dir", "tune_malloc",
     "li_dynamics_tm", "spike_tm",
 ]
 
@@ -90,6 +90,7 @@ _NO_RESET, _FLOAT_THRESHOLD, _INT_THRESHOLD = 0, 1, 2
 _lock = threading.Lock()
 _ops: Any = None
 _load_attempted = False
+_load_error: str | None = None
 # What install() replaced (restored by uninstall() and used for fallbacks);
 # before install(), fallbacks use the functions found at import.
 _saved: dict[str, Any] = {}
@@ -142,6 +143,8 @@ def _load_ops() -> Any:
             _ops = getattr(torch.ops, _EXT_NAME)
         except Exception as exc:  # no compiler, broken headers, ...
             _ops = None
+            global _load_error
+            _load_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc!r}"
             warnings.warn(
                 f"lava_allnet.kernels.fast_cuba: could not build the C++ CUBA extension "
                 f"({type(exc).__name__}: {exc}); using lava-dl's stock (slow) "
@@ -156,6 +159,12 @@ def _load_ops() -> Any:
 def available() -> bool:
     """Whether the C++ extension is compiled and loaded (compiles if needed)."""
     return _load_ops() is not None
+
+
+def build_error() -> str | None:
+    """Why the extension could not be built (the last line of the error), or None."""
+    _load_ops()
+    return _load_error
 
 
 # --------------------------------------------------------------------------

@@ -68,6 +68,10 @@ class StageCounters(AbstractProcess):
       weighted[i, n, j] the same messages weighted by ``weights[i]`` (fan-out → synaptic ops)
       active[i, n]      neurons that sent at least one message in sample n's window
     and neurons[n, k] counts per neuron of stage ``per_neuron`` (the output layer).
+
+    record_dir: also write every message value of every stage, per sample and window step, to
+    ``record_dir/stage{i}.npy`` (int32, shape (num_samples, steps, neurons), created beforehand,
+    e.g. by :func:`create_recordings`): memory-mapped, so the run holds no more than one step.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class StageCounters(AbstractProcess):
         num_samples: int,
         weights: list[np.ndarray | None] | None = None,
         per_neuron: int = -1,
+        record_dir: str | None = None,
     ) -> None:
         k = len(shapes)
         weights = weights or [None] * k
@@ -86,7 +91,7 @@ class StageCounters(AbstractProcess):
         super().__init__(
             shapes=[tuple(s) for s in shapes], depths=list(depths), steps=steps, num_samples=num_samples,
             weights=[None if w is None else np.asarray(w, dtype=np.int64).reshape(s) for w, s in zip(weights, shapes)],
-            per_neuron=per_neuron,
+            per_neuron=per_neuron, record_dir=record_dir,
         )
         for i, shape in enumerate(shapes):
             setattr(self, f"in{i}", InPort(shape=tuple(shape)))
@@ -115,6 +120,9 @@ class _StageCountersModelBase(PyLoihiProcessModel):
         self._per_neuron = int(proc_params["per_neuron"])
         self._ports: list = []
         self._seen = [np.zeros(tuple(s), dtype=bool) for s in proc_params["shapes"]]
+        rec = proc_params["record_dir"]
+        self._rec = None if rec is None else [np.load(f"{rec}/stage{i}.npy", mmap_mode="r+")
+                                              for i in range(len(self._depths))]
 
     def run_spk(self) -> None:
         if not self._ports:  # the builder attaches the real ports after __init__
@@ -127,6 +135,8 @@ class _StageCountersModelBase(PyLoihiProcessModel):
             n, j = divmod(t, self._steps)
             if n >= self._n:
                 continue
+            if self._rec is not None:
+                self._rec[i][n, j] = msg.reshape(-1)
             nz = msg != 0
             self.counts[i, n, j] += int(np.count_nonzero(nz))
             seen = self._seen[i]
@@ -141,6 +151,17 @@ class _StageCountersModelBase(PyLoihiProcessModel):
                 self.weighted[i, n, j] += int(w[nz].sum())
             if i == self._per_neuron:
                 self.neurons[n] += nz.reshape(-1)
+
+
+def create_recordings(record_dir: str, shapes: list[tuple[int, ...]], num_samples: int, steps: int) -> list[str]:
+    """The zero-filled files a recording StageCounters writes into: ``stage{i}.npy`` per stage."""
+    paths = []
+    for i, shape in enumerate(shapes):
+        path = f"{record_dir}/stage{i}.npy"
+        np.lib.format.open_memmap(path, mode="w+", dtype=np.int32,
+                                  shape=(num_samples, steps, int(np.prod(shape)))).flush()
+        paths.append(path)
+    return paths
 
 
 def stage_counters_model(num_stages: int) -> type:

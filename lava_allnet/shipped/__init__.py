@@ -1,0 +1,57 @@
+"""Files shipped inside the package: the default model, its split and the training recipes.
+
+In the repository these are symlinks to ``models/`` and ``recipes/``; a wheel (and so a
+non-editable install) holds copies, so ``lava-allnet run IMAGE`` finds the model wherever the
+package is installed. Nothing here imports torch, lava or the training code.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from lava_allnet.errors import AllnetError
+
+HERE = Path(__file__).resolve().parent
+MODEL_NAME = "neurallnet-aria"
+RECIPES_DIR = HERE / "recipes"
+
+
+def _resolved(path: Path) -> Path:
+    # in the repository: the file the symlink points to (models/..., recipes/...)
+    return path.resolve() if path.exists() else path
+
+
+def default_model() -> Path:
+    """The shipped model file (``models/neurallnet-aria.net`` in the repository); may not exist."""
+    return _resolved(HERE / f"{MODEL_NAME}.net")
+
+
+def default_split() -> Path:
+    """The saved train/val/test split of the shipped model's training data."""
+    return _resolved(HERE / f"{MODEL_NAME}.split.json")
+
+
+def require_default_model() -> Path:
+    """:func:`default_model`, or an :class:`AllnetError` when the installation lacks it."""
+    path = default_model()
+    if not path.is_file():
+        raise AllnetError(f"the shipped model {path} is missing (reinstall lava-allnet or give a model file)")
+    return path
+
+
+def recipe_names() -> list[str]:
+    """Names of the packaged recipes (``demo``, ``neurallnet-aria``, ...)."""
+    if not RECIPES_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+
+
+def recipe_path(name: str) -> Path:
+    """The packaged recipe file ``recipes/<name>.toml`` (``name`` with or without ``.toml``)."""
+    stem = name[: -len(".toml")] if name.endswith(".toml") else name
+    if not stem or "/" in stem or "\\" in stem or stem.startswith("."):
+        raise AllnetError(f"recipe name {name!r}: a plain name such as 'demo'")
+    path = RECIPES_DIR / f"{stem}.toml"
+    if not path.is_file():
+        known = recipe_names()
+        raise AllnetError(f"no packaged recipe {stem!r}; known: {', '.join(known) if known else 'none'}")
+    return _resolved(path)
