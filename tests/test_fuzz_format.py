@@ -108,3 +108,60 @@ def test_structural_mutations(se_model_file, tmp_path_factory, data):
                     f["layer"].move(other, li)
                     f["layer"].move("tmp", other)
     _read(path)
+
+
+# Value mutations keep a file's structure, so many of them load: those are built in Lava and run
+# through the CLI (one image, the simulator), which must end with exit 0 or 2, never a traceback
+# and never a hang (the timeout). Seeded: the same cases every run.
+NUMERIC = ["weight", "bias", "neuron/iDecay", "neuron/vDecay", "neuron/vThMant", "weight1", "bias1", "weight2",
+           "bias2", "bias1Exp", "bias2Exp", "squeezeExp", "exciteExp", "gateLevels", "messageBits",
+           "inputMessageBits", "refDelay"]
+
+
+def _value_mutant(src, path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    path.write_bytes(src.read_bytes())
+    with h5py.File(path, "r+") as f:
+        for _ in range(int(rng.integers(1, 3))):
+            li = str(int(rng.integers(0, len(f["layer"]))))
+            fields = [k for k in NUMERIC if k in f["layer"][li]]
+            if not fields:
+                continue
+            ds = f["layer"][li][fields[int(rng.integers(len(fields)))]]
+            kind = rng.integers(3)
+            bound = {0: 2**7, 1: 2**15, 2: 2**30}[int(kind)]
+            value = rng.integers(-bound, bound, size=ds.shape) if ds.shape else rng.integers(-bound, bound)
+            ds[...] = np.asarray(value).astype(ds.dtype) if ds.dtype.kind in "iu" else value
+
+
+def test_value_mutants_that_load_run_on_the_simulator_with_exit_0_or_2(se_model_file, synth_images, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from netx.export import network_from_spec
+
+    exe = str(Path(sys.executable).parent / "lava-allnet")
+    image = str(synth_images[1][0])
+    loaded, refused = [], 0
+    for seed in range(60):
+        path = tmp_path / f"m{seed}.net"
+        _value_mutant(se_model_file, path, seed)
+        try:
+            network_from_spec(nf.read(path))
+        except ModelFileError as exc:
+            assert str(exc) and "\n" not in str(exc)
+            refused += 1
+            continue
+        loaded.append(path)
+    assert len(loaded) >= 6 and refused >= 1, (len(loaded), refused)  # both paths exercised
+    codes = []
+    for path in loaded[:8]:
+        r = subprocess.run([exe, "run", str(path), image, "--backend", "sim", "--json"], capture_output=True,
+                           text=True, timeout=240)
+        assert r.returncode in (0, 2), (path.name, r.returncode, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr[-2000:]
+        if r.returncode == 2:
+            assert len(r.stderr.strip().splitlines()[-1:]) == 1 and "error: " in r.stderr
+        codes.append(r.returncode)
+    assert 0 in codes, codes  # some mutants really ran on the simulator
