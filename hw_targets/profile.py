@@ -137,6 +137,7 @@ def profile(spec: nf.NetworkSpec, run: Run, target: dict[str, Any]) -> dict[str,
                 "snn_synops_energy_pj": synops * conv["snn_synaptic_op_pj"],
                 "ann_macs": ann_macs,
                 "ann_energy_pj": ann_macs * conv["ann_mac_pj"],
+                "synaptic_ops_per_ann_mac": synops / ann_macs if ann_macs else None,
             },
         }
         per_image.append(item)
@@ -173,7 +174,7 @@ def profile(spec: nf.NetworkSpec, run: Run, target: dict[str, Any]) -> dict[str,
         "means": {
             "layers": layer_means,
             "totals": {k: mean(k) for k in ("messages", "synaptic_ops", "neuron_updates", "active_neurons", "energy_pj",
-                                              "snn_synops_energy_pj", "ann_energy_pj")},
+                                              "snn_synops_energy_pj", "ann_energy_pj", "synaptic_ops_per_ann_mac")},
         },
         "totals": {
             k: (None if any(im["totals"][k] is None for im in per_image) else float(sum(im["totals"][k] for im in per_image)))

@@ -492,6 +492,7 @@ def profile(
     if m["energy_pj"] is not None:
         e.add_row(f"SNN on {target} (per-op energies)", "", f"{m['energy_pj'] / 1e6:.2f}")
     out.print(t2)
+    out.print(f"synaptic ops per ANN MAC: {m['synaptic_ops_per_ann_mac']:.3f}")
     if m["energy_pj"] is None:
         out.print(report["energy_source"])
     tm = report["timing"]

@@ -55,6 +55,10 @@ class ModelConfig:
     # 8-bit weight grid g times finer relative to the threshold, at g times the state range.
     # Measured on the shipped model: conv2 and conv3 used 11-13 weight levels and 2% of the range.
     threshold_gains: tuple[int, ...] = ()
+    # A static image pays for its input once: it is sent at the first step of each image's window
+    # only, into a conv1 whose current barely decays (1/4096 per step, Lava du = 0), so conv1's
+    # current holds W·x for every step: one pass of synaptic ops instead of T (file format version 2).
+    input_once: bool = False
 
     def __post_init__(self) -> None:
         n = len(self.channels)

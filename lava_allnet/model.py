@@ -251,10 +251,20 @@ class ConvBlock(torch.nn.Module):
         s = self.synapse
         return tuple(s.stride[:2]), tuple(s.padding[:2]), tuple(s.dilation[:2]), s.groups
 
-    def forward(self, x: torch.Tensor, time_steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, time_steps: int, once: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (N, T, C, H, W), or the static image (N, C, H, W), whose conv is held
-        for every step rather than repeated. Returns (spikes (N, T, C, H, W), current, voltage)."""
-        return cuba(self.neuron, self.synaptic_input(x), time_steps if x.dim() == 4 else None)
+        for every step rather than repeated. Returns (spikes (N, T, C, H, W), current, voltage).
+
+        once: the static image arrives at the first step only (zeros after), as Lava sends it
+        with ``InputSpec.send_once``; with current decay 0 the current then holds it."""
+        z = self.synaptic_input(x)
+        if once and x.dim() == 4:
+            n, c, h, w = z.shape
+            # time-major and channels-last like the held path's layout (no copy in the kernels)
+            tm = z.new_zeros((n, time_steps, h, w, c)).permute(0, 1, 4, 2, 3)
+            tm[:, 0] = z
+            return cuba(self.neuron, tm)
+        return cuba(self.neuron, z, time_steps if x.dim() == 4 else None)
 
 
 def neuron_bias(block: "ConvBlock | DenseBlock") -> torch.Tensor | None:
@@ -357,6 +367,7 @@ class Network(torch.nn.Module):
         time_steps: int,
         class_names: tuple[str, ...],
         population: int,
+        input_once: bool = False,
     ) -> None:
         super().__init__()
         if not blocks or not isinstance(blocks[-1][1], DenseBlock):
@@ -367,6 +378,7 @@ class Network(torch.nn.Module):
         self.time_steps = time_steps
         self.class_names = tuple(class_names)
         self.population = population
+        self.input_once = input_once  # the image reaches the first layer at step 0 only (ConvBlock once)
         out = blocks[-1][1].synapse.out_channels
         if out != len(class_names) * population:
             raise ValueError(f"output layer has {out} neurons for {len(class_names)} classes x {population}")
@@ -421,7 +433,13 @@ class Network(torch.nn.Module):
                 acts[name] = t
 
         if record or "input" in keep:
-            note("input", x.unsqueeze(1).expand(x.shape[0], self.time_steps, *x.shape[1:]))
+            if self.input_once:
+                sent = x.new_zeros((x.shape[0], self.time_steps, *x.shape[1:]))
+                sent[:, 0] = x
+            else:
+                sent = x.unsqueeze(1).expand(x.shape[0], self.time_steps, *x.shape[1:])
+            note("input", sent)
+        first = True
         for name, block in self.blocks.items():
             if isinstance(block, SEBlock):
                 x, a1, rows, _gate = block(x)
@@ -430,9 +448,10 @@ class Network(torch.nn.Module):
                 note(f"{name}.scale", x)
                 continue
             if isinstance(block, ConvBlock):
-                x, current, voltage = block(x, self.time_steps)
+                x, current, voltage = block(x, self.time_steps, once=first and self.input_once)
             else:
                 x, current, voltage = block(x)
+            first = False
             note(name, x)
             if record:
                 overflow += fx.check_state_range(current.detach())
@@ -497,6 +516,9 @@ def reference_forward(net: Network, x: torch.Tensor) -> torch.Tensor:
     return h.reshape(h.shape[0], net.num_classes, net.population, t).sum(dim=(2, 3))
 
 
+HELD_CURRENT_DECAY = 1 / 4096  # Lava du = 0: the smallest current decay of Loihi's fixed-point CUBA
+
+
 def build_model(config: ModelConfig) -> Network:
     """NeurALLNet from its config (see ``lava_allnet.config.MODELS``)."""
     cfg = config
@@ -505,7 +527,11 @@ def build_model(config: ModelConfig) -> Network:
     thresholds = cfg.layer_thresholds()  # each scaled to its input message and gain
 
     def neuron(layer: str) -> NeuronConfig:
-        return dataclasses.replace(cfg.neuron, threshold=thresholds[layer])
+        n = dataclasses.replace(cfg.neuron, threshold=thresholds[layer])
+        # input once: conv1's current holds the image's drive instead of integrating it T times. The
+        # least decay Loihi's 12-bit CUBA has is 1/4096 per step (Lava du = 0): the held current loses
+        # at most one state unit per step, the same in SLAYER and on the chip
+        return dataclasses.replace(n, current_decay=HELD_CURRENT_DECAY) if cfg.input_once and layer == "conv1" else n
 
     in_ch, bits = cfg.in_channels, cfg.input_bits
     for i, (ch, stride, use_se) in enumerate(zip(cfg.channels, cfg.strides, cfg.se), start=1):
@@ -526,6 +552,7 @@ def build_model(config: ModelConfig) -> Network:
         cfg.time_steps,
         cfg.class_names,
         cfg.population,
+        input_once=cfg.input_once,
     )
     net.config = cfg
     return net

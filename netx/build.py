@@ -171,7 +171,8 @@ def build(
     """
     b = _Builder(spec, spec.time_steps, reset, float_mode)
     c, h, w = spec.input.shape
-    src = b.add(ImageSource(path=str(frames_path), shape=(w, h, c), num_samples=num_samples, steps=spec.time_steps))
+    src = b.add(ImageSource(path=str(frames_path), shape=(w, h, c), num_samples=num_samples, steps=spec.time_steps,
+                            once=spec.input.send_once))
     out: OutPort = src.s_out
     shape_whc: tuple[int, ...] = (w, h, c)
     b.stage("input", out, shape_whc, 0, "graded")

@@ -43,7 +43,7 @@ def _ints(t: torch.Tensor) -> np.ndarray:
 def spec_from_network(net: Network) -> nf.NetworkSpec:
     """The exact integer description of a torch Network."""
     c, h, w = net.input_shape
-    layers: list[nf.LayerSpec] = [nf.InputSpec((c, h, w), net.input_bits)]
+    layers: list[nf.LayerSpec] = [nf.InputSpec((c, h, w), net.input_bits, send_once=net.input_once)]
     shape = (c, h, w)
     with torch.no_grad():
         for name, block in net.blocks.items():
@@ -140,6 +140,7 @@ def network_from_spec(spec: nf.NetworkSpec) -> Network:
             shape = layer.shape
         elif isinstance(layer, nf.FlattenSpec):
             shape = (int(np.prod(shape)),)
-    net = Network(blocks, spec.input.shape, spec.input.message_bits, spec.time_steps, spec.class_names, spec.population)
+    net = Network(blocks, spec.input.shape, spec.input.message_bits, spec.time_steps, spec.class_names, spec.population,
+                  input_once=spec.input.send_once)
     net.eval()
     return net

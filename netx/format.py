@@ -3,7 +3,7 @@
 Layout (NetX-compatible where NetX has the layer; field names as lava-dl's
 ``export_hdf5`` writes them)::
 
-    /                attrs: format="lava-allnet-netx", format_version=1,
+    /                attrs: format="lava-allnet-netx", format_version=1 or 2,
                             class_names (JSON), time_steps, population,
                             model_config (JSON, optional: the training config)
     /layer/0         type="input"   shape=(C,H,W) messageBits pixelShift
@@ -39,7 +39,10 @@ from lava_allnet import fixed_point as fx
 from lava_allnet.errors import ModelFileError
 
 FORMAT_NAME = "lava-allnet-netx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what this lava-allnet writes when a file needs it; it reads 1 and 2
+READ_VERSIONS = (1, 2)
+# version 2 adds: the input layer's sendOnce (the image is sent at the first step of each window only,
+# into a first layer whose current holds it); a file without version-2 fields is written as version 1
 LAYER_TYPES = ("input", "conv", "se", "flatten", "dense")
 
 
@@ -61,6 +64,9 @@ class InputSpec:
     shape: tuple[int, int, int]  # (C, H, W)
     message_bits: int
     type: str = "input"
+    # version 2: the image is sent once per sample, at the first step of its window (zeros after),
+    # into a first layer with current decay 0, whose current then holds W·x for every step
+    send_once: bool = False
 
     @property
     def pixel_shift(self) -> int:
@@ -344,9 +350,10 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
             f"not a lava-allnet model (root attribute 'format' is {fmt!r}, expected {FORMAT_NAME!r})"
         )
     version = _int_attr(f, "format_version", 0, 1 << 30)
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise ModelFileError(
-            f"format version {version} is not supported (this lava-allnet reads version {FORMAT_VERSION})"
+            f"format version {version} is not supported (this lava-allnet reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))})"
         )
     try:
         class_names = tuple(json.loads(_attr(f, "class_names")))
@@ -394,7 +401,12 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
         if ltype == "input":
             c, h, w = L.shape(3)
             bits = L.int_("messageBits", 1, 8)
-            layers.append(InputSpec((c, h, w), bits))
+            once = False
+            if "sendOnce" in g:
+                if version < 2:
+                    raise L.fail("field 'sendOnce' needs format version 2")
+                once = bool(L.int_("sendOnce", 0, 1))
+            layers.append(InputSpec((c, h, w), bits, send_once=once))
             shape = (c, h, w)
         elif ltype == "conv":
             if shape is None or len(shape) != 3:
@@ -515,7 +527,7 @@ def write(spec: NetworkSpec, path: str | os.PathLike) -> None:
     with h5py.File(tmp, "w") as f:
         # np.bytes_: fixed-length strings (see MAX_ATTR_BYTES)
         f.attrs["format"] = np.bytes_(FORMAT_NAME)
-        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["format_version"] = required_version(spec)
         f.attrs["class_names"] = np.bytes_(json.dumps(list(spec.class_names)).encode())
         f.attrs["time_steps"] = int(spec.time_steps)
         f.attrs["population"] = int(spec.population)
@@ -547,11 +559,18 @@ def _neuron(g: h5py.Group, n: NeuronSpec) -> None:
     ng.create_dataset("gradedSpike", data=False)
 
 
+def required_version(spec: "NetworkSpec") -> int:
+    """The oldest format version that holds this network (version-1 readers can load it then)."""
+    return 2 if spec.input.send_once else 1
+
+
 def _write_layer(g: h5py.Group, layer: LayerSpec) -> None:
     if isinstance(layer, InputSpec):
         _i(g, "shape", layer.shape)
         _i(g, "messageBits", layer.message_bits)
         _i(g, "pixelShift", layer.pixel_shift)
+        if layer.send_once:
+            _i(g, "sendOnce", 1)
     elif isinstance(layer, ConvSpec):
         _i(g, "shape", layer.shape)
         _i(g, "inChannels", layer.in_channels)

@@ -120,3 +120,65 @@ def test_threshold_gains_stay_bit_exact_on_the_simulator(se_model_file, synth_im
     report = verify(spec, inputs.images)
     _assert_identical(report, spec, len(inputs.paths))
     assert {l["layer"]: l for l in report["layers"]}[spec.stage_names()[-1]]["reference_messages"] > 0
+
+
+def test_input_once_is_exact_on_the_simulator_and_pays_for_the_input_once(synth_images, tmp_path):
+    """model.input_once: the image is sent at the first step only, into a conv1 whose current holds
+    it; torch and Lava agree value for value, and the input's synaptic ops are one pass, not T."""
+    import dataclasses
+
+    import torch
+
+    from hw_targets import profile as hp
+    from lava_allnet.config import ModelConfig
+    from lava_allnet.model import build_model
+    from netx.analysis import stage_fanouts
+    from netx.export import export
+
+    from conftest import SMALL
+
+    images = synth_images[0][:6]
+    cfg = ModelConfig(**SMALL, input_once=True)
+    torch.manual_seed(0)
+    net = build_model(cfg)
+    net.calibrate(net.encode(torch.from_numpy(images)))
+    spec = export(net, tmp_path / "once.net")
+    spec = nf.read(tmp_path / "once.net")
+    assert spec.input.send_once and spec.format_version == 2
+    assert spec.layers[1].neuron.i_decay == 1  # conv1's current decays by 1/4096 per step (Lava du = 0)
+    report = verify(spec, images)
+    _assert_identical(report, spec, len(images))
+    assert all(l["reference_messages"] > 0 for l in report["layers"])
+    # the same weights with the image re-sent every step: its input synaptic ops are T times as many
+    every = build_model(dataclasses.replace(cfg, input_once=False))
+    every.load_state_dict(net.state_dict())
+    spec_every = export(every, tmp_path / "every.net")
+    inputs = Inputs(images, [str(i) for i in range(len(images))], [None] * len(images), [])
+    target = hp.load_target("loihi1")
+    syn = {}
+    for name, s in (("once", spec), ("every", spec_every)):
+        run = run_backend(s, inputs, "sim", fanouts=stage_fanouts(s))
+        rows = {l["layer"]: l for l in hp.profile(s, run, target)["means"]["layers"]}
+        syn[name] = rows["input"]["synaptic_ops"]
+        fan = stage_fanouts(s)["input"]
+        one_pass = float(np.mean([(fan * (im >> (8 - s.input.message_bits) != 0)).sum() for im in images]))
+        assert syn[name] == pytest.approx(one_pass * (1 if name == "once" else s.time_steps)), name
+    assert syn["every"] == pytest.approx(spec.time_steps * syn["once"])
+
+
+def test_a_version_1_file_cannot_carry_a_once_sent_input(se_model_file, tmp_path):
+    import h5py
+
+    from lava_allnet.errors import ModelFileError
+
+    path = tmp_path / "bad.net"
+    path.write_bytes(se_model_file.read_bytes())
+    with h5py.File(path, "r+") as f:
+        assert int(f.attrs["format_version"]) == 1
+        f["layer"]["0"].create_dataset("sendOnce", data=np.int64(1))
+    with pytest.raises(ModelFileError, match="sendOnce' needs format version 2"):
+        nf.read(path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["format_version"] = 3
+    with pytest.raises(ModelFileError, match="reads versions 1, 2"):
+        nf.read(path)

@@ -53,6 +53,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "name": Key(str, "neurallnet", "a registered model config (`lava-allnet models`)"),
         "input_size": Key(int, 0, "input side in pixels (0: the config's)"),
         "time_steps": Key(int, 0, "steps per image, T (0: the config's)"),
+        "input_once": Key(bool, False, "send the static image once per image (first step) into a conv1 whose current "
+                                       "holds it (decay 1/4096, Lava du = 0): one pass of input synaptic ops instead of "
+                                       "T; model file format version 2"),
     },
     "schedule": {
         "epochs": Key(int, 10, "training epochs (one-cycle learning rate over them)"),
@@ -239,6 +242,8 @@ def model_config(stage: dict[str, Any], where: str = "recipe"):
     for k, v in overrides.items():
         if v < 1:
             raise AllnetError(f"{where}: model.{k} {v}: must be positive (0: the config's)")
+    if m.get("input_once"):
+        overrides["input_once"] = True
     try:
         return get_model_config(m["name"], **overrides)
     except ValueError as exc:

@@ -24,13 +24,15 @@ from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
 
 class ImageSource(AbstractProcess):
-    """Sends sample n's encoded image (graded messages) at every step of its window.
+    """Sends sample n's encoded image (graded messages) at every step of its window, or with
+    ``once`` at its first step only (zeros after: the first layer's current holds it).
 
     path: a .npy file of shape (num_samples, W, H, C), integer messages.
     """
 
-    def __init__(self, *, path: str, shape: tuple[int, int, int], num_samples: int, steps: int) -> None:
-        super().__init__(path=path, shape=shape, num_samples=num_samples, steps=steps)
+    def __init__(self, *, path: str, shape: tuple[int, int, int], num_samples: int, steps: int,
+                 once: bool = False) -> None:
+        super().__init__(path=path, shape=shape, num_samples=num_samples, steps=steps, once=once)
         self.s_out = OutPort(shape=shape)
 
 
@@ -45,12 +47,13 @@ class PyImageSourceModel(PyLoihiProcessModel):
         self._frames = np.load(proc_params["path"], mmap_mode="r")
         self._steps = int(proc_params["steps"])
         self._n = int(proc_params["num_samples"])
+        self._once = bool(proc_params.get("once", False))
         self._zeros = np.zeros(proc_params["shape"], dtype=np.int32)
         self._cached = (-1, self._zeros)
 
     def run_spk(self) -> None:
-        n = (self.time_step - 1) // self._steps
-        if n >= self._n:
+        n, j = divmod(self.time_step - 1, self._steps)
+        if n >= self._n or (self._once and j > 0):
             self.s_out.send(self._zeros)
             return
         if self._cached[0] != n:
