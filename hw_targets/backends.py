@@ -68,7 +68,8 @@ class TorchBackend(Backend):
         t0 = time.perf_counter()
         with torch.inference_mode():
             for i in range(0, len(images), self.batch_size):
-                x = self.net.encode(torch.from_numpy(np.ascontiguousarray(images[i : i + self.batch_size])))
+                batch = self.spec.frontend.apply(np.ascontiguousarray(images[i : i + self.batch_size]))
+                x = self.net.encode(torch.from_numpy(batch))
                 out = self.net(x, record=True, weights=w)
                 for k, v in out.stage_steps.items():
                     steps.setdefault(k, []).append(v.numpy())

@@ -70,7 +70,7 @@ def run(
     """
     n = int(images_uint8.shape[0])
     T = spec.time_steps
-    msgs = fx.encode_pixels(images_uint8, spec.input.message_bits)
+    msgs = fx.encode_pixels(spec.frontend.apply(images_uint8), spec.input.message_bits)
     frames = nb.chw_to_whc(msgs).astype(np.uint8)
     with tempfile.TemporaryDirectory(prefix="lava-allnet-") as tmp:
         path = Path(tmp) / "frames.npy"

@@ -25,7 +25,8 @@ def torch_stage_values(net, images_uint8: np.ndarray, stages: list[str]) -> Iter
 
     with torch.inference_mode():
         for img in images_uint8:
-            out = net(net.encode(torch.from_numpy(np.ascontiguousarray(img[None]))), record=True, keep=tuple(stages))
+            x = net.frontend.apply(np.ascontiguousarray(img[None]))
+            out = net(net.encode(torch.from_numpy(x)), record=True, keep=tuple(stages))
             values = {}
             for name in stages:
                 t = out.activations[name][0].numpy()  # (T, C, H, W) or (T, n)

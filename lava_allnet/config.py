@@ -59,6 +59,9 @@ class ModelConfig:
     # only, into a conv1 whose current barely decays (1/4096 per step, Lava du = 0), so conv1's
     # current holds W·x for every step: one pass of synaptic ops instead of T (file format version 2).
     input_once: bool = False
+    # The input front end (lava_allnet.frontend, JSON; "" = none): each image mapped to canonical
+    # colour statistics before the encoding. Its reference statistics are fitted on the training images.
+    frontend: str = ""
 
     def __post_init__(self) -> None:
         n = len(self.channels)

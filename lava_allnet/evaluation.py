@@ -215,6 +215,7 @@ def grad_cam(net, image_uint8: np.ndarray, layer: str | None = None, class_index
 
     from lava_allnet.model import ConvBlock
 
+    image_uint8 = net.frontend.apply(np.asarray(image_uint8)[None])[0]  # the model's input front end first
     convs = [n for n, b in net.blocks.items() if isinstance(b, ConvBlock)]
     if layer is None:
         # The deepest conv whose map keeps at least 1/8 of the image side (and 8

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from lava_allnet import fixed_point as fx
 from lava_allnet._lava import slayer
 from lava_allnet.config import ModelConfig, NeuronConfig
+from lava_allnet.frontend import FrontEnd
 
 
 def _neuron(cfg: NeuronConfig, channels: int = 0):
@@ -379,6 +380,9 @@ class Network(torch.nn.Module):
         self.class_names = tuple(class_names)
         self.population = population
         self.input_once = input_once  # the image reaches the first layer at step 0 only (ConvBlock once)
+        # applied to uint8 images before encode() by every caller that has raw images (backends,
+        # trainer, Grad-CAM): a fitted map, not a layer (lava_allnet.frontend)
+        self.frontend = FrontEnd()
         out = blocks[-1][1].synapse.out_channels
         if out != len(class_names) * population:
             raise ValueError(f"output layer has {out} neurons for {len(class_names)} classes x {population}")
@@ -554,5 +558,6 @@ def build_model(config: ModelConfig) -> Network:
         cfg.population,
         input_once=cfg.input_once,
     )
+    net.frontend = FrontEnd.from_json(cfg.frontend)
     net.config = cfg
     return net

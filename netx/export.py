@@ -84,7 +84,7 @@ def spec_from_network(net: Network) -> nf.NetworkSpec:
             else:  # pragma: no cover
                 raise TypeError(f"cannot export block {name} of type {type(block).__name__}")
     config = net.config.to_dict() if getattr(net, "config", None) is not None else None
-    return nf.NetworkSpec(layers, net.class_names, net.time_steps, net.population, config)
+    return nf.NetworkSpec(layers, net.class_names, net.time_steps, net.population, config, frontend=net.frontend)
 
 
 def export(net: Network, path: str | os.PathLike) -> nf.NetworkSpec:
@@ -142,5 +142,6 @@ def network_from_spec(spec: nf.NetworkSpec) -> Network:
             shape = (int(np.prod(shape)),)
     net = Network(blocks, spec.input.shape, spec.input.message_bits, spec.time_steps, spec.class_names, spec.population,
                   input_once=spec.input.send_once)
+    net.frontend = spec.frontend
     net.eval()
     return net

@@ -36,13 +36,16 @@ import h5py
 import numpy as np
 
 from lava_allnet import fixed_point as fx
+from lava_allnet.frontend import FrontEnd
 from lava_allnet.errors import ModelFileError
 
 FORMAT_NAME = "lava-allnet-netx"
 FORMAT_VERSION = 2  # what this lava-allnet writes when a file needs it; it reads 1 and 2
 READ_VERSIONS = (1, 2)
 # version 2 adds: the input layer's sendOnce (the image is sent at the first step of each window only,
-# into a first layer whose current holds it); a file without version-2 fields is written as version 1
+# into a first layer whose current holds it) and the root attribute frontend (JSON: the input front
+# end every backend applies before encoding, lava_allnet.frontend); a file without version-2 fields
+# is written as version 1
 LAYER_TYPES = ("input", "conv", "se", "flatten", "dense")
 
 
@@ -141,6 +144,7 @@ class NetworkSpec:
     model_config: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     source: str = ""  # file it was read from
+    frontend: FrontEnd = dataclasses.field(default_factory=FrontEnd)  # version 2: applied before encoding
 
     @property
     def input(self) -> InputSpec:
@@ -364,6 +368,16 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
     time_steps = _int_attr(f, "time_steps", 1, 100_000)
     population = _int_attr(f, "population", 1, 1 << 16)
     config = None
+    frontend = FrontEnd()
+    if "frontend" in f.attrs:
+        if version < 2:
+            raise ModelFileError("root attribute 'frontend' needs format version 2")
+        try:
+            frontend = FrontEnd.from_dict(json.loads(_attr(f, "frontend")))
+            if frontend.name != "none" and len(frontend.reference) not in (3, 6):
+                raise ValueError(f"front end {frontend.name!r}: {len(frontend.reference)} reference values")
+        except (ValueError, TypeError) as exc:
+            raise ModelFileError(f"root attribute 'frontend' is not a valid front end ({exc})") from exc
     if "model_config" in f.attrs:
         try:
             config = json.loads(_attr(f, "model_config"))
@@ -502,7 +516,7 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
     if len(dense) > 1:
         for k, l in enumerate(dense, start=1):
             l.name = f"fc{k}"
-    return NetworkSpec(layers, class_names, time_steps, population, config, version, source)
+    return NetworkSpec(layers, class_names, time_steps, population, config, version, source, frontend)
 
 
 def retimed(spec: NetworkSpec, time_steps: int) -> NetworkSpec:
@@ -531,6 +545,8 @@ def write(spec: NetworkSpec, path: str | os.PathLike) -> None:
         f.attrs["class_names"] = np.bytes_(json.dumps(list(spec.class_names)).encode())
         f.attrs["time_steps"] = int(spec.time_steps)
         f.attrs["population"] = int(spec.population)
+        if spec.frontend.name != "none":
+            f.attrs["frontend"] = np.bytes_(json.dumps(spec.frontend.to_dict(), sort_keys=True).encode())
         if spec.model_config is not None:
             f.attrs["model_config"] = np.bytes_(json.dumps(spec.model_config, sort_keys=True).encode())
         lg = f.create_group("layer")
@@ -561,7 +577,7 @@ def _neuron(g: h5py.Group, n: NeuronSpec) -> None:
 
 def required_version(spec: "NetworkSpec") -> int:
     """The oldest format version that holds this network (version-1 readers can load it then)."""
-    return 2 if spec.input.send_once else 1
+    return 2 if spec.input.send_once or spec.frontend.name != "none" else 1
 
 
 def _write_layer(g: h5py.Group, layer: LayerSpec) -> None:

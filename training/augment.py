@@ -1,5 +1,14 @@
-"""Augmentation on uint8 images, seeded per batch so a resumed run repeats it exactly."""
+"""Augmentation on uint8 images, seeded per batch so a resumed run repeats it exactly.
+
+:func:`augment_batch` (flips, 90° rotations, mild colour jitter) is what every recipe gets;
+:class:`Photometric` adds what a model needs to survive another microscope (recipe ``[augment]``
+keys): exposure with clipping, gamma, contrast, stain and hue, noise, blur, occlusion, and
+background replacement (everything but the stained white cells replaced by one colour, black
+included), each drawn per image from the batch's generator.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -20,38 +29,6 @@ def _transform(x: torch.Tensor, flip_h: bool, flip_v: bool, rot: int) -> torch.T
     if rot:
         x = torch.rot90(x, rot, dims=(-2, -1))
     return x
-
-
-# The 16 (flip_h, flip_v, rot) draws give the 8 symmetries of the square, each twice. VIEWS
-# lists one draw per symmetry (the canonical views a cache holds); VIEW_OF maps every draw to it.
-VIEWS: tuple[tuple[bool, bool, int], ...] = tuple((fh, False, r) for fh in (False, True) for r in range(4))
-
-
-def _view_table() -> dict[tuple[bool, bool, int], int]:
-    probe = torch.arange(9).reshape(3, 3)  # no symmetry of its own: each view moves it differently
-    canon = [_transform(probe, *v) for v in VIEWS]
-    table = {}
-    for fh in (False, True):
-        for fv in (False, True):
-            for r in range(4):
-                moved = _transform(probe, fh, fv, r)
-                table[(fh, fv, r)] = next(i for i, c in enumerate(canon) if torch.equal(c, moved))
-    return table
-
-
-VIEW_OF = _view_table()
-
-
-def view_indices(n: int, gen: torch.Generator) -> torch.Tensor:
-    """Which of :data:`VIEWS` :func:`augment_batch` with the same generator state gives each image
-    (it must be called with ``strength`` 0: jitter is not a view)."""
-    flip_h, flip_v, rot = draw_views(n, gen)
-    return torch.tensor([VIEW_OF[(bool(h), bool(v), int(r))] for h, v, r in zip(flip_h, flip_v, rot)], dtype=torch.long)
-
-
-def view(images: torch.Tensor, index: int) -> torch.Tensor:
-    """All images (..., H, W) in canonical view ``index`` of :data:`VIEWS`."""
-    return _transform(images, *VIEWS[index])
 
 
 def augment_batch(images: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> torch.Tensor:
@@ -75,3 +52,87 @@ def augment_batch(images: torch.Tensor, gen: torch.Generator, strength: float = 
     f = (f - mean) * contrast + mean
     f = f * gain * chan
     return f.round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class Photometric:
+    """Per-image photometric augmentation (all off by default); see the recipe keys in recipes/README.md."""
+
+    gain: tuple[float, float] = (1.0, 1.0)  # exposure: multiply, then clip to 0..255 (over-exposure clips)
+    gamma: tuple[float, float] = (1.0, 1.0)
+    contrast: float = 0.0  # ± around the image mean
+    stain: float = 0.0  # ± per-channel gain
+    hue: float = 0.0  # probability of a random mix of the colour channels (stain rendering, colour spaces)
+    noise: float = 0.0  # maximum Gaussian noise sigma (grey levels)
+    blur: float = 0.0  # maximum Gaussian blur sigma (pixels)
+    occlusion: float = 0.0  # maximum occluded share of the image (one rectangle of a random grey)
+    background: float = 0.0  # probability of replacing the background by one random colour
+
+    @property
+    def active(self) -> bool:
+        return self != Photometric()
+
+    def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """(N, 3, H, W) uint8 → uint8; every draw from ``gen`` (in a fixed order), so it repeats exactly."""
+        n, _, h, w = images.shape
+        u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+        f = images.float()
+        if self.background > 0:
+            keep = cell_mask(images)
+            colour = torch.where(u(n, 1, 1, 1) < 0.5, torch.zeros(n, 3, 1, 1), 255 * u(n, 3, 1, 1))
+            replace = (u(n, 1, 1, 1) < self.background) & ~keep
+            f = torch.where(replace, colour.expand(n, 3, h, w), f)
+        if self.hue > 0:
+            mix = torch.eye(3).repeat(n, 1, 1)
+            pick = u(n) < self.hue
+            rnd = u(n, 3, 3)
+            rnd = rnd / rnd.sum(2, keepdim=True)
+            mix[pick] = rnd[pick]
+            f = torch.einsum("ncd,ndhw->nchw", mix, f)
+        lo, hi = self.gain
+        f = f * (lo + (hi - lo) * u(n, 1, 1, 1))
+        if self.stain > 0:
+            f = f * (1 + self.stain * (2 * u(n, 3, 1, 1) - 1))
+        if self.contrast > 0:
+            mean = f.mean(dim=(1, 2, 3), keepdim=True)
+            f = (f - mean) * (1 + self.contrast * (2 * u(n, 1, 1, 1) - 1)) + mean
+        f = f.clamp(0, 255)
+        glo, ghi = self.gamma
+        if (glo, ghi) != (1.0, 1.0):
+            f = 255 * (f / 255) ** (glo + (ghi - glo) * u(n, 1, 1, 1))
+        if self.blur > 0:
+            f = torch.stack([_blur(f[i], float(self.blur * u(1))) for i in range(n)])
+        if self.noise > 0:
+            f = f + self.noise * u(n, 1, 1, 1) * torch.randn(n, 3, h, w, generator=gen)
+        if self.occlusion > 0:
+            for i in range(n):
+                share = self.occlusion * float(u(1))
+                oh, ow = max(1, int(h * share ** 0.5)), max(1, int(w * share ** 0.5))
+                y0, x0 = int(u(1) * (h - oh + 1)), int(u(1) * (w - ow + 1))
+                f[i, :, y0:y0 + oh, x0:x0 + ow] = 255 * float(u(1))
+        return f.round().clamp(0, 255).to(torch.uint8)
+
+
+def cell_mask(images: torch.Tensor, threshold: float = 40.0, grow: int = 2) -> torch.Tensor:
+    """(N, 3, H, W) uint8 → (N, 1, H, W) bool: the Romanowsky-stained white cells (blue above green
+    by ``threshold`` more than the image's median pixel: nuclei and blast cytoplasm; red cells and
+    the background are near its median), grown by ``grow`` pixels. Used to replace everything else
+    (:class:`Photometric` ``background``)."""
+    f = images.float()
+    bg = (f[:, 2:3] - f[:, 1:2])
+    stained = (bg - bg.flatten(1).median(1).values.view(-1, 1, 1, 1)) > threshold
+    k = 2 * grow + 1
+    return torch.nn.functional.max_pool2d(stained.float(), k, stride=1, padding=grow) > 0
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma < 0.3:
+        return x
+    r = max(1, int(3 * sigma))
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    k = torch.exp(-(t ** 2) / (2 * sigma ** 2))
+    k = k / k.sum()
+    c = x.shape[0]
+    y = torch.nn.functional.conv2d(x[None], k.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, r), groups=c)
+    y = torch.nn.functional.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(r, 0), groups=c)
+    return y[0]

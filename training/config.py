@@ -36,11 +36,23 @@ class TrainConfig:
     # [augment]
     augment: bool = True  # flips and 90-degree rotations
     color_jitter: float = 0.0  # strength of brightness / stain / contrast jitter (0: off)
+    # photometric augmentation (training.augment.Photometric; all off by default)
+    aug_gain: tuple[float, float] = (1.0, 1.0)
+    aug_gamma: tuple[float, float] = (1.0, 1.0)
+    aug_contrast: float = 0.0
+    aug_stain: float = 0.0
+    aug_hue: float = 0.0
+    aug_noise: float = 0.0
+    aug_blur: float = 0.0
+    aug_occlusion: float = 0.0
+    aug_background: float = 0.0
     # [losses]
     loss_scale: float = 10.0  # logits = loss_scale * output spike rate
     range_weight: float = 1e-3  # [losses.range]: the 24-bit state-range penalty (features.RangePenalty)
     distill_weight: float = 0.0  # [losses.distill]: share of the distillation term (features.Distillation); 0: off
     distill_temperature: float = 2.0
+    rate_weight: float = 0.0  # [losses.rate]: lava-dl's SparsityEnforcer on every spiking layer (features.RateLoss); 0: off
+    rate_max: float = 0.01
     # [teacher]: the ANN that distillation learns from
     teacher_epochs: int = 12
     teacher_seed: int | None = None  # None: the stage's seed
@@ -70,10 +82,29 @@ class TrainConfig:
             raise ValueError(f"schedule.threads {self.threads}: 0 (torch's default) or more")
         if self.color_jitter < 0:
             raise ValueError(f"augment.color_jitter {self.color_jitter}: 0 (off) or above")
+        lo, hi = self.aug_gain
+        if not 0 < lo <= hi:
+            raise ValueError(f"augment.gain {list(self.aug_gain)}: 0 < low <= high")
+        lo, hi = self.aug_gamma
+        if not 0 < lo <= hi:
+            raise ValueError(f"augment.gamma {list(self.aug_gamma)}: 0 < low <= high")
+        for key in ("contrast", "stain", "noise", "blur"):
+            if getattr(self, f"aug_{key}") < 0:
+                raise ValueError(f"augment.{key} {getattr(self, f'aug_{key}')}: 0 (off) or above")
+        for key in ("hue", "occlusion", "background"):
+            if not 0 <= getattr(self, f"aug_{key}") <= 1:
+                raise ValueError(f"augment.{key} {getattr(self, f'aug_{key}')}: a share in [0, 1]")
         if self.loss_scale <= 0:
             raise ValueError(f"losses.logit_scale {self.loss_scale}: must be above 0")
         for feature in features.FEATURES:
             feature.check(self)
+
+    def photometric(self):
+        from training.augment import Photometric
+
+        return Photometric(gain=tuple(self.aug_gain), gamma=tuple(self.aug_gamma), contrast=self.aug_contrast,
+                           stain=self.aug_stain, hue=self.aug_hue, noise=self.aug_noise, blur=self.aug_blur,
+                           occlusion=self.aug_occlusion, background=self.aug_background)
 
     @property
     def uses_teacher(self) -> bool:
@@ -99,4 +130,7 @@ class TrainConfig:
         if retired:
             raise ValueError(f"this run used training options that moved to research/ ({', '.join(retired)}); "
                              "resume it with lava-allnet 97121b9")
+        for k in ("aug_gain", "aug_gamma"):
+            if k in d:
+                d[k] = tuple(d[k])
         return cls(**{k: v for k, v in d.items() if k in known})

@@ -82,16 +82,21 @@ def train_teacher(
     augment_strength: float | None = 0.0,
     log: Callable[[str], None] = print,
     device: torch.device | str = "cpu",
+    prepare: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> tuple[Teacher, dict]:
     """Train the ANN teacher on the same split; returns it and its metrics.
 
     augment_strength: the run's ``augment.augment_batch`` strength (None: no augmentation).
+    prepare: what the student's batches get after the flips (photometric augmentation and the input
+        front end), with the batch's generator; evaluation images get the front end only
+        (``prepare(x, None)``), as the student's validation does.
     images stay where they are; each batch moves to ``device``.
     """
     with torch.random.fork_rng():  # seeded init without moving the global RNG: a resumed run (teacher loaded) matches
         torch.manual_seed(seed)
         teacher = Teacher(cfg).to(memory_format=torch.channels_last)
     teacher.to(device)
+    seen = images if prepare is None else prepare(images, None)  # what evaluation sees: the front end only
     opt = torch.optim.Adam(teacher.parameters(), lr=lr)
     per_epoch = (len(train_idx) + batch_size - 1) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * per_epoch))
@@ -102,18 +107,21 @@ def train_teacher(
         for b in range(per_epoch):
             idx = perm[b * batch_size:(b + 1) * batch_size]
             x = images[idx]
+            g = gen(seed, 1000 + epoch, b)
             if augment_strength is not None:
-                x = augment.augment_batch(x, gen(seed, 1000 + epoch, b), strength=augment_strength)
+                x = augment.augment_batch(x, g, strength=augment_strength)
+            if prepare is not None:
+                x = prepare(x, g)
             loss = F.cross_entropy(teacher(x.to(device)), labels[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-        log(f"teacher epoch {epoch + 1}/{epochs}: val acc {accuracy(teacher, images[val_idx], labels[val_idx]):.4f}")
+        log(f"teacher epoch {epoch + 1}/{epochs}: val acc {accuracy(teacher, seen[val_idx], labels[val_idx]):.4f}")
     metrics = {
         "epochs": epochs,
-        "train_accuracy": accuracy(teacher, images[train_idx], labels[train_idx]),
-        "val_accuracy": accuracy(teacher, images[val_idx], labels[val_idx]),
+        "train_accuracy": accuracy(teacher, seen[train_idx], labels[train_idx]),
+        "val_accuracy": accuracy(teacher, seen[val_idx], labels[val_idx]),
         "seconds": time.perf_counter() - t0,
     }
     teacher.eval()

@@ -197,7 +197,7 @@ class NormMeans(Feature):
         # (T 16 → 24) they dropped the shipped weights from 0.956 to 0.398 validation accuracy.
         if cfg.norm_means == "fixed" and not t.resuming:
             t.console.print(f"fixing the batch-norm means over {len(t.train_idx)} training images")
-            calibrate_norm_means(t.net, t.data.images[t.train_idx], device=t.device)
+            calibrate_norm_means(t.net, t.images[t.train_idx], device=t.device)
         elif not t.resuming:
             t.console.print(f"keeping the batch-norm means of {cfg.init_from}")
         fix_norm_means(t.net)
@@ -222,7 +222,7 @@ class NormMeans(Feature):
     def epoch_end(self, kept: Network) -> Network:
         if not self.cfg.holds_norm_means:
             # only the validated model's running means: training mode reads batch means, never these
-            refresh_norm_stats(kept, self.t.data.images[self.t.norm_idx], device=self.t.device)
+            refresh_norm_stats(kept, self.t.images[self.t.norm_idx], device=self.t.device)
         return kept
 
 
@@ -282,7 +282,7 @@ class Distillation(Feature):
         self.teacher, metrics = distill.train_teacher(
             t.model_cfg, t.data.images, t.data.labels, t.train_idx, t.val_idx, cfg.teacher_epochs, seed, t.gen,
             batch_size=cfg.batch_size, augment_strength=cfg.color_jitter if cfg.augment else None,
-            log=t.console.print, device=t.device)
+            log=t.console.print, device=t.device, prepare=t.prepare if t.prepares else None)
         t.console.print(f"teacher: train acc {metrics['train_accuracy']:.4f}, val acc {metrics['val_accuracy']:.4f} "
                         f"({metrics['seconds']:.0f} s)")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -293,6 +293,48 @@ class Distillation(Feature):
             soft = self.teacher(batch.images)
         a = self.cfg.distill_weight
         return (1 - a) * loss + a * distill.distillation_loss(logits, soft, self.cfg.distill_temperature)
+
+
+class RateLoss(Feature):
+    """[losses.rate]: lava-dl's ``slayer.loss.SparsityEnforcer`` on every spiking layer (conv and
+    dense): ``weight`` x Σ relu(mean spike rate − ``max_rate``)², so layers firing above the rate pay
+    and the synaptic operations a chip performs fall."""
+
+    section = "losses.rate"
+
+    @staticmethod
+    def enabled(cfg: "TrainConfig") -> bool:
+        return cfg.rate_weight > 0
+
+    @staticmethod
+    def check(cfg: "TrainConfig") -> None:
+        if cfg.rate_weight < 0:
+            raise ValueError(f"losses.rate.weight {cfg.rate_weight}: 0 (off) or above")
+        if not 0 <= cfg.rate_max <= 1:
+            raise ValueError(f"losses.rate.max_rate {cfg.rate_max}: a rate per neuron and step in [0, 1]")
+
+    def setup(self) -> None:
+        from lava_allnet._lava import slayer
+        from lava_allnet.model import ConvBlock, DenseBlock
+
+        self.layers = tuple(n for n, b in self.t.net.blocks.items() if isinstance(b, (ConvBlock, DenseBlock)))
+        self.enforcer = slayer().loss.SparsityEnforcer(max_rate=self.cfg.rate_max, lam=self.cfg.rate_weight)
+
+    def forward_kwargs(self) -> dict[str, Any]:
+        return {"keep": self.layers}
+
+    def loss(self, loss, batch, out, logits):
+        self.enforcer.clear()
+        for name in self.layers:
+            self.enforcer.append(out.activations[name])
+        term = self.enforcer.loss
+        part = self.t.state["partial"]  # checkpointed with the epoch's other running sums
+        part["rate"] = part.get("rate", 0.0) + float(term.detach()) * len(batch.labels)
+        return loss + term
+
+    def row(self) -> dict[str, Any]:
+        part = self.t.state["partial"]
+        return {"rate_loss": part.get("rate", 0.0) / max(1, part["seen"])}
 
 
 # ------------------------------------------------------------------ weight averaging
@@ -341,4 +383,4 @@ class WeightAveraging(Feature):
 
 
 # setup, loss and checkpoint hooks in this order; epoch_end in reverse
-FEATURES: tuple[type[Feature], ...] = (NormMeans, Distillation, RangePenalty, WeightAveraging)
+FEATURES: tuple[type[Feature], ...] = (NormMeans, Distillation, RangePenalty, RateLoss, WeightAveraging)

@@ -71,6 +71,24 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "flips": Key(bool, True, "random flips and 90-degree rotations"),
         "color_jitter": Key(float, 0.0, "strength of brightness / stain / contrast jitter (1: gain and contrast ±12%, "
                                         "stain ±5% per channel; 0: off)"),
+        "gain": Key(list, [1.0, 1.0], "exposure: each image multiplied by a gain drawn in [low, high], then clipped "
+                                      "to 0..255 (over-exposure clips the background, as a microscope does)"),
+        "gamma": Key(list, [1.0, 1.0], "gamma drawn in [low, high]"),
+        "contrast": Key(float, 0.0, "contrast change drawn in ±contrast around the image mean"),
+        "stain": Key(float, 0.0, "per-channel gain drawn in ±stain (stain and lamp colour)"),
+        "hue": Key(float, 0.0, "probability of a random mix of the colour channels (stain rendering, colour spaces)"),
+        "noise": Key(float, 0.0, "Gaussian noise of a sigma drawn up to this (grey levels)"),
+        "blur": Key(float, 0.0, "Gaussian blur of a sigma drawn up to this (pixels)"),
+        "occlusion": Key(float, 0.0, "one rectangle of a random grey covering up to this share of the image"),
+        "background": Key(float, 0.0, "probability of replacing everything but the stained white cells by one random "
+                                      "colour (black in half the cases), so the network learns the cells"),
+    },
+    "frontend": {
+        "name": Key(str, "none", 'the input front end, stored in the model file and applied by every backend before '
+                                 'the encoding: "none", "reinhard" (each channel\'s mean and std set to the '
+                                 'training images\' average) or "anchor" (each channel scaled so a low percentile of '
+                                 'its stained pixels lands on the training images\' average)'),
+        "percentile": Key(float, 5.0, "anchor: the percentile of the non-black, unsaturated pixels (the nuclei)"),
     },
     "losses": {
         "logit_scale": Key(float, 10.0, "cross-entropy logits = logit_scale x output spike rate per class"),
@@ -82,6 +100,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "weight": Key(float, 0.0, "share W of the loss taken by distillation from the ANN teacher: "
                                   "(1-W) x cross-entropy + W x T² x KL (0: off)"),
         "temperature": Key(float, 2.0, "softmax temperature T of the distillation term"),
+    },
+    "losses.rate": {
+        "weight": Key(float, 0.0, "lava-dl's SparsityEnforcer on every conv and dense layer: weight x Σ relu(mean "
+                                  "spike rate − max_rate)² (0: off)"),
+        "max_rate": Key(float, 0.01, "the spike rate per neuron and step above which a layer pays"),
     },
     "teacher": {
         "epochs": Key(int, 12, "training epochs of the ANN teacher (trained once per run, by the first stage that distils)"),
@@ -105,6 +128,12 @@ STAGE_TOP = {"name": Key(str, "", "the stage's name (default: stage1, stage2, ..
 
 def _check_value(where: str, key: Key, value: Any) -> Any:
     t = key.type
+    if t is list:  # [low, high]
+        ok = (isinstance(value, list) and len(value) == 2
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+        if not ok:
+            raise AllnetError(f"{where} = {value!r}: expected [low, high], two numbers")
+        return [float(v) for v in value]
     if t is bool:
         ok = isinstance(value, bool)
     elif t is int:
@@ -244,6 +273,14 @@ def model_config(stage: dict[str, Any], where: str = "recipe"):
             raise AllnetError(f"{where}: model.{k} {v}: must be positive (0: the config's)")
     if m.get("input_once"):
         overrides["input_once"] = True
+    fe = stage.get("frontend", {"name": "none"})
+    if fe["name"] != "none":
+        from lava_allnet.frontend import FrontEnd
+
+        try:
+            overrides["frontend"] = FrontEnd(fe["name"], percentile=fe["percentile"]).to_json()
+        except ValueError as exc:
+            raise AllnetError(f"{where}: frontend.name {fe['name']!r}: {exc}") from exc
     try:
         return get_model_config(m["name"], **overrides)
     except ValueError as exc:
@@ -277,6 +314,10 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
             adam_eps=s["adam_eps"], seed=s["seed"], threads=s["threads"], init_from=init_from,
             val_fraction=d["val_fraction"], test_fraction=d["test_fraction"], split_from=split,
             augment=a["flips"], color_jitter=a["color_jitter"], loss_scale=stage["losses"]["logit_scale"],
+            aug_gain=tuple(a["gain"]), aug_gamma=tuple(a["gamma"]), aug_contrast=a["contrast"], aug_stain=a["stain"],
+            aug_hue=a["hue"], aug_noise=a["noise"], aug_blur=a["blur"], aug_occlusion=a["occlusion"],
+            aug_background=a["background"], rate_weight=stage["losses.rate"]["weight"],
+            rate_max=stage["losses.rate"]["max_rate"],
             range_weight=stage["losses.range"]["weight"], distill_weight=stage["losses.distill"]["weight"],
             distill_temperature=stage["losses.distill"]["temperature"], teacher_epochs=stage["teacher"]["epochs"],
             teacher_seed=stage["teacher"]["seed"], teacher_path="../teacher.pt",
@@ -295,6 +336,8 @@ def to_toml(recipe: dict[str, Any]) -> str:
             return "true" if v else "false"
         if isinstance(v, str):
             return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(repr(x) for x in v) + "]"
         return repr(v)
 
     lines = [f"name = {val(recipe['name'])}", f"description = {val(recipe['description'])}"]

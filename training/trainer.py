@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from lava_allnet import fixed_point as fx
 from lava_allnet.config import ModelConfig
+from lava_allnet.frontend import FrontEnd
 from lava_allnet.data import images as di
 from lava_allnet.errors import AllnetError, DataError
 from lava_allnet.model import Network, build_model
@@ -289,8 +290,20 @@ class Trainer:
         # fixed training images for the batch-norm statistics (seeded, so resume repeats them)
         self.norm_idx = self.train_idx[torch.randperm(len(self.train_idx), generator=_gen(cfg.seed, 7))[:128]]
         self.ckpt_path = run_dir / "checkpoint.pt"
+        # what every batch gets after the flips: photometric augmentation, then the input front end
+        # (validation, batch-norm statistics and the rate calibration see the front end only)
+        self.frontend = FrontEnd.from_json(model_cfg.frontend)
+        self.photometric = cfg.photometric()
+        self.prepares = self.photometric.active or self.frontend.name != "none"
+        self.images = self.prepare(data.images, None) if self.frontend.name != "none" else data.images
         self.state: dict[str, Any] = {"epoch": 0, "batch": 0, "history": [], "best": None,
                                       "partial": {"loss": 0.0, "correct": 0, "seen": 0}}
+
+    def prepare(self, images: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        """uint8 images after the flips → photometric augmentation (with ``gen``) → front end."""
+        if gen is not None and self.photometric.active:
+            images = self.photometric(images, gen)
+        return self.frontend.apply_torch(images)
 
     @property
     def epoch(self) -> int:
@@ -314,7 +327,7 @@ class Trainer:
         elif not self.resuming:
             train_np = self.data.split["train"]
             pick = torch.from_numpy(train_np[torch.randperm(len(train_np), generator=_gen(cfg.seed, 99))[:32].numpy()])
-            rates = self.net.calibrate(self.net.encode(self.data.images[pick].to(dev)))
+            rates = self.net.calibrate(self.net.encode(self.images[pick].to(dev)))
             self.console.print("initial spike rates: " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()))
         self.features = [f(self) for f in features.FEATURES if f.enabled(cfg)]
         for f in self.features:
@@ -361,8 +374,11 @@ class Trainer:
         for b in range(state["batch"], self.batches_per_epoch):
             idx = perm[b * bs : (b + 1) * bs]
             x = self.data.images[idx]
+            gen = _gen(cfg.seed, epoch, b)
             if cfg.augment:
-                x = augment.augment_batch(x, _gen(cfg.seed, epoch, b), strength=cfg.color_jitter)
+                x = augment.augment_batch(x, gen, strength=cfg.color_jitter)
+            if self.prepares:
+                x = self.prepare(x, gen)
             batch = Batch(x.to(dev, non_blocking=True), self.data.labels[idx].to(dev, non_blocking=True))
             out = net(net.encode(batch.images), **self.forward_kwargs)
             logits = class_logits(out.class_counts, net, cfg.loss_scale)
@@ -392,7 +408,7 @@ class Trainer:
         return False
 
     def validate(self, model: Network) -> dict:
-        return validate(model, self.data.images[self.val_idx], self.data.labels[self.val_idx], self.cfg.loss_scale,
+        return validate(model, self.images[self.val_idx], self.data.labels[self.val_idx], self.cfg.loss_scale,
                         device=self.device)
 
     def end_epoch(self) -> dict[str, Any]:
@@ -507,6 +523,12 @@ def train(
     data = prepare_data(run_dir, Path(data_dir) if data_dir else None, model_cfg, train_cfg, synth_per_class, console)
     if tuple(model_cfg.class_names) != data.class_names:
         model_cfg = dataclasses.replace(model_cfg, class_names=data.class_names, num_classes=len(data.class_names))
+    frontend = FrontEnd.from_json(model_cfg.frontend)
+    if frontend.name != "none" and not frontend.reference:
+        # the reference statistics: the training images' own (a resumed run keeps its config's)
+        frontend.fit(data.images[torch.from_numpy(data.split["train"])].numpy())
+        model_cfg = dataclasses.replace(model_cfg, frontend=frontend.to_json())
+        console.print(f"input front end {frontend.name}: reference {frontend.reference}")
     if not resume:
         save_json(
             {

@@ -1,0 +1,148 @@
+"""Input front ends: each image mapped to canonical colour statistics before the graded encoding.
+
+A front end is fitted once on training images (its reference statistics) and then applied per
+image, with integer arithmetic: per channel, an affine map ``y = (x * gain + offset) >> 12``
+(rounded, clipped to 0..255) whose integer gain and offset come from the image's own statistics
+and the reference. The same uint8 image gives the same uint8 result on every machine, and both
+backends see exactly what the other sees. Stored in the model file (``netx.format``), so every
+command applies it without a flag.
+
+- ``none``: the identity.
+- ``reinhard``: each channel's mean and standard deviation set to the reference's (Reinhard et
+  al. 2001, in RGB). Undoes a global gain, offset or stain tint exactly while nothing clips.
+- ``anchor``: each channel scaled so that its ``percentile``-th percentile over pixels that are
+  neither near-black nor saturated lands on the reference's. A pure gain anchored on the dark,
+  stained nuclei: a clipped bright background or a black one does not move it.
+- ``stretch``: each channel's ``percentile``-th and (100 - ``percentile``)-th percentiles over the
+  same pixels mapped to the reference's: undoes any per-channel gain and offset (Reinhard's
+  equalisation included) while the statistics' pixels do not clip.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+SHIFT = 12  # fixed-point bits of the per-image gain and offset
+NAMES = ("none", "reinhard", "anchor", "stretch")
+BLACK, SATURATED = 16, 250  # pixels excluded from the anchor's statistics (segmented backgrounds, clipping)
+
+
+@dataclass
+class FrontEnd:
+    name: str = "none"
+    reference: list[float] = field(default_factory=list)  # per-channel reference statistics (fitted)
+    percentile: float = 5.0  # anchor
+
+    def __post_init__(self) -> None:
+        if self.name not in NAMES:
+            raise ValueError(f"front end {self.name!r}: one of {', '.join(NAMES)}")
+
+    # --------------------------------------------------------------- statistics
+    def _stats(self, images: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) uint8 → (N, k) per-image statistics the map needs."""
+        x = images.reshape(len(images), images.shape[1], -1)
+        if self.name == "reinhard":
+            s = x.astype(np.int64)
+            n = s.shape[-1]
+            mean = s.sum(-1) / n
+            var = (s * s).sum(-1) / n - mean * mean
+            return np.concatenate([mean, np.sqrt(np.maximum(var, 0.0))], axis=1)
+        if self.name in ("anchor", "stretch"):
+            qs = [self.percentile] if self.name == "anchor" else [self.percentile, 100 - self.percentile]
+            out = np.empty((len(x), x.shape[1] * len(qs)))
+            valid = (images.max(1) > BLACK).reshape(len(x), -1)
+            for i in range(len(x)):
+                for c in range(x.shape[1]):
+                    v = x[i, c][valid[i] & (x[i, c] < SATURATED)]
+                    for k, q in enumerate(qs):
+                        out[i, k * x.shape[1] + c] = _percentile(v if v.size else x[i, c], q)
+            return out
+        return np.zeros((len(x), 0))
+
+    def fit(self, images: np.ndarray) -> "FrontEnd":
+        """Reference statistics: the mean of the training images' own (per channel)."""
+        if self.name != "none":
+            self.reference = [round(float(v), 4) for v in self._stats(images).mean(0)]
+        return self
+
+    # --------------------------------------------------------------- the map
+    def coefficients(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per image and channel: integer gain and offset, y = (x * gain + offset) >> SHIFT."""
+        n, c = images.shape[:2]
+        one = 1 << SHIFT
+        if self.name == "none":
+            return np.full((n, c), one, np.int64), np.zeros((n, c), np.int64)
+        if not self.reference:
+            raise ValueError(f"front end {self.name!r} has no reference statistics (fit it first)")
+        st = self._stats(images)
+        ref = np.asarray(self.reference, dtype=np.float64)
+        if self.name == "reinhard":
+            mean, std = st[:, :c], np.maximum(st[:, c:], 1.0)
+            rmean, rstd = ref[:c], ref[c:]
+            gain = rstd / std
+            offset = rmean - gain * mean
+        elif self.name == "anchor":
+            gain = ref[None, :] / np.maximum(st, 1.0)
+            offset = np.zeros_like(gain)
+        else:  # stretch: lo → ref_lo, hi → ref_hi
+            lo, hi = st[:, :c], np.maximum(st[:, c:], st[:, :c] + 1.0)
+            gain = (ref[c:] - ref[:c]) / (hi - lo)
+            offset = ref[:c] - gain * lo
+        g = np.clip(np.round(gain * one), 0, 64 * one).astype(np.int64)
+        o = np.clip(np.round(offset * one), -256 * one, 256 * one).astype(np.int64)
+        return g, o
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) uint8 → uint8 of the same shape."""
+        images = np.asarray(images)
+        if self.name == "none" or len(images) == 0:
+            return images
+        g, o = self.coefficients(images)
+        y = images.astype(np.int64) * g[:, :, None, None] + o[:, :, None, None] + (1 << (SHIFT - 1))
+        return np.clip(y >> SHIFT, 0, 255).astype(np.uint8)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """"" for none (what ``ModelConfig.frontend`` holds), else the JSON of :meth:`to_dict`."""
+        import json
+
+        return "" if self.name == "none" else json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FrontEnd":
+        import json
+
+        return cls.from_dict(json.loads(text)) if text else cls()
+
+    def apply_torch(self, images):
+        """:meth:`apply` on a uint8 torch tensor (on any device); returns a tensor there."""
+        if self.name == "none":
+            return images
+        import torch
+
+        return torch.from_numpy(self.apply(images.cpu().numpy())).to(images.device)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "FrontEnd":
+        if not d:
+            return cls()
+        known = {"name", "reference", "percentile"}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"front end: unknown fields {sorted(unknown)}")
+        return cls(name=str(d.get("name", "none")), reference=[float(v) for v in d.get("reference", [])],
+                   percentile=float(d.get("percentile", 5.0)))
+
+
+def _percentile(v: np.ndarray, q: float) -> float:
+    """The q-th percentile of integer values by their histogram (the lower value at ties)."""
+    counts = np.bincount(v.astype(np.int64).ravel(), minlength=256)
+    k = int(np.ceil(q / 100 * max(1, v.size)))
+    return float(np.searchsorted(np.cumsum(counts), max(1, k)))
+
+
+def get_frontend(name: str, **kw) -> FrontEnd:
+    return FrontEnd(name=name, **kw)

@@ -1,0 +1,104 @@
+"""ANN probe: which input front end and augmentation keep a model of NeurALLNet's shape accurate
+under exposure changes, colour equalisation and the segmented background (validation images only).
+
+Trains the distillation teacher's ANN (training/distill.Teacher: the SNN's conv stack with batch
+norm and ReLU) on the shipped split's training images through a front end and augmentation, then
+scores the validation images: clean, illumination gain 0.5 / 0.7 / 1.3 (clipped), colour-equalised
+per image (Reinhard in RGB to the training average), and the same images from ``segmented/``.
+Test images are never read.
+
+    python research/probe_frontend.py --frontend anchor --augment robust --epochs 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lava_allnet.config import get_model_config
+from lava_allnet.data import images as di
+from lava_allnet.frontend import FrontEnd
+from training import augment
+from training.distill import Teacher
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "all-aria"
+AUGMENTS = {
+    "flips": augment.Photometric(),
+    "robust": augment.Photometric(gain=(0.5, 1.4), gamma=(0.8, 1.25), contrast=0.2, stain=0.1, hue=0.3, noise=10.0,
+                                  blur=1.2, occlusion=0.15, background=0.5),
+    "robust-nohue": augment.Photometric(gain=(0.5, 1.4), gamma=(0.8, 1.25), contrast=0.2, stain=0.1, noise=10.0,
+                                        blur=1.2, occlusion=0.15, background=0.5),
+}
+
+
+def load(folder: str, idx, ds_paths, size=128):
+    paths = [Path(str(ds_paths[i]).replace("/original/", f"/{folder}/")) for i in idx]
+    return torch.from_numpy(di.load_images(paths, size).images)
+
+
+@torch.no_grad()
+def accuracy(net, fe: FrontEnd, x: torch.Tensor, y: torch.Tensor) -> float:
+    net.eval()
+    xs = torch.from_numpy(fe.apply(x.numpy()))
+    pred = torch.cat([net(xs[i:i + 64]).argmax(1) for i in range(0, len(xs), 64)])
+    return float((pred == y).float().mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--frontend", default="anchor")
+    ap.add_argument("--augment", default="robust", choices=sorted(AUGMENTS))
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ds = di.scan_image_folder(DATA / "original")
+    split = di.load_split(ROOT / "models" / "neurallnet-aria.split.json", ds)
+    xtr, xva = load("original", split["train"], ds.paths), load("original", split["val"], ds.paths)
+    ytr, yva = torch.as_tensor(ds.labels[split["train"]]), torch.as_tensor(ds.labels[split["val"]])
+    xseg = load("segmented", split["val"], ds.paths)
+    fe = FrontEnd(args.frontend).fit(xtr.numpy())
+    equaliser = FrontEnd("reinhard").fit(xtr.numpy())
+    cfg = get_model_config("neurallnet")
+    torch.manual_seed(args.seed)
+    net = Teacher(cfg).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    bs, steps = 32, (len(xtr) + 31) // 32
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=args.epochs * steps)
+    photo = AUGMENTS[args.augment]
+    t0 = time.time()
+    for epoch in range(args.epochs):
+        net.train()
+        g = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+        perm = torch.randperm(len(xtr), generator=g)
+        for b in range(steps):
+            idx = perm[b * bs:(b + 1) * bs]
+            x = augment.augment_batch(xtr[idx], g, strength=0.0)
+            if photo.active:
+                x = photo(x, g)
+            x = torch.from_numpy(fe.apply(x.numpy()))
+            loss = F.cross_entropy(net(x), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    gain = lambda x, k: (x.float() * k).round().clamp(0, 255).to(torch.uint8)  # noqa: E731
+    res = {
+        "frontend": args.frontend, "augment": args.augment, "epochs": args.epochs, "seconds": round(time.time() - t0),
+        "val_clean": accuracy(net, fe, xva, yva),
+        **{f"val_gain_{k}": accuracy(net, fe, gain(xva, k), yva) for k in (0.5, 0.7, 1.3)},
+        "val_equalised": accuracy(net, fe, torch.from_numpy(equaliser.apply(xva.numpy())), yva),
+        "val_segmented": accuracy(net, fe, xseg, yva),
+    }
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The input front end (fitted, integer, stored in the model file, applied by every backend), the
+photometric augmentation, and the rate loss, as a recipe uses them."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lava_allnet.frontend import FrontEnd
+from netx import format as nf
+
+EXE = str(Path(sys.executable).parent / "lava-allnet")
+
+
+def _gain(x: np.ndarray, g: float) -> np.ndarray:
+    return np.clip(np.round(x.astype(np.float64) * g), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", ["reinhard", "anchor", "stretch"])
+def test_front_ends_are_deterministic_integer_maps_that_undo_a_global_gain(name, synth_images):
+    images = synth_images[0]
+    fe = FrontEnd(name).fit(images)
+    assert fe.reference and FrontEnd.from_json(fe.to_json()) == fe
+    out = fe.apply(images)
+    assert out.dtype == np.uint8 and out.shape == images.shape
+    assert np.array_equal(out, fe.apply(images.copy()))
+    # a dimmer exposure (nothing clips) maps to (almost) the same image: rounding of the gain only
+    dim = fe.apply(_gain(images, 0.6))
+    assert np.abs(dim.astype(int) - out.astype(int)).mean() < 2.0, name
+    # and the map really moves images towards the reference (not the identity)
+    assert not np.array_equal(out, images)
+
+
+def test_stretch_undoes_a_per_channel_gain_and_offset():
+    rng = np.random.default_rng(0)
+    x = rng.integers(40, 200, size=(2, 3, 32, 32)).astype(np.uint8)
+    fe = FrontEnd("stretch").fit(x)
+    y = np.clip(x.astype(int) * np.array([0.8, 1.0, 1.1])[None, :, None, None] + np.array([10, -5, 3])[None, :, None, None],
+                0, 255).astype(np.uint8)
+    assert np.abs(fe.apply(y).astype(int) - fe.apply(x).astype(int)).mean() < 1.5
+
+
+def test_an_unknown_or_unfitted_front_end_is_refused(synth_images):
+    with pytest.raises(ValueError, match="one of none, reinhard, anchor, stretch"):
+        FrontEnd("grey")
+    with pytest.raises(ValueError, match="no reference statistics"):
+        FrontEnd("anchor").apply(synth_images[0][:1])
+
+
+def test_the_model_file_carries_the_front_end_and_every_backend_applies_it(se_model_file, synth_images, tmp_path):
+    from hw_targets.inference import Inputs, run_backend
+
+    images = synth_images[0][:3]
+    plain = nf.read(se_model_file)
+    fe = FrontEnd("stretch").fit(synth_images[0])
+    import dataclasses
+
+    nf.write(dataclasses.replace(plain, frontend=fe), tmp_path / "fe.net")
+    spec = nf.read(tmp_path / "fe.net")
+    assert spec.frontend == fe and spec.format_version == 2
+    ids = [str(i) for i in range(3)]
+    for backend in ("torch", "sim"):
+        got = run_backend(spec, Inputs(images, ids, [None] * 3, []), backend)
+        want = run_backend(plain, Inputs(fe.apply(images), ids, [None] * 3, []), backend)
+        assert np.array_equal(got.output_neurons, want.output_neurons), backend
+        assert all(np.array_equal(got.stage_steps[k], want.stage_steps[k]) for k in want.stage_steps), backend
+    from hw_targets.verify import verify
+
+    assert verify(spec, images)["identical"]
+
+
+def test_photometric_augmentation_is_seeded_and_each_part_acts(synth_images):
+    from training.augment import Photometric, cell_mask
+
+    x = torch.from_numpy(synth_images[0][:4])
+    full = Photometric(gain=(0.5, 1.4), gamma=(0.8, 1.25), contrast=0.2, stain=0.1, hue=0.5, noise=10.0, blur=1.2,
+                       occlusion=0.2, background=1.0)
+    a = full(x, torch.Generator().manual_seed(1))
+    b = full(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.dtype == torch.uint8 and not torch.equal(a, x)
+    assert not Photometric().active and torch.equal(Photometric()(x, torch.Generator().manual_seed(1)), x)
+    for part in (dict(gain=(1.3, 1.3)), dict(gamma=(1.2, 1.2)), dict(contrast=0.3), dict(stain=0.2), dict(hue=1.0),
+                 dict(noise=8.0), dict(blur=1.5), dict(occlusion=0.3), dict(background=1.0)):
+        y = Photometric(**part)(x, torch.Generator().manual_seed(2))
+        assert not torch.equal(y, x), part
+    # over-exposure clips: the bright background saturates
+    assert (Photometric(gain=(1.4, 1.4))(x, torch.Generator()) == 255).float().mean() > (x == 255).float().mean()
+    m = cell_mask(x)
+    assert m.shape == (4, 1, *x.shape[2:]) and 0 < m.float().mean() < 1
+
+
+def test_a_recipe_with_front_end_augmentation_rate_loss_and_input_once_trains_and_exports(synth_dir, tmp_path):
+    recipe = tmp_path / "v2.toml"
+    recipe.write_text(f"""
+[data]
+root = "{synth_dir}"
+[model]
+name = "neurallnet-tiny"
+input_size = 32
+time_steps = 4
+input_once = true
+[frontend]
+name = "stretch"
+[augment]
+gain = [0.6, 1.3]
+background = 0.5
+noise = 5.0
+[losses.rate]
+weight = 1.0
+max_rate = 0.01
+[schedule]
+epochs = 1
+batch_size = 8
+seed = 3
+""")
+    r = subprocess.run([EXE, "train", "--recipe", str(recipe), "--out", str(tmp_path / "run")], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "input front end stretch: reference" in r.stderr
+    row = json.loads((tmp_path / "run" / "1-train" / "metrics.json").read_text())["history"][0]
+    assert row["rate_loss"] > 0
+    spec = nf.read(tmp_path / "run" / "model.net")
+    assert spec.frontend.name == "stretch" and len(spec.frontend.reference) == 6 and spec.input.send_once
+    cfg = json.loads((tmp_path / "run" / "1-train" / "config.json").read_text())
+    assert json.loads(cfg["model"]["frontend"])["reference"] == spec.frontend.reference
+    from hw_targets.verify import verify
+    from lava_allnet.data import images as di
+
+    imgs = di.load_images(di.collect_image_paths([synth_dir])[:3], 32).images
+    assert verify(spec, imgs)["identical"]
