@@ -32,6 +32,8 @@ AUGMENTS = {
     "flips": augment.Photometric(),
     "robust": augment.Photometric(gain=(0.5, 1.4), gamma=(0.8, 1.25), contrast=0.2, stain=0.1, hue=0.3, noise=10.0,
                                   blur=1.2, occlusion=0.15, background=0.5),
+    "exposure-bg": augment.Photometric(gain=(0.5, 1.4), background=0.5),
+    "exposure": augment.Photometric(gain=(0.5, 1.4)),
     "robust-nohue": augment.Photometric(gain=(0.5, 1.4), gamma=(0.8, 1.25), contrast=0.2, stain=0.1, noise=10.0,
                                         blur=1.2, occlusion=0.15, background=0.5),
 }

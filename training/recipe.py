@@ -86,9 +86,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "frontend": {
         "name": Key(str, "none", 'the input front end, stored in the model file and applied by every backend before '
                                  'the encoding: "none", "reinhard" (each channel\'s mean and std set to the '
-                                 'training images\' average) or "anchor" (each channel scaled so a low percentile of '
-                                 'its stained pixels lands on the training images\' average)'),
-        "percentile": Key(float, 5.0, "anchor: the percentile of the non-black, unsaturated pixels (the nuclei)"),
+                                 'training images\' average), "anchor" (each channel scaled so a low percentile of '
+                                 'its stained pixels lands on the training images\' average) or "stretch" (a low and '
+                                 'a high percentile of each channel mapped to the training images\' average)'),
+        "percentile": Key(float, 5.0, "anchor: the percentile of the non-black, unsaturated pixels (the nuclei); stretch: "
+                                      "this one and 100 minus it"),
     },
     "losses": {
         "logit_scale": Key(float, 10.0, "cross-entropy logits = logit_scale x output spike rate per class"),
