@@ -13,7 +13,6 @@ exactly equivalent and lets T be smaller than the network depth.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 

@@ -144,7 +144,7 @@ class NetworkSpec:
     model_config: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
     source: str = ""  # file it was read from
-    frontend: FrontEnd = dataclasses.field(default_factory=FrontEnd)  # version 2: applied before encoding
+    frontend: FrontEnd = field(default_factory=FrontEnd)  # version 2: applied before encoding
 
     @property
     def input(self) -> InputSpec:

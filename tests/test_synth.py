@@ -1,7 +1,6 @@
 """lava_allnet.data.synth: the embedded synthetic blood-smear dataset."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from hw_targets.verify import verify
 from lava_allnet.verify import ValueComparison
