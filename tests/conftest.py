@@ -11,6 +11,10 @@ import pytest
 import torch
 
 import lava_allnet  # noqa: F401  (the Python 3.11 patch, before this file imports lava)
+# Lava fixes the multiprocessing start method ('fork') when its runtime is first imported and fails
+# if something else fixed it first (a test that ran a process pool): import it before any test runs,
+# so the outcome does not depend on which tests run and in what order.
+import lava.magma.runtime.message_infrastructure.multiprocessing  # noqa: F401,E402
 
 
 warnings.filterwarnings("ignore", category=UserWarning, module=r"lava(\.|$)")
