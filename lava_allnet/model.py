@@ -478,11 +478,15 @@ class Network(torch.nn.Module):
         """
         rates: dict[str, float] = {}
         h = x
+        first = True
         for name, block in self.blocks.items():
             if isinstance(block, SEBlock):
                 h = block(h)[0]
                 continue
-            run = (lambda inp: block(inp, self.time_steps)[0]) if isinstance(block, ConvBlock) else (lambda inp: block(inp)[0])
+            once = first and self.input_once  # as forward() feeds it: the image at the first step only
+            first = False
+            run = ((lambda inp: block(inp, self.time_steps, once=once)[0]) if isinstance(block, ConvBlock)
+                   else (lambda inp: block(inp)[0]))
             goal = fc_rate if isinstance(block, DenseBlock) else target_rate
             w = block.synapse.weight
             base = w.detach().clone()

@@ -182,3 +182,24 @@ def test_a_version_1_file_cannot_carry_a_once_sent_input(se_model_file, tmp_path
         f.attrs["format_version"] = 3
     with pytest.raises(ModelFileError, match="reads versions 1, 2"):
         nf.read(path)
+
+
+def test_rate_calibration_feeds_an_input_once_conv1_as_forward_does(synth_images):
+    """calibrate() must drive conv1 with the image at the first step only, as forward() does for
+    input_once: calibrated on the held input instead, conv1's held current (decay 1/4096) ramps up
+    over T, the weights come out ~T times too small, and the trained network is silent."""
+    import torch
+
+    from lava_allnet.config import ModelConfig
+    from lava_allnet.model import build_model
+
+    from conftest import SMALL
+
+    x = torch.from_numpy(synth_images[0][:8])
+    net = build_model(ModelConfig(**SMALL, input_once=True))
+    torch.manual_seed(0)
+    rates = net.calibrate(net.encode(x))
+    with torch.no_grad():
+        out = net(net.encode(x), keep=("conv1",))
+    achieved = float((out.activations["conv1"] > 0).float().mean())
+    assert rates["conv1"] == pytest.approx(0.1, abs=0.02) and achieved == pytest.approx(rates["conv1"], abs=0.02)
