@@ -142,7 +142,3 @@ def _percentile(v: np.ndarray, q: float) -> float:
     counts = np.bincount(v.astype(np.int64).ravel(), minlength=256)
     k = int(np.ceil(q / 100 * max(1, v.size)))
     return float(np.searchsorted(np.cumsum(counts), max(1, k)))
-
-
-def get_frontend(name: str, **kw) -> FrontEnd:
-    return FrontEnd(name=name, **kw)

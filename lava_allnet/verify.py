@@ -1,4 +1,4 @@
-"""Compare two backends value for value (``verify``), and, for a quick look, message counts.
+"""Compare two backends value for value (``verify``).
 
 :class:`ValueComparison` takes, image by image, every stage's messages at every window step from
 a reference and a candidate backend (arrays of shape (T, neurons), Lava's (W, H, C) order
@@ -7,11 +7,9 @@ one image at a time, so memory does not grow with the number of images.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
-
-from lava_allnet.result import Run
 
 
 class ValueComparison:
@@ -89,57 +87,6 @@ class ValueComparison:
         }
 
 
-def compare_values(stages: Mapping[str, tuple[int, ...]], steps: int,
-                   pairs: Iterable[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]]) -> dict:
-    """Compare (reference, candidate) stage values image by image; see :class:`ValueComparison`."""
-    cmp = ValueComparison(stages, steps)
-    for i, (ref, cand) in enumerate(pairs):
-        cmp.add(i, ref, cand)
-    return cmp.report()
-
-
 def _scalar(v) -> int | float:
     f = float(v)
     return int(f) if f.is_integer() else f
-
-
-def compare_runs(reference: Run, candidate: Run) -> dict:
-    """Equality of every stage's message count at every window step of every image.
-
-    A quick check of two Runs (no recording needed). Counts cannot tell two spike patterns of equal
-    size apart, nor two graded values: ``verify`` compares values (:class:`ValueComparison`).
-    """
-    layers = []
-    for name in reference.stage_names:
-        a = reference.stage_steps[name]
-        b = candidate.stage_steps.get(name)
-        equal = b is not None and a.shape == b.shape and bool(np.array_equal(a, b))
-        first = None
-        if b is not None and a.shape == b.shape and not equal:
-            n, t = np.argwhere(a != b)[0]
-            first = {"image": int(n), "step": int(t), "reference": int(a[n, t]), "candidate": int(b[n, t])}
-        layers.append({
-            "layer": name,
-            "reference": int(a.sum()),
-            "candidate": None if b is None else int(b.sum()),
-            "equal": equal,
-            "first_difference": first,
-        })
-    outputs_equal = bool(np.array_equal(reference.output_neurons, candidate.output_neurons))
-    preds_equal = [r.prediction for r in reference.results] == [r.prediction for r in candidate.results]
-    missing = [n for n in candidate.stage_names if n not in reference.stage_steps]
-    identical = all(l["equal"] for l in layers) and outputs_equal and preds_equal and not missing
-    return {
-        "reference": reference.backend,
-        "candidate": candidate.backend,
-        "n_images": len(reference.results),
-        "identical": identical,
-        "predictions_equal": preds_equal,
-        "output_neurons_equal": outputs_equal,
-        "overflow": reference.overflow,
-        "layers": layers,
-        "predictions": [
-            {"path": r.path, "reference": r.prediction, "candidate": c.prediction}
-            for r, c in zip(reference.results, candidate.results)
-        ],
-    }

@@ -50,9 +50,9 @@ def main() -> None:
     loaded = di.load_images([ds.paths[i] for i in dev], args.size, labels=[int(ds.labels[i]) for i in dev])
     images = loaded.images
     if args.frontend != "none":
-        from lava_allnet.frontend import get_frontend
+        from lava_allnet.frontend import FrontEnd
 
-        images = get_frontend(args.frontend).fit(images).apply(images)
+        images = FrontEnd(args.frontend).fit(images).apply(images)
     X, y = features(images), loaded.labels
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))
     scores = cross_val_score(model, X, y, cv=StratifiedKFold(5, shuffle=True, random_state=0))

@@ -273,7 +273,7 @@ class Distillation(Feature):
 
     def setup(self) -> None:
         t, cfg = self.t, self.cfg
-        path = t.run_dir / "teacher.pt" if not cfg.teacher_path else t.run_dir / cfg.teacher_path
+        path = t.run_dir / (cfg.teacher_path or "teacher.pt")
         if path.exists():
             self.teacher = distill.load_teacher(path, t.model_cfg).to(t.device)
             return

@@ -425,8 +425,8 @@ def last_stage_dir(run_dir: Path) -> Path | None:
     if not (run_dir / "recipe.toml").is_file():
         return None
     try:
-        recipe = resolve(tomllib.loads((run_dir / "recipe.toml").read_text()), str(run_dir / "recipe.toml"), run_dir)
-    except (AllnetError, tomllib.TOMLDecodeError):
+        recipe = load(run_dir / "recipe.toml")
+    except AllnetError:
         return None
     done = [d for d in stage_dirs(run_dir, recipe) if (d / "best.pt").exists()]
     return done[-1] if done else None

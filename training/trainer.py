@@ -295,7 +295,7 @@ class Trainer:
         self.frontend = FrontEnd.from_json(model_cfg.frontend)
         self.photometric = cfg.photometric()
         self.prepares = self.photometric.active or self.frontend.name != "none"
-        self.images = self.prepare(data.images, None) if self.frontend.name != "none" else data.images
+        self.images = self.frontend.apply_torch(data.images)
         self.state: dict[str, Any] = {"epoch": 0, "batch": 0, "history": [], "best": None,
                                       "partial": {"loss": 0.0, "correct": 0, "seen": 0}}
 
