@@ -74,7 +74,8 @@ def run_backend(
     timing["total_s"] = time.perf_counter() - t0
     results = make_results(
         [str(p) for p in inputs.paths], spec.class_names, spec.population, raw.stage_steps, raw.output_neurons,
-        inputs.labels,
+        inputs.labels, spec.calibration,
+        None if spec.calibration is None else input_features(spec.frontend, inputs.images),
     )
     if raw.overflow:
         # one line, not an error: the torch result is still SLAYER's; Lava/Loihi would differ
@@ -87,6 +88,15 @@ def run_backend(
         timing=timing, stage_weighted=raw.stage_weighted, stage_active=raw.stage_active,
         skipped=[(str(p), r) for p, r in inputs.skipped], overflow=raw.overflow,
     )
+
+
+def input_features(frontend, images: np.ndarray) -> np.ndarray:
+    """The out-of-distribution features (lava_allnet.calibration) of these images as the network
+    receives them, after the model's front end; in chunks."""
+    from lava_allnet.calibration import FEATURES, ood_features
+
+    chunks = [ood_features(frontend.apply(np.ascontiguousarray(images[i:i + 64]))) for i in range(0, len(images), 64)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(FEATURES)))
 
 
 def check_input_size(spec, images: np.ndarray) -> None:

@@ -8,6 +8,7 @@
     model.predict(["smear.png", folder, array])     # one dict per image, as `run --json` "results"
     lava_allnet.evaluate(model, "data/", backend="torch")   # = `evaluate --json`
     lava_allnet.profile(model, ["smear.png"])       # = `profile --json`
+    lava_allnet.report(model, "data/", "out/")      # = `report`: out/report.html
 
 The command line calls these functions and prints what they return, so the dicts are exactly
 the JSON of the matching commands (without ``written``, the files a command's ``--out`` wrote).
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from hw_targets.inference import Inputs
     from lava_allnet.result import Run
 
-__all__ = ["Model", "load", "evaluate", "profile", "dataset_inputs",
+__all__ = ["Model", "load", "evaluate", "profile", "calibrate", "robustness", "report", "dataset_inputs",
            "RUN_BACKENDS", "EVALUATE_BACKENDS", "ROBUSTNESS_BACKENDS", "PROFILE_BACKENDS", "TARGETS", "SUBSETS"]
 
 # the accepted values (the CLI offers them as choices, in this order; the first of EVALUATE/PROFILE is the CLI default)
@@ -180,7 +181,9 @@ class Model:
         (the fixed-point reference, fast) or ``sim`` (the Lava simulator: the same spikes, slower),
         ``sim-float``, ``loihi2``. Keys: path, prediction, predicted_index, class_counts (output
         spikes per class), layer_counts (messages per layer), label (from a class-named parent
-        folder, else None), correct.
+        folder, else None), correct; for a calibrated model (``lava-allnet calibrate``; the shipped
+        one is) probabilities (per class), confidence, abstain, out_of_distribution and
+        ood_score, else None.
         """
         run = self.run(items, backend=backend, workers=workers, strict=strict, normalize_exposure=normalize_exposure)
         return [r.to_dict() for r in run.results]
@@ -238,7 +241,6 @@ def evaluate_run(model_or_path: Model | PathLike | None, data_dir: PathLike, spl
     """:func:`evaluate`'s report and the run behind it (for ``write_evaluation``)."""
     from hw_targets.inference import run_backend
     from lava_allnet.data.images import normalize_exposure as normalize
-    from lava_allnet.evaluation import classification_report
 
     backend = _choice("backend", backend, EVALUATE_BACKENDS)
     if resamples < 1:
@@ -248,12 +250,34 @@ def evaluate_run(model_or_path: Model | PathLike | None, data_dir: PathLike, spl
     if normalize_exposure:
         data.images = normalize(data.images)
     result = run_backend(model.spec, data, backend, workers=workers, progress=_stage(progress, backend, len(data.paths)))
-    report = classification_report(data.labels, [r.predicted_index for r in result.results], model.spec.class_names,
-                                   resamples, seed)
+    report = run_report(model.spec, result, resamples, seed)
     report.update({"model": str(model.path), "data": str(data_dir), "backend": backend,
                    "normalize_exposure": normalize_exposure, "timing": result.timing,
                    "skipped": [{"path": p, "reason": w} for p, w in result.skipped]})
     return report, result
+
+
+def run_report(spec, result: "Run", resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """The metrics of a labelled run: :func:`~lava_allnet.evaluation.classification_report` on its
+    probabilities (a calibrated model; else the output spike counts rank the ROC) and, for a
+    calibrated model, the abstention and out-of-distribution figures."""
+    import numpy as np
+
+    from lava_allnet.evaluation import classification_report, selective_report
+
+    rs, names = result.results, list(spec.class_names)
+    labels = np.asarray([names.index(r.label) for r in rs], dtype=np.int64)
+    calibrated = spec.calibration is not None
+    scores = np.asarray([[(r.probabilities if calibrated else r.class_counts)[c] for c in names] for r in rs],
+                        dtype=np.float64).reshape(len(rs), len(names))
+    report = classification_report(labels, [r.predicted_index for r in rs], names, resamples, seed, scores, calibrated)
+    report["calibrated"] = calibrated
+    report["selective"] = None
+    if calibrated and rs:
+        report["selective"] = selective_report(
+            np.asarray([r.confidence for r in rs]), np.asarray([bool(r.correct) for r in rs]),
+            np.asarray([r.abstain for r in rs]), np.asarray([r.out_of_distribution for r in rs]))
+    return report
 
 
 def evaluate(model_or_path: Model | PathLike | None, data_dir: PathLike, split: PathLike | None = None,
@@ -307,3 +331,196 @@ def profile(model_or_path: Model | PathLike | None, paths: Iterable[PathLike] | 
     """
     model, report, _ = profile_run(model_or_path, paths, backend, target, workers, progress)
     return {"model": str(model.path), **report}
+
+
+# ------------------------------------------------------------- calibration
+
+
+def calibrate(model_or_path: Model | PathLike | None, data_dir: PathLike, split: PathLike, out: PathLike,
+              target_accuracy: float = 0.99, ood_quantile: float = 0.98, backend: str = "torch",
+              workers: int = 1, progress: Progress | None = None) -> dict[str, Any]:
+    """Fit the model's calibration and write a copy of the model file that holds it.
+
+    The temperature and the abstention threshold (the lowest confidence at which the accepted
+    validation images reach ``target_accuracy``) come from the split's validation images; the
+    out-of-distribution reference from its training images' colour statistics (no network pass),
+    and its threshold is the ``ood_quantile`` of the validation images' scores. Returns the
+    calibration as stored, with ``model`` and ``written``.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    from hw_targets.inference import input_features, run_backend
+    from lava_allnet import calibration as cal
+    from netx import format as nf
+
+    backend = _choice("backend", backend, EVALUATE_BACKENDS)
+    model = _model(model_or_path)
+    out = Path(out)
+    if out.resolve() == model.path.resolve():
+        raise AllnetError(f"{out}: would overwrite the model being calibrated; give another --out")
+    if out.parent and not out.parent.exists():
+        raise AllnetError(f"{out.parent}: no such folder")
+    val = dataset_inputs(model.spec, data_dir, split, "val", progress=progress)
+    result = run_backend(model.spec, val, backend, workers=workers, progress=_stage(progress, backend, len(val.paths)))
+    counts = np.array([[r.class_counts[c] for c in model.class_names] for r in result.results])
+    train = dataset_inputs(model.spec, data_dir, split, "train", progress=progress)
+    frontend = model.spec.frontend
+    try:
+        fitted = cal.fit(counts, np.asarray(val.labels), input_features(frontend, val.images),
+                         input_features(frontend, train.images), target_accuracy, ood_quantile,
+                         {"data": str(data_dir), "split": str(split), "backend": backend})
+    except ValueError as exc:
+        raise AllnetError(str(exc)) from exc
+    nf.write(dataclasses.replace(model.spec, calibration=fitted, source=""), out)
+    return {"model": str(model.path), **fitted.to_dict(), "written": [str(out)]}
+
+
+# -------------------------------------------------------------- robustness
+
+
+def robustness(model_or_path: Model | PathLike | None, data_dir: PathLike, split: PathLike | None = None,
+               subset: str = "test", backend: str = "torch", limit: int | None = None, seed: int = 0,
+               normalize_exposure: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Accuracy under noise, salt-and-pepper, blur, occlusion, rotation and illumination, three
+    severities each, and on the clean images: the dict ``lava-allnet robustness --json`` prints
+    (without ``written``)."""
+    import numpy as np
+
+    from hw_targets.backends import check_backend, get_backend
+    from lava_allnet.data.images import normalize_exposure as normalize
+    from lava_allnet.evaluation import DISTORTIONS, robustness as rob
+    from lava_allnet.result import make_results
+
+    backend = _choice("backend", backend, ROBUSTNESS_BACKENDS)
+    check_backend(backend)
+    model = _model(model_or_path)
+    spec = model.spec
+    data = dataset_inputs(spec, data_dir, split, subset, limit, progress=progress)
+    be = get_backend(backend, spec)
+
+    def predict(images):
+        raw = be.run(normalize(images) if normalize_exposure else images)
+        res = make_results([str(i) for i in range(len(images))], spec.class_names, spec.population,
+                           raw.stage_steps, raw.output_neurons)
+        return np.asarray([r.predicted_index for r in res])
+
+    total, done = 1 + 3 * len(DISTORTIONS), [0]
+    tick = _stage(progress, "robustness", total)
+
+    def step(_label: str) -> None:
+        done[0] += 1
+        if tick is not None:
+            tick(done[0])
+
+    report = rob(predict, data.images, np.asarray(data.labels), seed=seed, progress=step)
+    report.update({"model": str(model.path), "data": str(data_dir), "backend": backend,
+                   "normalize_exposure": normalize_exposure})
+    return report
+
+
+# ------------------------------------------------------------------ report
+
+
+def report(model_or_path: Model | PathLike | None, data_dir: PathLike, out_dir: PathLike,
+           split: PathLike | None = None, subset: str = "test", backend: str = "torch", target: str = "loihi1",
+           robustness_images: int = 64, gallery: int = 6, resamples: int = 2000, seed: int = 0, workers: int = 1,
+           progress: Progress | None = None) -> dict[str, Any]:
+    """Write ``OUT_DIR/report.html``: one self-contained page (figures embedded) with the model's
+    facts, metrics with their intervals, confusion matrix, reliability and risk-coverage (a
+    calibrated model), robustness curves (on ``robustness_images`` evenly spaced images; 0: none),
+    per-layer activity and energy, a Grad-CAM gallery of up to ``gallery`` errors and as many most
+    confident correct images, and the not-a-diagnostic-device notice. Returns the metrics with
+    ``written``."""
+    import datetime
+    import tempfile
+
+    import numpy as np
+
+    from hw_targets import profile as hp
+    from hw_targets.inference import run_backend
+    from lava_allnet import __version__
+    from lava_allnet import evaluation as ev
+    from lava_allnet.data.images import load_image
+    from lava_allnet.report import html_report
+    from PIL import Image
+
+    from netx.analysis import layer_stats, stage_fanouts, totals
+    from netx.export import network_from_spec
+
+    backend = _choice("backend", backend, EVALUATE_BACKENDS)
+    target = _choice("target", target, TARGETS)
+    if robustness_images < 0 or gallery < 0:
+        raise AllnetError("robustness images and gallery size: 0 or more")
+    model = _model(model_or_path)
+    spec = model.spec
+    out_dir = Path(out_dir)
+    data = dataset_inputs(spec, data_dir, split, subset, progress=progress)
+    run = run_backend(spec, data, backend, workers=workers, fanouts=stage_fanouts(spec),
+                      progress=_stage(progress, backend, len(data.paths)))
+    metrics = run_report(spec, run, resamples, seed)
+    metrics.update({"model": str(model.path), "data": str(data_dir), "backend": backend,
+                    "split": None if split is None else str(split), "subset": subset if split is not None else None})
+    prof = hp.profile(spec, run, hp.load_target(target))
+    rob = None
+    if robustness_images:
+        rob = robustness(model, data_dir, split, subset, "torch", min(robustness_images, len(data.paths)), seed,
+                         progress=progress)
+    stats = totals(layer_stats(spec))
+    cal = spec.calibration
+    facts = {
+        "title": f"NeurALLNet report: {model.path.name}",
+        "generated": f"lava-allnet {__version__}, {datetime.datetime.now().isoformat(timespec='seconds')}",
+        "data": str(data_dir) + ("" if split is None else f" ({subset} images of {split})"),
+        "backend": backend,
+        "model": {
+            "file": str(model.path), "file bytes": model.path.stat().st_size, "format version": spec.format_version,
+            "classes": ", ".join(spec.class_names), "input": f"3 x {model.input_size} x {model.input_size}",
+            "time steps": spec.time_steps, "parameters": int(stats.get("parameters", 0)),
+            "same-shaped ANN MACs": int(stats["ann_macs"]), "input front end": spec.frontend.name,
+            "calibration": "none" if cal is None else
+            (f"temperature {cal.temperature:.4g}; abstain below confidence {cal.abstain_below:.4f} "
+             f"(target accuracy {cal.target_accuracy:g} on accepted validation images); out of distribution "
+             f"above {cal.ood_threshold:.3f} (validation quantile {cal.ood_quantile:g})"),
+        },
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        figures = {"confusion": ev.plot_confusion(metrics, tmp / "confusion.png")}
+        if metrics.get("reliability"):
+            figures["reliability"] = ev.plot_reliability(metrics, tmp / "reliability.png")
+        if metrics.get("selective"):
+            figures["risk_coverage"] = ev.plot_risk_coverage(metrics, tmp / "risk_coverage.png")
+        for p in hp.write_outputs(prof, tmp / "profile"):
+            if p.name == "spikes_per_layer.png":
+                figures["spikes"] = p
+            elif p.name == "energy_snn_vs_ann.png":
+                figures["energy"] = p
+        rob_figs = [] if rob is None else [p for p in ev.write_robustness(rob, tmp / "robustness") if p.suffix == ".png"]
+        rs = run.results
+        conf = np.asarray([r.confidence if r.confidence is not None else
+                           max(r.class_counts.values()) / max(1, sum(r.class_counts.values())) for r in rs])
+        errors = sorted((i for i, r in enumerate(rs) if r.correct is False), key=lambda i: -conf[i])[:gallery]
+        right = sorted((i for i, r in enumerate(rs) if r.correct), key=lambda i: -conf[i])[:gallery]
+        net = network_from_spec(spec)
+        items = []
+        for kind, idx in (("error", errors), ("correct", right)):
+            for i in idx:
+                r = rs[i]
+                cam = ev.grad_cam(net, data.images[i])
+                display = load_image(r.path, max(224, model.input_size))
+                heat = np.asarray(Image.fromarray((cam["cam"] * 255).astype(np.uint8)).resize(
+                    display.shape[1:][::-1], Image.BILINEAR)) / 255.0
+                png = tmp / f"cam_{kind}_{i}.png"
+                title = f"true {r.label}, predicted {r.prediction}" + (
+                    "" if r.confidence is None else f" ({r.confidence:.3f})")
+                ev.save_cam_png(display, heat, png, title, dpi=72)
+                items.append({"kind": kind, "png": png, "caption": f"{Path(r.path).name}: {title}; Grad-CAM at {cam['layer']}"})
+        page = html_report(facts, metrics, rob, prof, figures, rob_figs, items)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "report.html"
+    tmp_path = path.with_name(path.name + ".tmp")
+    tmp_path.write_text(page, encoding="utf-8")
+    tmp_path.replace(path)
+    return {**metrics, "robustness": rob, "written": [str(path)]}

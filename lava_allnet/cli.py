@@ -285,10 +285,22 @@ def _print_results(run, spec, max_columns: int = 8, max_images: int = 32) -> Non
     t.add_column("label")
     for c in spec.class_names:
         t.add_column(c, justify="right")
+    calibrated = spec.calibration is not None
+    if calibrated:
+        t.add_column("confidence", justify="right")
+        t.add_column("warning")
     for r in run.results:
         mark = "" if r.label is None else (" ✓" if r.correct else " ✗")
-        t.add_row(r.path, r.prediction + mark, r.label or "-", *[str(r.class_counts[c]) for c in spec.class_names])
+        extra = []
+        if calibrated:
+            warn = ", ".join(w for w, on in (("out of distribution", r.out_of_distribution),
+                                              ("abstain: refer to a human", r.abstain)) if on)
+            extra = [f"{r.confidence:.3f}", warn or "-"]
+        t.add_row(r.path, r.prediction + mark, r.label or "-", *[str(r.class_counts[c]) for c in spec.class_names], *extra)
     out.print(t)
+    if not calibrated:
+        err.print("note: this model has no calibration (no probabilities, abstention or out-of-distribution "
+                  "warning): lava-allnet calibrate")
     n = len(run.results)
     for start in range(0, n, max_columns):
         chunk = run.results[start:start + max_columns]
@@ -312,6 +324,7 @@ def _run_json(run, spec, model_path: Path) -> dict:
         "class_names": list(spec.class_names),
         "n_images": len(run.results),
         "accuracy": run.accuracy(),
+        "calibrated": spec.calibration is not None,
         "results": [r.to_dict() for r in run.results],
         "skipped": [{"path": p, "reason": why} for p, why in run.skipped],
         "timing": run.timing,
@@ -329,8 +342,9 @@ def run(
     strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable image instead of skipping it."),
     stock: bool = typer.Option(False, "--stock", help="Use Lava's stock process models (slow; for comparison)."),
     exposure: bool = typer.Option(False, "--normalize-exposure", help=EXPOSURE_HELP),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Also write the per-image predictions as CSV: path, label, prediction, correct, confidence, abstain, out_of_distribution, ood_score, p_<class>, spikes_<class>."),
 ) -> None:
-    """Classify images: predicted class, output spikes per class and spikes per layer for each image."""
+    """Classify images: predicted class, output spikes per class and spikes per layer for each image; with a calibrated model, probabilities, confidence, abstention and the out-of-distribution warning."""
     from lava_allnet.data.images import normalize_exposure
     from hw_targets.inference import load_inputs, run_backend
 
@@ -353,6 +367,13 @@ def run(
     prog, update = _progress(len(data.paths), f"{backend}")
     with prog:
         result = run_backend(spec, data, backend, workers=workers, fast=not stock, progress=update)
+    if out_file is not None:
+        from lava_allnet.evaluation import write_predictions
+
+        if not out_file.parent.is_dir():
+            raise AllnetError(f"{out_file.parent}: no such folder for --out")
+        write_predictions(result.results, spec.class_names, out_file)
+        err.print(f"wrote {out_file}")
     if as_json:
         _emit_json(_run_json(result, spec, model_path))
         return
@@ -588,6 +609,34 @@ def evaluate(
 
 
 @app.command()
+def calibrate(
+    model_file: Path = typer.Argument(..., help="Model file (.net)."),
+    data_dir: Path = typer.Argument(..., help="The ImageFolder the model was trained on."),
+    split: Path = typer.Option(..., "--split", help="The training run's split.json: its validation images fit the temperature and thresholds, its training images the out-of-distribution reference."),
+    out_file: Path = typer.Option(..., "--out", help="The calibrated copy of the model file to write (format version 3)."),
+    target_accuracy: float = typer.Option(0.99, "--target-accuracy", min=0.5, max=1.0, help="Abstain below the lowest confidence at which the accepted validation images reach this accuracy."),
+    ood_quantile: float = typer.Option(0.98, "--ood-quantile", min=0.5, max=0.999, help="Flag images whose out-of-distribution score is above this quantile of the validation images' scores."),
+    backend: EvaluateBackend = typer.Option(EvaluateBackend.torch, "--backend", "-b", help="torch or sim: identical counts, so identical calibrations; " + SPEED_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
+) -> None:
+    """Fit probabilities (a temperature on the output spike counts), an abstention threshold and an out-of-distribution warning; write them into a copy of the model."""
+    with _Bars() as bars:
+        report = api.calibrate(model_file, data_dir, split, out_file, target_accuracy, ood_quantile, backend.value,
+                               progress=bars)
+    if as_json:
+        _emit_json(report)
+        return
+    f = report["fitted"]
+    out.print(f"temperature {report['temperature']:.4g} (validation NLL {f['validation_nll']:.4f}, {f['validation_images']} images)")
+    acc = f["validation_accepted_accuracy"]
+    out.print(f"abstain below confidence {report['abstain_below']:.4f}: validation coverage {f['validation_coverage']:.3f}, "
+              f"accuracy on accepted {'-' if acc is None else f'{acc:.4f}'} (target {report['target_accuracy']:g})")
+    out.print(f"out of distribution above score {report['ood_threshold']:.3f} (validation quantile {report['ood_quantile']:g}; "
+              f"reference: {f['training_images']} training images)")
+    err.print(f"wrote {out_file}")
+
+
+@app.command()
 def robustness(
     model_file: Path = typer.Argument(..., help="Model file (.net)."),
     data_dir: Path = typer.Argument(..., help="ImageFolder whose class folders are the model's classes."),
@@ -601,36 +650,12 @@ def robustness(
     exposure: bool = typer.Option(False, "--normalize-exposure", help=EXPOSURE_HELP + " In robustness, each distorted image."),
 ) -> None:
     """Accuracy under Gaussian noise, salt-and-pepper, blur, occlusion, rotation and illumination, 3 severities each."""
-    import numpy as np
-
-    from hw_targets.backends import check_backend, get_backend
-    from lava_allnet.data.images import normalize_exposure
-    from lava_allnet.evaluation import robustness as rob
     from lava_allnet.evaluation import write_robustness
-    from lava_allnet.result import make_results
 
+    with _Bars() as bars:
+        report = api.robustness(model_file, data_dir, split, subset.value, backend.value, limit, seed, exposure,
+                                progress=bars)
     backend = backend.value
-    check_backend(backend)
-    spec = _read_spec(model_file)
-    data = _dataset_inputs(spec, data_dir, split, subset.value, limit)
-    be = get_backend(backend, spec)
-
-    def predict(images):
-        raw = be.run(normalize_exposure(images) if exposure else images)
-        res = make_results([str(i) for i in range(len(images))], spec.class_names, spec.population,
-                           raw.stage_steps, raw.output_neurons)
-        return np.asarray([r.predicted_index for r in res])
-
-    prog, update = _progress(1 + 18, "robustness")
-    done = [0]
-
-    def step(_label: str) -> None:
-        done[0] += 1
-        update(done[0])
-
-    with prog:
-        report = rob(predict, data.images, np.asarray(data.labels), seed=seed, progress=step)
-    report.update({"model": str(model_file), "data": str(data_dir), "backend": backend, "normalize_exposure": exposure})
     written = write_robustness(report, out_dir)
     if as_json:
         _emit_json({**report, "written": [str(p) for p in written]})
@@ -643,6 +668,33 @@ def robustness(
         t.add_row(kind, *[f"{r['accuracy']:.4f} ({r['parameter']:g})" for r in rows])
     out.print(t)
     for p in written:
+        err.print(f"wrote {p}")
+
+
+@app.command()
+def report(
+    model_file: Path = typer.Argument(..., help="Model file (.net)."),
+    data_dir: Path = typer.Argument(..., help="ImageFolder whose class folders are the model's classes."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for report.html (one self-contained page: figures embedded, no network needed)."),
+    split: Optional[Path] = typer.Option(None, "--split", help="A run's split.json: report on its --subset files."),
+    subset: Subset = typer.Option(Subset.test, "--subset", help="Which part of --split."),
+    backend: EvaluateBackend = typer.Option(EvaluateBackend.torch, "--backend", "-b", help="torch or sim: identical predictions and counts; " + SPEED_HELP),
+    target: Target = typer.Option(Target.loihi1, "--target", help="Energy model of the activity section."),
+    robustness_images: int = typer.Option(64, "--robustness-images", min=0, help="Images (evenly spaced) for the robustness curves, 19 passes each on torch; 0: no robustness section."),
+    gallery: int = typer.Option(6, "--gallery", min=0, help="Grad-CAM images of errors, and as many of the most confident correct images."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and the distortions."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """A report a clinician can open: model facts, metrics with CIs, confusion matrix, reliability, risk-coverage, robustness, activity and energy, Grad-CAM gallery, in one self-contained report.html."""
+    with _Bars() as bars:
+        rep = api.report(model_file, data_dir, out_dir, split, subset.value, backend.value, target.value,
+                         robustness_images, gallery, seed=seed, progress=bars)
+    if as_json:
+        _emit_json(rep)
+        return
+    lo, hi = rep["accuracy_ci95_wilson"]
+    out.print(f"accuracy {rep['accuracy']:.4f} (95% Wilson {lo:.4f}-{hi:.4f}) on {rep['n_images']} images")
+    for p in rep["written"]:
         err.print(f"wrote {p}")
 
 

@@ -26,21 +26,60 @@ def bootstrap_ci(correct: np.ndarray, resamples: int = 2000, seed: int = 0, leve
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
+def wilson_ci(correct: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (scipy's binomtest)."""
+    from scipy.stats import binomtest
+
+    correct = np.asarray(correct)
+    if correct.size == 0:
+        return (float("nan"), float("nan"))
+    ci = binomtest(int(correct.sum()), int(correct.size)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict[str, Any]:
+    """ECE over ``bins`` equal-width confidence bins (Guo et al. 2017), and the bins for a
+    reliability diagram."""
+    conf = probabilities.max(1)
+    ok = probabilities.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, bins - 1)  # (lo, hi] bins, 0 in the first
+    rows, ece = [], 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            ece += m.mean() * abs(ok[m].mean() - conf[m].mean())
+        rows.append({"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": int(m.sum()),
+                     "accuracy": float(ok[m].mean()) if m.any() else None,
+                     "confidence": float(conf[m].mean()) if m.any() else None})
+    return {"ece": float(ece), "bins": rows}
+
+
 def classification_report(
-    labels: Sequence[int], preds: Sequence[int], class_names: Sequence[str], resamples: int = 2000, seed: int = 0
+    labels: Sequence[int], preds: Sequence[int], class_names: Sequence[str], resamples: int = 2000, seed: int = 0,
+    scores: np.ndarray | None = None, calibrated: bool = False,
 ) -> dict[str, Any]:
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    """Accuracy with bootstrap and Wilson 95% intervals, per-class precision/recall/F1, balanced
+    accuracy, Cohen's kappa, MCC and the confusion matrix (scikit-learn); with per-class
+    ``scores`` (N, K), one-vs-rest ROC AUC per class and macro; when they are ``calibrated``
+    probabilities, also the 15-bin ECE and its reliability bins."""
+    from sklearn.metrics import (balanced_accuracy_score, cohen_kappa_score, confusion_matrix, matthews_corrcoef,
+                                 precision_recall_fscore_support, roc_auc_score)
 
     y, p = np.asarray(labels), np.asarray(preds)
     k = len(class_names)
     prec, rec, f1, support = precision_recall_fscore_support(y, p, labels=list(range(k)), zero_division=0)
     correct = (y == p).astype(np.float64)
     lo, hi = bootstrap_ci(correct, resamples, seed)
-    return {
+    report: dict[str, Any] = {
         "n_images": int(y.size),
         "accuracy": float(correct.mean()) if y.size else float("nan"),
         "accuracy_ci95": [lo, hi],
+        "accuracy_ci95_wilson": list(wilson_ci(correct)),
         "bootstrap": {"resamples": resamples, "seed": seed, "method": "percentile"},
+        "balanced_accuracy": float(balanced_accuracy_score(y, p)) if y.size else float("nan"),
+        "cohen_kappa": float(cohen_kappa_score(y, p, labels=list(range(k)))) if y.size else float("nan"),
+        "mcc": float(matthews_corrcoef(y, p)) if y.size else float("nan"),
         "per_class": {
             c: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i])}
             for i, c in enumerate(class_names)
@@ -48,27 +87,87 @@ def classification_report(
         "macro_f1": float(np.mean(f1)),
         "confusion_matrix": confusion_matrix(y, p, labels=list(range(k))).tolist(),
         "class_names": list(class_names),
+        "roc_auc_ovr": None,
+        "ece": None,
+    }
+    if scores is not None and y.size:
+        per = {}
+        for i, c in enumerate(class_names):
+            pos = y == i
+            per[c] = float(roc_auc_score(pos, scores[:, i])) if 0 < pos.sum() < y.size else None
+        known = [v for v in per.values() if v is not None]
+        report["roc_auc_ovr"] = {"per_class": per, "macro": float(np.mean(known)) if known else None,
+                                 "scores": "probabilities" if calibrated else "output spike counts"}
+    if calibrated and scores is not None and y.size:
+        e = expected_calibration_error(scores, y)
+        report["ece"], report["reliability"] = e["ece"], e["bins"]
+    return report
+
+
+def selective_report(confidence: np.ndarray, correct: np.ndarray, abstain: np.ndarray,
+                     out_of_distribution: np.ndarray) -> dict[str, Any]:
+    """Abstention and OOD figures of a calibrated run: coverage, accuracy on the accepted images,
+    the share flagged, and the risk-coverage curve (most confident accepted first)."""
+    from lava_allnet.calibration import risk_coverage
+
+    accepted = ~abstain
+    return {
+        "coverage": float(accepted.mean()) if accepted.size else float("nan"),
+        "accepted_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
+        "abstained": int(abstain.sum()),
+        "out_of_distribution": int(out_of_distribution.sum()),
+        "out_of_distribution_share": float(out_of_distribution.mean()) if out_of_distribution.size else float("nan"),
+        "risk_coverage": risk_coverage(confidence, correct),
     }
 
 
-def write_evaluation(report: dict[str, Any], run: Run, out_dir: Path) -> list[Path]:
-    from lava_allnet.plotting import pyplot, save
+PREDICTION_COLUMNS = ("path", "label", "prediction", "correct", "confidence", "abstain", "out_of_distribution",
+                      "ood_score")
 
-    plt = pyplot()
+
+def prediction_rows(results, class_names: Sequence[str]):
+    """The predictions CSV: a header, then one row per Result (``p_<class>`` probabilities and
+    ``spikes_<class>`` output counts; the calibrated fields are empty for a model without a
+    calibration)."""
+    def cell(v):
+        return "" if v is None else int(v) if isinstance(v, bool) else v
+
+    yield [*PREDICTION_COLUMNS, *[f"p_{c}" for c in class_names], *[f"spikes_{c}" for c in class_names]]
+    for r in results:
+        probs = r.probabilities or {}
+        yield [r.path, r.label or "", r.prediction, cell(r.correct), cell(r.confidence), cell(r.abstain),
+               cell(r.out_of_distribution), cell(r.ood_score), *[cell(probs.get(c)) for c in class_names],
+               *[r.class_counts[c] for c in class_names]]
+
+
+def write_predictions(results, class_names: Sequence[str], path: Path) -> Path:
+    with open(path, "w", newline="") as fh:
+        csv.writer(fh).writerows(prediction_rows(results, class_names))
+    return path
+
+
+def write_evaluation(report: dict[str, Any], run: Run, out_dir: Path) -> list[Path]:
+    """metrics.json, predictions.csv, confusion_matrix.png and, for a calibrated model,
+    reliability.png and risk_coverage.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = []
-    p = out_dir / "predictions.csv"
     names = report["class_names"]
-    with open(p, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["path", "label", "prediction", "correct", *[f"spikes_{c}" for c in names]])
-        for r in run.results:
-            w.writerow([r.path, r.label or "", r.prediction, "" if r.correct is None else int(r.correct),
-                        *[r.class_counts[c] for c in names]])
-    files.append(p)
+    files = [write_predictions(run.results, names, out_dir / "predictions.csv")]
     p = out_dir / "metrics.json"
     p.write_text(json.dumps(report, indent=2))
     files.append(p)
+    files.append(plot_confusion(report, out_dir / "confusion_matrix.png"))
+    if report.get("reliability"):
+        files.append(plot_reliability(report, out_dir / "reliability.png"))
+    if report.get("selective"):
+        files.append(plot_risk_coverage(report, out_dir / "risk_coverage.png"))
+    return files
+
+
+def plot_confusion(report: dict[str, Any], path: Path) -> Path:
+    from lava_allnet.plotting import pyplot, save
+
+    plt = pyplot()
+    names = report["class_names"]
     cm = np.asarray(report["confusion_matrix"])
     fig, ax = plt.subplots(figsize=(5, 4.3))
     im = ax.imshow(cm, cmap="Blues")
@@ -82,8 +181,47 @@ def write_evaluation(report: dict[str, Any], run: Run, out_dir: Path) -> list[Pa
     lo, hi = report["accuracy_ci95"]
     ax.set_title(f"accuracy {report['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f})", fontsize=9)
     fig.colorbar(im, ax=ax)
-    files.append(save(fig, out_dir / "confusion_matrix.png", dpi=130))
-    return files
+    return save(fig, path, dpi=130)
+
+
+def plot_reliability(report: dict[str, Any], path: Path) -> Path:
+    """Accuracy against mean confidence per confidence bin, bar width the bin, with the diagonal."""
+    from lava_allnet.plotting import pyplot, save
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    bins = [b for b in report["reliability"] if b["count"]]
+    ax.bar([b["lower"] for b in bins], [b["accuracy"] for b in bins], width=[b["upper"] - b["lower"] for b in bins],
+           align="edge", edgecolor="k", alpha=0.7, label="accuracy in bin")
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    for b in bins:
+        ax.text((b["lower"] + b["upper"]) / 2, min(1.0, b["accuracy"]) + 0.01, str(b["count"]), ha="center", fontsize=6)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability ({len(report['reliability'])} bins): ECE {report['ece']:.4f}", fontsize=9)
+    ax.legend(loc="upper left", fontsize=7)
+    return save(fig, path, dpi=130)
+
+
+def plot_risk_coverage(report: dict[str, Any], path: Path) -> Path:
+    from lava_allnet.plotting import pyplot, save
+
+    plt = pyplot()
+    sel = report["selective"]
+    rc = sel["risk_coverage"]
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot(rc["coverage"], rc["accuracy"], lw=1.5)
+    ax.scatter([sel["coverage"]], [sel["accepted_accuracy"] if sel["accepted_accuracy"] is not None else np.nan],
+               color="C3", zorder=3, label=f"abstention threshold: coverage {sel['coverage']:.3f}")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(max(0.0, min(rc["accuracy"]) - 0.05), 1.005)
+    ax.set_xlabel("coverage (share of images accepted, most confident first)")
+    ax.set_ylabel("accuracy on accepted images")
+    ax.set_title("risk-coverage", fontsize=9)
+    ax.legend(loc="lower left", fontsize=7)
+    return save(fig, path, dpi=130)
 
 
 def confusion_text(report: dict[str, Any]) -> str:
@@ -259,7 +397,7 @@ def grad_cam(net, image_uint8: np.ndarray, layer: str | None = None, class_index
     }
 
 
-def save_cam_png(image_uint8: np.ndarray, cam: np.ndarray, path: Path, title: str) -> None:
+def save_cam_png(image_uint8: np.ndarray, cam: np.ndarray, path: Path, title: str, dpi: int = 130) -> None:
     from lava_allnet.plotting import pyplot, save
 
     plt = pyplot()
@@ -272,4 +410,4 @@ def save_cam_png(image_uint8: np.ndarray, cam: np.ndarray, path: Path, title: st
     axes[1].set_title(title, fontsize=9)
     for ax in axes:
         ax.axis("off")
-    save(fig, path, dpi=130)
+    save(fig, path, dpi=dpi)

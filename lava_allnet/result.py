@@ -17,6 +17,12 @@ class Result:
     class_counts: dict[str, int]  # output spikes per class (population sum)
     layer_counts: dict[str, int]  # messages (spikes or graded) per stage over the window
     label: str | None = None  # true class, when the image sits in a class folder
+    # from the model's calibration (lava_allnet.calibration); None for a model without one
+    probabilities: dict[str, float] | None = None
+    confidence: float | None = None
+    abstain: bool | None = None
+    out_of_distribution: bool | None = None
+    ood_score: float | None = None
 
     @property
     def correct(self) -> bool | None:
@@ -60,13 +66,22 @@ def make_results(
     stage_steps: dict[str, np.ndarray],
     output_neurons: np.ndarray,
     labels: list[int | None] | None = None,
+    calibration=None,
+    features: np.ndarray | None = None,
 ) -> list[Result]:
-    """Assemble Results from per-stage counts; identical for every backend."""
+    """Assemble Results from per-stage counts; identical for every backend. With a
+    :class:`~lava_allnet.calibration.Calibration` and the images' OOD ``features``, each Result
+    also carries probabilities, confidence, abstain and the out-of-distribution warning."""
     k = len(class_names)
     class_counts = output_neurons.reshape(len(paths), k, population).sum(-1)
     pred = np.argmax(class_counts, axis=1)  # ties → lowest index, as in the torch model
+    a = None if calibration is None else calibration.assess(class_counts, features)
     out = []
     for i, p in enumerate(paths):
+        extra = {} if a is None else {
+            "probabilities": {c: float(a["probabilities"][i, j]) for j, c in enumerate(class_names)},
+            "confidence": float(a["confidence"][i]), "abstain": bool(a["abstain"][i]),
+            "out_of_distribution": bool(a["out_of_distribution"][i]), "ood_score": float(a["ood_score"][i])}
         lab = None if labels is None or labels[i] is None else class_names[int(labels[i])]
         out.append(
             Result(
@@ -76,6 +91,7 @@ def make_results(
                 class_counts={c: int(class_counts[i, j]) for j, c in enumerate(class_names)},
                 layer_counts={name: int(v[i].sum()) for name, v in stage_steps.items()},
                 label=lab,
+                **extra,
             )
         )
     return out

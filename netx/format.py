@@ -3,9 +3,10 @@
 Layout (NetX-compatible where NetX has the layer; field names as lava-dl's
 ``export_hdf5`` writes them)::
 
-    /                attrs: format="lava-allnet-netx", format_version=1 or 2,
+    /                attrs: format="lava-allnet-netx", format_version=1, 2 or 3,
                             class_names (JSON), time_steps, population,
-                            model_config (JSON, optional: the training config)
+                            model_config (JSON, optional: the training config),
+                            frontend (JSON, version 2), calibration (JSON, version 3)
     /layer/0         type="input"   shape=(C,H,W) messageBits pixelShift
     /layer/i         type="conv"    shape=(C,H,W) inChannels outChannels kernelSize(2)
                                     stride(2) padding(2) dilation(2) groups
@@ -36,16 +37,19 @@ import h5py
 import numpy as np
 
 from lava_allnet import fixed_point as fx
+from lava_allnet.calibration import Calibration
 from lava_allnet.frontend import FrontEnd
 from lava_allnet.errors import ModelFileError
 
 FORMAT_NAME = "lava-allnet-netx"
-FORMAT_VERSION = 2  # what this lava-allnet writes when a file needs it; it reads 1 and 2
-READ_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # the newest version this lava-allnet writes when a file needs it; it reads 1 to 3
+READ_VERSIONS = (1, 2, 3)
 # version 2 adds: the input layer's sendOnce (the image is sent at the first step of each window only,
 # into a first layer whose current holds it) and the root attribute frontend (JSON: the input front
 # end every backend applies before encoding, lava_allnet.frontend); a file without version-2 fields
-# is written as version 1
+# is written as version 1. Version 3 adds the root attribute calibration (JSON: temperature,
+# abstention threshold and out-of-distribution reference, lava_allnet.calibration); a file is written
+# with the lowest version its fields need.
 LAYER_TYPES = ("input", "conv", "se", "flatten", "dense")
 
 
@@ -145,6 +149,7 @@ class NetworkSpec:
     format_version: int = FORMAT_VERSION
     source: str = ""  # file it was read from
     frontend: FrontEnd = field(default_factory=FrontEnd)  # version 2: applied before encoding
+    calibration: Calibration | None = None  # version 3: probabilities, abstention, OOD warning
 
     @property
     def input(self) -> InputSpec:
@@ -378,6 +383,14 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
                 raise ValueError(f"front end {frontend.name!r}: {len(frontend.reference)} reference values")
         except (ValueError, TypeError) as exc:
             raise ModelFileError(f"root attribute 'frontend' is not a valid front end ({exc})") from exc
+    calibration = None
+    if "calibration" in f.attrs:
+        if version < 3:
+            raise ModelFileError("root attribute 'calibration' needs format version 3")
+        try:
+            calibration = Calibration.from_dict(json.loads(_attr(f, "calibration")))
+        except (ValueError, TypeError) as exc:
+            raise ModelFileError(f"root attribute 'calibration' is not a valid calibration ({exc})") from exc
     if "model_config" in f.attrs:
         try:
             config = json.loads(_attr(f, "model_config"))
@@ -516,7 +529,7 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
     if len(dense) > 1:
         for k, l in enumerate(dense, start=1):
             l.name = f"fc{k}"
-    return NetworkSpec(layers, class_names, time_steps, population, config, version, source, frontend)
+    return NetworkSpec(layers, class_names, time_steps, population, config, version, source, frontend, calibration)
 
 
 def retimed(spec: NetworkSpec, time_steps: int) -> NetworkSpec:
@@ -528,7 +541,8 @@ def retimed(spec: NetworkSpec, time_steps: int) -> NetworkSpec:
     if not 1 <= int(time_steps) <= 100_000:
         raise ModelFileError(f"time_steps {time_steps}: must be within 1..100000")
     config = None if spec.model_config is None else {**spec.model_config, "time_steps": int(time_steps)}
-    return dataclasses.replace(spec, time_steps=int(time_steps), model_config=config, source="")
+    # the calibration was fitted on T steps' counts: another T needs its own (lava-allnet calibrate)
+    return dataclasses.replace(spec, time_steps=int(time_steps), model_config=config, source="", calibration=None)
 
 
 # ------------------------------------------------------------------ writing
@@ -547,6 +561,8 @@ def write(spec: NetworkSpec, path: str | os.PathLike) -> None:
         f.attrs["population"] = int(spec.population)
         if spec.frontend.name != "none":
             f.attrs["frontend"] = np.bytes_(json.dumps(spec.frontend.to_dict(), sort_keys=True).encode())
+        if spec.calibration is not None:
+            f.attrs["calibration"] = np.bytes_(json.dumps(spec.calibration.to_dict(), sort_keys=True).encode())
         if spec.model_config is not None:
             f.attrs["model_config"] = np.bytes_(json.dumps(spec.model_config, sort_keys=True).encode())
         lg = f.create_group("layer")
@@ -577,6 +593,8 @@ def _neuron(g: h5py.Group, n: NeuronSpec) -> None:
 
 def required_version(spec: "NetworkSpec") -> int:
     """The oldest format version that holds this network (version-1 readers can load it then)."""
+    if spec.calibration is not None:
+        return 3
     return 2 if spec.input.send_once or spec.frontend.name != "none" else 1
 
 

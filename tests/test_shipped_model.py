@@ -43,3 +43,23 @@ def test_run_without_a_model_uses_the_shipped_one_and_sim_equals_torch():
     # a trained model gets most of one image per class right (measured on the test split: see models/README.md)
     report_correct = sum(x["correct"] for x in json.loads(r.stdout)["results"])
     assert report_correct >= 2
+
+
+@needs_real
+@pytest.mark.realdata
+def test_the_shipped_model_warns_on_segmented_smears_and_not_on_its_own_test_images():
+    """Its calibration (models/README.md): 8 of the test split's segmented images (never trained
+    on) are all flagged out of distribution; of the same 8 original images, at most one."""
+    import lava_allnet
+    from lava_allnet.api import dataset_inputs
+
+    model = lava_allnet.load()
+    assert model.spec.calibration is not None and model.spec.format_version == 3
+    split = DEFAULT_MODEL.with_name("neurallnet-aria.split.json")
+    flagged = {}
+    for folder in ("original", "segmented"):
+        data = dataset_inputs(model.spec, REAL_DATA / folder, split, "test", limit=8)
+        rows = model.predict(data.images, backend="torch")
+        assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-9 for r in rows)
+        flagged[folder] = sum(r["out_of_distribution"] for r in rows)
+    assert flagged["segmented"] == 8 and flagged["original"] <= 1, flagged
