@@ -5,8 +5,8 @@ naive:    a fresh network per image (compile, run T + depth steps, read) with La
 streamed: one compiled network streaming all images (in-graph source, resets and counters)
           with our fast exact process models
 
-Prints ms per step (stock vs fast process models) and images/s (naive vs streamed), with
-ratios, and checks that both give the same spikes.
+Prints ms per step (stock vs fast process models) and images/s (naive vs streamed; streamed with
+1 and 2 worker processes), with ratios, and checks that all give the same spikes.
 
     python benchmarks/bench_sim.py [--images 32] [--naive 2] [--model neurallnet]
 """
@@ -51,6 +51,11 @@ def main() -> None:
         t0 = time.perf_counter()
         streamed = sim.run(spec, imgs[: args.images], fast=True)
         wall_streamed = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        two = sim.run_sharded(spec, imgs[: args.images], 2, fast=True)
+        wall_two = time.perf_counter() - t0
+        for name in two.counts:
+            assert np.array_equal(two.counts[name], streamed.counts[name]), name
 
         naive_wall, naive_steps_ms = [], []
         for i in range(args.naive):
@@ -70,9 +75,12 @@ def main() -> None:
     print(f"ms per step   stock process models {stock_ms:8.1f}   fast {fast_ms:6.1f}   ratio {stock_ms / fast_ms:6.1f}x")
     print(f"images/s      naive (fresh net, stock) {naive_ips:6.3f}   streamed (fast) {streamed_ips:6.2f}   "
           f"ratio {streamed_ips / naive_ips:6.1f}x")
+    print(f"images/s      streamed, 1 worker {streamed_ips:6.2f}   2 workers {args.images / wall_two:6.2f}   "
+          f"ratio {args.images / wall_two / streamed_ips:5.2f}x   (2 workers: {two.timing['ms_per_step']:.1f} ms per step "
+          f"per worker, wall including compile)")
     print(f"streamed: compile {streamed.timing['compile_s']:.1f} s, {streamed.timing['ms_per_image']:.0f} ms/image "
           f"after compile; naive: {np.mean(naive_wall):.1f} s/image")
-    print("spikes identical (naive vs streamed, every layer and step): True")
+    print("spikes identical (naive vs streamed vs 2 workers, every layer and step): True")
 
 
 if __name__ == "__main__":

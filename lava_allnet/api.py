@@ -19,6 +19,7 @@ Nothing heavy is imported here at module level: torch, lava and the backends loa
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Union
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from hw_targets.inference import Inputs
     from lava_allnet.result import Run
 
-__all__ = ["Model", "load", "evaluate", "profile", "calibrate", "robustness", "report", "dataset_inputs",
+__all__ = ["Model", "load", "evaluate", "profile", "calibrate", "robustness", "report", "dataset_entries", "dataset_inputs",
            "RUN_BACKENDS", "EVALUATE_BACKENDS", "ROBUSTNESS_BACKENDS", "PROFILE_BACKENDS", "TARGETS", "SUBSETS"]
 
 # the accepted values (the CLI offers them as choices, in this order; the first of EVALUATE/PROFILE is the CLI default)
@@ -89,88 +90,76 @@ class Model:
 
     # ----------------------------------------------------------- inputs
 
-    def inputs(self, items, strict: bool = True, progress: Progress | None = None) -> "Inputs":
-        """Image files, folders (searched recursively), uint8 arrays and PIL images → one batch.
+    def entries(self, items) -> list:
+        """Image files, folders (searched recursively), uint8 arrays and PIL images → the
+        :class:`~hw_targets.inference.Entry` list a run streams (files are read chunk by chunk).
 
         A path's label comes from a parent folder named like a class (as in ``run``); an array's
         path is ``<array K>`` (``<array K[J]>`` for image J of a 4-D batch K), without a label.
-        ``strict=False`` skips unreadable files (listed in the run's ``skipped``) instead of failing.
         """
         import numpy as np
         from PIL import Image
 
-        from hw_targets.inference import Inputs
+        from hw_targets.inference import Entry
         from lava_allnet.data import images as di
         from lava_allnet.errors import DataError
 
         if isinstance(items, (str, os.PathLike, np.ndarray, Image.Image)):
             items = [items]
-        items = list(items)
+        out: list = []
         size = self.input_size
-        images: list[np.ndarray] = []
-        paths: list[Any] = []
-        labels: list[int | None] = []
-        skipped: list = []
-        pending: list = []
-
-        def flush() -> None:
-            if not pending:
-                return
-            files = di.collect_image_paths(pending)  # a missing path fails, as in `run`
-            pending.clear()
-            try:
-                loaded = di.load_images(files, size, strict=strict, progress=_stage(progress, "loading images", len(files)))
-            except DataError:
-                if strict:
-                    raise
-                for f in files:  # none of these was readable; other inputs may be
-                    try:
-                        di.load_image(f, size)
-                    except DataError as exc:
-                        skipped.append((f, str(exc)))
-                return
-            images.extend(loaded.images)
-            paths.extend(loaded.paths)
-            labels.extend(di.label_from_path(f, self.spec.class_names) for f in loaded.paths)
-            skipped.extend(loaded.skipped)
-
         for k, item in enumerate(items):
             if isinstance(item, (str, os.PathLike)):
-                pending.append(item)
+                out += [Entry(str(f), di.label_from_path(f, self.spec.class_names), Path(f))
+                        for f in di.collect_image_paths([item])]  # a missing path fails, as in `run`
                 continue
-            flush()
             if isinstance(item, np.ndarray) and item.ndim == 4:
                 batch = [(f"<array {k}[{j}]>", a) for j, a in enumerate(item)]
             elif isinstance(item, (np.ndarray, Image.Image)):
                 batch = [(f"<array {k}>", item)]
             else:
                 raise DataError(f"input {k}: a {type(item).__name__}; give image paths, folders or uint8 arrays")
-            for name, a in batch:
-                images.append(di.image_from_array(a, size, name))
-                paths.append(name)
-                labels.append(None)
-        flush()
-        if not images:
-            detail = f" ({skipped[0][1]})" if skipped else ""
-            raise DataError(f"no readable images among the inputs{detail}" if skipped else "no input images given")
-        return Inputs(np.stack(images), paths, labels, skipped)
+            out += [Entry(name, None, di.image_from_array(a, size, name)) for name, a in batch]
+        if not out:
+            raise DataError("no input images given")
+        return out
 
     # -------------------------------------------------------------- run
 
     def run(self, items, backend: str = "torch", workers: int = 1, strict: bool = True,
-            normalize_exposure: bool = False, progress: Progress | None = None) -> "Run":
-        """Classify images; the :class:`~lava_allnet.result.Run` with Results, timing and per-step counts."""
+            normalize_exposure: bool = False, progress: Progress | None = None, out: PathLike | None = None,
+            resume: bool = False, fast: bool = True, fanouts=None) -> "Run":
+        """Classify images; the :class:`~lava_allnet.result.Run` with Results, timing and per-step counts.
+
+        Files are streamed: loaded, run and reduced to their Results chunk by chunk, so memory does
+        not grow with their number. ``strict=False`` skips unreadable files (listed in the run's
+        ``skipped``). ``out``: a results file (``.jsonl``: every field; else CSV, the predictions
+        table) that each chunk is appended to as soon as it is done; ``resume`` skips the images it
+        already holds and returns them with the new ones.
+        """
         from hw_targets.backends import check_backend
-        from hw_targets.inference import run_backend
+        from hw_targets.inference import stream
         from lava_allnet.data.images import normalize_exposure as normalize
+        from lava_allnet.errors import DataError
+        from lava_allnet.results_file import ResultsFile
 
         backend = _choice("backend", backend, RUN_BACKENDS)
         check_backend(backend)
-        data = self.inputs(items, strict=strict, progress=progress)
-        if normalize_exposure:
-            data.images = normalize(data.images)
-        return run_backend(self.spec, data, backend, workers=workers,
-                           progress=_stage(progress, backend, len(data.paths)))
+        if resume and out is None:
+            raise AllnetError("resume needs the results file (out) of the run to continue")
+        entries = self.entries(items)
+        journal = None if out is None else ResultsFile(out, self.class_names, resume=resume)
+        done = journal.done if journal is not None else []
+        todo = [e for e in entries if e.name not in {r.path for r in done}] if done else entries
+        run = stream(self.spec, todo, backend, workers=workers, fast=fast, strict=strict, fanouts=fanouts,
+                     transform=normalize if normalize_exposure else None,
+                     on_chunk=None if journal is None else (lambda res, _skip: journal.append(res)),
+                     progress=_stage(progress, backend, len(todo)))
+        run.results = done + run.results
+        if not run.results:
+            detail = f" ({run.skipped[0][1]})" if run.skipped else ""
+            raise DataError(f"no readable images among the inputs{detail}")
+        return run
 
     def predict(self, items, backend: str = "torch", workers: int = 1, strict: bool = True,
                 normalize_exposure: bool = False) -> list[dict[str, Any]]:
@@ -205,19 +194,19 @@ def _model(model_or_path: Model | PathLike | None) -> Model:
 # ------------------------------------------------------------- evaluation
 
 
-def dataset_inputs(spec, data_dir: PathLike, split: PathLike | None = None, subset: str = "test",
-                   limit: int | None = None, strict: bool = False,
-                   progress: Progress | None = None) -> "Inputs":
-    """An ImageFolder (class folders must be the model's classes), optionally one subset of a saved split.
+def dataset_entries(spec, data_dir: PathLike, split: PathLike | None = None, subset: str = "test",
+                    limit: int | None = None) -> list:
+    """The labelled files of an ImageFolder (class folders must be the model's classes), optionally
+    one subset of a saved split, as :class:`~hw_targets.inference.Entry` (nothing loaded yet).
 
     ``limit``: at most this many images, every k-th of the sorted list (deterministic, stratified).
     """
-    from hw_targets.inference import Inputs
+    from hw_targets.inference import file_entries
     from lava_allnet.data import images as di
 
     subset = _choice("subset", subset, SUBSETS)
     ds = di.scan_image_folder(Path(data_dir), class_names=spec.class_names, require_all=split is None)
-    paths, labels = ds.paths, list(ds.labels)
+    paths, labels = ds.paths, [int(v) for v in ds.labels]
     if split is not None:
         split = Path(split)
         if not split.exists():
@@ -229,32 +218,125 @@ def dataset_inputs(spec, data_dir: PathLike, split: PathLike | None = None, subs
     if limit is not None:
         step = max(1, len(paths) // limit)
         paths, labels = paths[::step][:limit], labels[::step][:limit]
-    loaded = di.load_images(paths, spec.input.shape[1], labels=labels, strict=strict,
-                            progress=_stage(progress, "loading images", len(paths)))
+    return file_entries(paths, labels)
+
+
+def dataset_inputs(spec, data_dir: PathLike, split: PathLike | None = None, subset: str = "test",
+                   limit: int | None = None, strict: bool = False,
+                   progress: Progress | None = None) -> "Inputs":
+    """:func:`dataset_entries` loaded into memory at once (for robustness, which distorts them all)."""
+    from hw_targets.inference import Inputs
+    from lava_allnet.data import images as di
+
+    entries = dataset_entries(spec, data_dir, split, subset, limit)
+    loaded = di.load_images([e.source for e in entries], spec.input.shape[1], labels=[e.label for e in entries],
+                            strict=strict, progress=_stage(progress, "loading images", len(entries)))
     return Inputs(loaded.images, loaded.paths, [int(v) for v in loaded.labels], loaded.skipped)
 
 
 def evaluate_run(model_or_path: Model | PathLike | None, data_dir: PathLike, split: PathLike | None = None,
                  subset: str = "test", backend: str = "torch", resamples: int = 2000, seed: int = 0,
                  workers: int = 1, strict: bool = False, normalize_exposure: bool = False,
-                 progress: Progress | None = None) -> tuple[dict[str, Any], "Run"]:
-    """:func:`evaluate`'s report and the run behind it (for ``write_evaluation``)."""
-    from hw_targets.inference import run_backend
+                 progress: Progress | None = None, out_dir: PathLike | None = None,
+                 resume: bool = False, shard: tuple[int, int] | None = None) -> tuple[dict[str, Any], "Run"]:
+    """:func:`evaluate`'s report and the run behind it (for ``write_evaluation``). Images are
+    streamed; with ``out_dir``, ``predictions.csv`` there grows as they are done, and ``resume``
+    continues it (the metrics then equal an uninterrupted run's). ``shard=(i, n)``: only every n-th
+    image from the i-th (0-based), with ``shard.json`` in ``out_dir`` for :func:`merge_evaluations`."""
+    from hw_targets.inference import stream
     from lava_allnet.data.images import normalize_exposure as normalize
+    from lava_allnet.results_file import ResultsFile
 
     backend = _choice("backend", backend, EVALUATE_BACKENDS)
     if resamples < 1:
         raise AllnetError(f"resamples {resamples}: at least 1")
+    if resume and out_dir is None:
+        raise AllnetError("resume continues the predictions.csv of an --out folder: give it")
     model = _model(model_or_path)
-    data = dataset_inputs(model.spec, data_dir, split, subset, None, strict, progress)
-    if normalize_exposure:
-        data.images = normalize(data.images)
-    result = run_backend(model.spec, data, backend, workers=workers, progress=_stage(progress, backend, len(data.paths)))
+    entries = dataset_entries(model.spec, data_dir, split, subset)
+    if shard is not None:
+        i, n = shard
+        if not 0 <= i < n:
+            raise AllnetError(f"shard {i}/{n}: i must be within 0..{n - 1}")
+        if out_dir is None:
+            raise AllnetError("a shard's predictions go to --out DIR (merged later with --merge)")
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "shard.json").write_text(json.dumps(
+            {"shard": i, "shards": n, "images": len(entries), "model": str(model.path), "data": str(data_dir),
+             "split": None if split is None else str(split), "subset": subset, "backend": backend,
+             "normalize_exposure": normalize_exposure, "paths": [e.name for e in entries[i::n]]}, indent=1))
+        entries = entries[i::n]
+    journal = None
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        journal = ResultsFile(Path(out_dir) / "predictions.csv", model.class_names, resume=resume)
+    done = [] if journal is None else journal.done
+    names = {r.path for r in done}
+    todo = [e for e in entries if e.name not in names]
+    result = stream(model.spec, todo, backend, workers=workers, strict=strict,
+                    transform=normalize if normalize_exposure else None,
+                    on_chunk=None if journal is None else (lambda res, _skip: journal.append(res)),
+                    progress=_stage(progress, backend, len(todo)))
+    result.results = done + result.results
     report = run_report(model.spec, result, resamples, seed)
     report.update({"model": str(model.path), "data": str(data_dir), "backend": backend,
                    "normalize_exposure": normalize_exposure, "timing": result.timing,
                    "skipped": [{"path": p, "reason": w} for p, w in result.skipped]})
     return report, result
+
+
+def merge_evaluations(model_or_path: Model | PathLike | None, data_dir: PathLike, shard_dirs: Iterable[PathLike],
+                      split: PathLike | None = None, subset: str = "test", resamples: int = 2000,
+                      seed: int = 0) -> tuple[dict[str, Any], "Run"]:
+    """The report of a single ``evaluate`` from the ``--shard i/n`` runs' folders: every shard of
+    the same model, data, split and subset must be there and complete. The results are put back
+    in the dataset's order, so the metrics equal a single run's bit for bit."""
+    import numpy as np
+
+    from lava_allnet.errors import DataError
+    from lava_allnet.result import Run
+    from lava_allnet.results_file import ResultsFile
+
+    model = _model(model_or_path)
+    entries = dataset_entries(model.spec, data_dir, split, subset)
+    order = {e.name: k for k, e in enumerate(entries)}
+    docs, results, backends = {}, [], set()
+    for d in map(Path, shard_dirs):
+        meta = d / "shard.json"
+        if not meta.is_file():
+            raise DataError(f"{d}: no shard.json (not the --out folder of an `evaluate --shard` run)")
+        doc = json.loads(meta.read_text())
+        want = {"model": str(model.path), "data": str(data_dir), "split": None if split is None else str(split),
+                "subset": subset}
+        wrong = [k for k, v in want.items() if doc.get(k) != v]
+        if wrong:
+            raise DataError(f"{d}: a shard of another evaluation ({', '.join(f'{k} {doc.get(k)!r}' for k in wrong)})")
+        if doc["shard"] in docs:
+            raise DataError(f"{d}: shard {doc['shard']}/{doc['shards']} given twice")
+        docs[doc["shard"]] = doc
+        backends.add((doc["backend"], doc["normalize_exposure"]))
+        got = ResultsFile(d / "predictions.csv", model.class_names, resume=True).done
+        missing = set(doc["paths"]) - {r.path for r in got}
+        if missing:
+            raise DataError(f"{d}: shard {doc['shard']}/{doc['shards']} is incomplete ({len(missing)} of "
+                            f"{len(doc['paths'])} images not done): finish it with --resume")
+        results += got
+    n = {doc["shards"] for doc in docs.values()}
+    if len(n) != 1 or sorted(docs) != list(range(next(iter(n)))):
+        raise DataError(f"shards {sorted(docs)} of {sorted(n)}: every shard 0..n-1 of one split is needed")
+    if len(backends) != 1:
+        raise DataError("the shards ran on different backends or exposure settings")
+    unknown = [r.path for r in results if r.path not in order]
+    if unknown:
+        raise DataError(f"{unknown[0]}: in a shard but not in {data_dir}")
+    results.sort(key=lambda r: order[r.path])
+    backend, exposure = backends.pop()
+    run = Run(backend=backend, results=results, stage_steps={}, output_neurons=np.zeros((0, 0)))
+    report = run_report(model.spec, run, resamples, seed)
+    report.update({"model": str(model.path), "data": str(data_dir), "backend": backend,
+                   "normalize_exposure": exposure, "timing": {}, "skipped": [],
+                   "merged": [str(d) for d in shard_dirs]})
+    return report, run
 
 
 def run_report(spec, result: "Run", resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
@@ -303,7 +385,6 @@ def profile_run(model_or_path: Model | PathLike | None, paths: Iterable[PathLike
     """:func:`profile`'s model, report (without "model") and run."""
     from hw_targets import profile as hp
     from hw_targets.backends import check_backend
-    from hw_targets.inference import load_inputs, run_backend
     from netx.analysis import stage_fanouts
 
     backend = _choice("backend", backend, PROFILE_BACKENDS)
@@ -313,10 +394,8 @@ def profile_run(model_or_path: Model | PathLike | None, paths: Iterable[PathLike
     tgt = hp.load_target(target)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    data = load_inputs(list(paths), model.input_size, model.spec.class_names,
-                       progress=None if progress is None else (lambda k, n: progress("loading images", k, n)))
-    result = run_backend(model.spec, data, backend, workers=workers, fanouts=stage_fanouts(model.spec),
-                         progress=_stage(progress, backend, len(data.paths)))
+    result = model.run(list(paths), backend, workers=workers, strict=False, progress=progress,
+                       fanouts=stage_fanouts(model.spec))
     return model, hp.profile(model.spec, result, tgt), result
 
 
@@ -351,7 +430,7 @@ def calibrate(model_or_path: Model | PathLike | None, data_dir: PathLike, split:
 
     import numpy as np
 
-    from hw_targets.inference import input_features, run_backend
+    from hw_targets.inference import stream, stream_features
     from lava_allnet import calibration as cal
     from netx import format as nf
 
@@ -362,15 +441,18 @@ def calibrate(model_or_path: Model | PathLike | None, data_dir: PathLike, split:
         raise AllnetError(f"{out}: would overwrite the model being calibrated; give another --out")
     if out.parent and not out.parent.exists():
         raise AllnetError(f"{out.parent}: no such folder")
-    val = dataset_inputs(model.spec, data_dir, split, "val", progress=progress)
-    result = run_backend(model.spec, val, backend, workers=workers, progress=_stage(progress, backend, len(val.paths)))
-    counts = np.array([[r.class_counts[c] for c in model.class_names] for r in result.results])
-    train = dataset_inputs(model.spec, data_dir, split, "train", progress=progress)
+    val = dataset_entries(model.spec, data_dir, split, "val")
+    result = stream(model.spec, val, backend, workers=workers, progress=_stage(progress, backend, len(val)))
+    rs = result.results
+    counts = np.array([[r.class_counts[c] for c in model.class_names] for r in rs])
+    labels = np.array([model.class_names.index(r.label) for r in rs])
     frontend = model.spec.frontend
+    train = [e.source for e in dataset_entries(model.spec, data_dir, split, "train")]
     try:
-        fitted = cal.fit(counts, np.asarray(val.labels), input_features(frontend, val.images),
-                         input_features(frontend, train.images), target_accuracy, ood_quantile,
-                         {"data": str(data_dir), "split": str(split), "backend": backend})
+        fitted = cal.fit(counts, labels, stream_features(frontend, [Path(r.path) for r in rs], model.input_size),
+                         stream_features(frontend, train, model.input_size,
+                                         progress=_stage(progress, "training images", len(train))),
+                         target_accuracy, ood_quantile, {"data": str(data_dir), "split": str(split), "backend": backend})
     except ValueError as exc:
         raise AllnetError(str(exc)) from exc
     nf.write(dataclasses.replace(model.spec, calibration=fitted, source=""), out)
@@ -439,7 +521,7 @@ def report(model_or_path: Model | PathLike | None, data_dir: PathLike, out_dir: 
     import numpy as np
 
     from hw_targets import profile as hp
-    from hw_targets.inference import run_backend
+    from hw_targets.inference import stream
     from lava_allnet import __version__
     from lava_allnet import evaluation as ev
     from lava_allnet.data.images import load_image
@@ -456,16 +538,16 @@ def report(model_or_path: Model | PathLike | None, data_dir: PathLike, out_dir: 
     model = _model(model_or_path)
     spec = model.spec
     out_dir = Path(out_dir)
-    data = dataset_inputs(spec, data_dir, split, subset, progress=progress)
-    run = run_backend(spec, data, backend, workers=workers, fanouts=stage_fanouts(spec),
-                      progress=_stage(progress, backend, len(data.paths)))
+    entries = dataset_entries(spec, data_dir, split, subset)
+    run = stream(spec, entries, backend, workers=workers, fanouts=stage_fanouts(spec),
+                 progress=_stage(progress, backend, len(entries)))
     metrics = run_report(spec, run, resamples, seed)
     metrics.update({"model": str(model.path), "data": str(data_dir), "backend": backend,
                     "split": None if split is None else str(split), "subset": subset if split is not None else None})
     prof = hp.profile(spec, run, hp.load_target(target))
     rob = None
     if robustness_images:
-        rob = robustness(model, data_dir, split, subset, "torch", min(robustness_images, len(data.paths)), seed,
+        rob = robustness(model, data_dir, split, subset, "torch", min(robustness_images, len(entries)), seed,
                          progress=progress)
     stats = totals(layer_stats(spec))
     cal = spec.calibration
@@ -508,7 +590,7 @@ def report(model_or_path: Model | PathLike | None, data_dir: PathLike, out_dir: 
         for kind, idx in (("error", errors), ("correct", right)):
             for i in idx:
                 r = rs[i]
-                cam = ev.grad_cam(net, data.images[i])
+                cam = ev.grad_cam(net, load_image(r.path, model.input_size))
                 display = load_image(r.path, max(224, model.input_size))
                 heat = np.asarray(Image.fromarray((cam["cam"] * 255).astype(np.uint8)).resize(
                     display.shape[1:][::-1], Image.BILINEAR)) / 255.0

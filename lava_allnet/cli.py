@@ -289,7 +289,7 @@ def _print_results(run, spec, max_columns: int = 8, max_images: int = 32) -> Non
     if calibrated:
         t.add_column("confidence", justify="right")
         t.add_column("warning")
-    for r in run.results:
+    for r in run.results[:max_images]:
         mark = "" if r.label is None else (" ✓" if r.correct else " ✗")
         extra = []
         if calibrated:
@@ -298,6 +298,8 @@ def _print_results(run, spec, max_columns: int = 8, max_images: int = 32) -> Non
             extra = [f"{r.confidence:.3f}", warn or "-"]
         t.add_row(r.path, r.prediction + mark, r.label or "-", *[str(r.class_counts[c]) for c in spec.class_names], *extra)
     out.print(t)
+    if len(run.results) > max_images:
+        out.print(f"... {len(run.results) - max_images} more images: use --out FILE or --json")
     if not calibrated:
         err.print("note: this model has no calibration (no probabilities, abstention or out-of-distribution "
                   "warning): lava-allnet calibrate")
@@ -309,7 +311,7 @@ def _print_results(run, spec, max_columns: int = 8, max_images: int = 32) -> Non
         for i, _ in enumerate(chunk, start=start + 1):
             lt.add_column(f"#{i}", justify="right")
         for name in run.stage_names:
-            lt.add_row(name, *[f"{r.layer_counts[name]:,}" for r in chunk])
+            lt.add_row(name, *[f"{r.layer_counts[name]:,}" if name in r.layer_counts else "-" for r in chunk])
         out.print(lt)
         if start + max_columns >= max_images and n > max_images:
             out.print(f"... per-layer counts of {n - start - len(chunk)} more images: use --json")
@@ -342,38 +344,27 @@ def run(
     strict: bool = typer.Option(False, "--strict", help="Fail on the first unreadable image instead of skipping it."),
     stock: bool = typer.Option(False, "--stock", help="Use Lava's stock process models (slow; for comparison)."),
     exposure: bool = typer.Option(False, "--normalize-exposure", help=EXPOSURE_HELP),
-    out_file: Optional[Path] = typer.Option(None, "--out", help="Also write the per-image predictions as CSV: path, label, prediction, correct, confidence, abstain, out_of_distribution, ood_score, p_<class>, spikes_<class>."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Also write the per-image results as they are computed: CSV (path, label, prediction, correct, confidence, abstain, out_of_distribution, ood_score, p_<class>, spikes_<class>) or, for a .jsonl name, JSON Lines with every field. An interrupted run keeps what was written."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the --out file of an interrupted run: skip the images it already holds, then report on all."),
 ) -> None:
     """Classify images: predicted class, output spikes per class and spikes per layer for each image; with a calibrated model, probabilities, confidence, abstention and the out-of-distribution warning."""
-    from lava_allnet.data.images import normalize_exposure
-    from hw_targets.inference import load_inputs, run_backend
-
     from hw_targets.backends import check_backend
 
     backend = backend.value
     model_path, inputs = _resolve_model(paths, model)
     if not inputs:
         raise AllnetError("no images given (usage: lava-allnet run [MODEL.net] PATH...)")
+    if resume and out_file is None:
+        raise AllnetError("--resume continues the results file given with --out: give --out FILE")
     check_backend(backend)
-    spec = _read_spec(model_path)
-    prog, update = _progress(0, "loading images")
-    with prog:
-        data = load_inputs(inputs, spec.input.shape[1], spec.class_names, strict=strict,
-                           progress=lambda k, n: (prog.update(prog.task_ids[0], total=n), update(k)))
-    for p, why in data.skipped:
-        err.print(f"[yellow]skipped[/] {why}")
-    if exposure:
-        data.images = normalize_exposure(data.images)
-    prog, update = _progress(len(data.paths), f"{backend}")
-    with prog:
-        result = run_backend(spec, data, backend, workers=workers, fast=not stock, progress=update)
+    m = api.Model(model_path)
+    spec = m.spec
+    with _Bars() as bars:
+        result = m.run(inputs, backend, workers=workers, strict=strict, normalize_exposure=exposure, progress=bars,
+                       out=out_file, resume=resume, fast=not stock)
+    _print_skipped(result.skipped)
     if out_file is not None:
-        from lava_allnet.evaluation import write_predictions
-
-        if not out_file.parent.is_dir():
-            raise AllnetError(f"{out_file.parent}: no such folder for --out")
-        write_predictions(result.results, spec.class_names, out_file)
-        err.print(f"wrote {out_file}")
+        err.print(f"wrote {out_file} ({len(result.results)} results)")
     if as_json:
         _emit_json(_run_json(result, spec, model_path))
         return
@@ -577,20 +568,36 @@ def evaluate(
     split: Optional[Path] = typer.Option(None, "--split", help="A run's split.json: evaluate only its --subset files."),
     subset: Subset = typer.Option(Subset.test, "--subset", help="Which part of --split."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write metrics.json, predictions.csv and confusion_matrix.png."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write predictions.csv (as images are done), then metrics.json and PNGs: confusion matrix, reliability and risk-coverage (a calibrated model)."),
     resamples: int = typer.Option(2000, "--resamples", min=1000, help="Bootstrap resamples for the 95% CI."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     workers: int = typer.Option(1, "--workers", min=1, help="Simulator processes."),
     strict: bool = typer.Option(False, "--strict", help="Fail on an unreadable image instead of skipping it."),
     exposure: bool = typer.Option(False, "--normalize-exposure", help=EXPOSURE_HELP),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted evaluation: --out's predictions.csv (written as images are done) keeps its images, the rest are run; the metrics equal an uninterrupted run's."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: evaluate only every n-th image from the i-th (0-based) into --out, e.g. on n machines; combine the n folders with --merge."),
+    merge: Optional[List[Path]] = typer.Option(None, "--merge", help="The --out folders of all n `--shard i/n` runs (repeat the option): their predictions merged into the metrics of one run, bit for bit; nothing is run."),
 ) -> None:
     """Accuracy with a bootstrapped 95% CI, per-class precision/recall/F1, confusion matrix, per-image predictions."""
     from lava_allnet.evaluation import confusion_text, write_evaluation
 
     backend = backend.value
+    if merge and (shard or resume):
+        raise AllnetError("--merge combines finished shards: not with --shard or --resume")
+    parsed = None
+    if shard is not None:
+        try:
+            i, n = (int(v) for v in shard.split("/"))
+        except ValueError:
+            raise AllnetError(f"--shard {shard!r}: give i/n, e.g. 0/4") from None
+        parsed = (i, n)
     with _Bars() as bars:
-        report, result = api.evaluate_run(model_file, data_dir, split, subset.value, backend, resamples, seed, workers,
-                                          strict, exposure, progress=bars)
+        if merge:
+            report, result = api.merge_evaluations(model_file, data_dir, merge, split, subset.value, resamples, seed)
+        else:
+            report, result = api.evaluate_run(model_file, data_dir, split, subset.value, backend, resamples, seed,
+                                              workers, strict, exposure, progress=bars, out_dir=out_dir, resume=resume,
+                                              shard=parsed)
     _print_skipped(result.skipped)
     written = write_evaluation(report, result, out_dir) if out_dir is not None else []
     if as_json:

@@ -1,7 +1,6 @@
 """Clinical-style evaluation: metrics with bootstrap CIs, robustness to distortions, Grad-CAM."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -9,6 +8,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from lava_allnet.result import Run
+from lava_allnet.results_file import write_csv
 
 
 # -------------------------------------------------------------------- metrics
@@ -121,37 +121,12 @@ def selective_report(confidence: np.ndarray, correct: np.ndarray, abstain: np.nd
     }
 
 
-PREDICTION_COLUMNS = ("path", "label", "prediction", "correct", "confidence", "abstain", "out_of_distribution",
-                      "ood_score")
-
-
-def prediction_rows(results, class_names: Sequence[str]):
-    """The predictions CSV: a header, then one row per Result (``p_<class>`` probabilities and
-    ``spikes_<class>`` output counts; the calibrated fields are empty for a model without a
-    calibration)."""
-    def cell(v):
-        return "" if v is None else int(v) if isinstance(v, bool) else v
-
-    yield [*PREDICTION_COLUMNS, *[f"p_{c}" for c in class_names], *[f"spikes_{c}" for c in class_names]]
-    for r in results:
-        probs = r.probabilities or {}
-        yield [r.path, r.label or "", r.prediction, cell(r.correct), cell(r.confidence), cell(r.abstain),
-               cell(r.out_of_distribution), cell(r.ood_score), *[cell(probs.get(c)) for c in class_names],
-               *[r.class_counts[c] for c in class_names]]
-
-
-def write_predictions(results, class_names: Sequence[str], path: Path) -> Path:
-    with open(path, "w", newline="") as fh:
-        csv.writer(fh).writerows(prediction_rows(results, class_names))
-    return path
-
-
 def write_evaluation(report: dict[str, Any], run: Run, out_dir: Path) -> list[Path]:
     """metrics.json, predictions.csv, confusion_matrix.png and, for a calibrated model,
     reliability.png and risk_coverage.png."""
     out_dir.mkdir(parents=True, exist_ok=True)
     names = report["class_names"]
-    files = [write_predictions(run.results, names, out_dir / "predictions.csv")]
+    files = [write_csv(run.results, names, out_dir / "predictions.csv")]
     p = out_dir / "metrics.json"
     p.write_text(json.dumps(report, indent=2))
     files.append(p)
