@@ -93,7 +93,7 @@ def release_memory() -> None:
         pass
 
 
-def _load_chunk(entries: Sequence[Entry], size: int, strict: bool) -> tuple[list[int], np.ndarray | None, list]:
+def load_chunk(entries: Sequence[Entry], size: int, strict: bool) -> tuple[list[int], np.ndarray | None, list]:
     """(indices kept, images, skipped (name, reason)) of one chunk; a file that is unreadable or
     has vanished since it was listed is skipped (fatal with ``strict``)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -147,7 +147,7 @@ def stream(
     t0 = time.perf_counter()
     for start in range(0, len(entries), chunk):
         batch = entries[start:start + chunk]
-        kept, images, skip = _load_chunk(batch, size, strict)
+        kept, images, skip = load_chunk(batch, size, strict)
         skipped += skip
         new: list = []
         if images is not None:
@@ -234,7 +234,7 @@ def stream_features(frontend, paths: Sequence[Path], size: int, chunk: int = 256
 
     out = []
     for start in range(0, len(paths), chunk):
-        _, images, _ = _load_chunk(file_entries(paths[start:start + chunk], [None] * len(paths[start:start + chunk])),
+        _, images, _ = load_chunk(file_entries(paths[start:start + chunk], [None] * len(paths[start:start + chunk])),
                                    size, strict=False)
         if images is not None:
             out.append(input_features(frontend, images))

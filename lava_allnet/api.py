@@ -150,7 +150,8 @@ class Model:
         entries = self.entries(items)
         journal = None if out is None else ResultsFile(out, self.class_names, resume=resume)
         done = journal.done if journal is not None else []
-        todo = [e for e in entries if e.name not in {r.path for r in done}] if done else entries
+        seen = {r.path for r in done}
+        todo = [e for e in entries if e.name not in seen]
         run = stream(self.spec, todo, backend, workers=workers, fast=fast, strict=strict, fanouts=fanouts,
                      transform=normalize if normalize_exposure else None,
                      on_chunk=None if journal is None else (lambda res, _skip: journal.append(res)),
@@ -471,6 +472,7 @@ def robustness(model_or_path: Model | PathLike | None, data_dir: PathLike, split
     import numpy as np
 
     from hw_targets.backends import check_backend, get_backend
+    from hw_targets.inference import CHUNK, load_chunk, release_memory
     from lava_allnet.data.images import normalize_exposure as normalize
     from lava_allnet.evaluation import DISTORTIONS, robustness as rob
     from lava_allnet.result import make_results
@@ -479,7 +481,7 @@ def robustness(model_or_path: Model | PathLike | None, data_dir: PathLike, split
     check_backend(backend)
     model = _model(model_or_path)
     spec = model.spec
-    data = dataset_inputs(spec, data_dir, split, subset, limit, progress=progress)
+    entries = dataset_entries(spec, data_dir, split, subset, limit)
     be = get_backend(backend, spec)
 
     def predict(images):
@@ -488,7 +490,18 @@ def robustness(model_or_path: Model | PathLike | None, data_dir: PathLike, split
                            raw.stage_steps, raw.output_neurons)
         return np.asarray([r.predicted_index for r in res])
 
-    total, done = 1 + 3 * len(DISTORTIONS), [0]
+    chunk = CHUNK.get(backend, 64) * 4  # each chunk runs 19 times (clean and 18 distortions)
+
+    def chunks():
+        """(images, labels) of ``chunk`` images at a time, unreadable files skipped; memory released between."""
+        for start in range(0, len(entries), chunk):
+            part = entries[start:start + chunk]
+            kept, images, _ = load_chunk(part, spec.input.shape[1], strict=False)
+            if images is not None:
+                yield images, np.asarray([part[i].label for i in kept])
+            release_memory()
+
+    total, done = (1 + 3 * len(DISTORTIONS)) * max(1, -(-len(entries) // chunk)), [0]
     tick = _stage(progress, "robustness", total)
 
     def step(_label: str) -> None:
@@ -496,7 +509,7 @@ def robustness(model_or_path: Model | PathLike | None, data_dir: PathLike, split
         if tick is not None:
             tick(done[0])
 
-    report = rob(predict, data.images, np.asarray(data.labels), seed=seed, progress=step)
+    report = rob(predict, chunks(), seed=seed, progress=step)
     report.update({"model": str(model.path), "data": str(data_dir), "backend": backend,
                    "normalize_exposure": normalize_exposure})
     return report

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -221,69 +221,79 @@ SEVERITIES = {
 }
 
 
-def distort(images: np.ndarray, kind: str, severity: float, seed: int = 0) -> np.ndarray:
-    """Apply one distortion to uint8 (N, 3, H, W) images, deterministically."""
+def distort(images: np.ndarray, kind: str, severity: float, seed: int = 0, offset: int = 0) -> np.ndarray:
+    """Apply one distortion to uint8 (N, 3, H, W) images, deterministically: image i draws from its
+    own generator, seeded by (``seed``, ``offset`` + i), so a dataset distorts the same whether it
+    comes in one batch or in chunks (``offset``: the chunk's first index)."""
     import cv2
 
-    rng = np.random.default_rng(seed)
     x = images.astype(np.float64)
     n, c, h, w = images.shape
-    if kind == "gaussian_noise":
-        x = x + rng.normal(0, severity, x.shape)
-    elif kind == "salt_pepper":
-        mask = rng.random((n, 1, h, w)) < severity
-        salt = rng.random((n, 1, h, w)) < 0.5
-        x = np.where(mask, np.where(salt, 255.0, 0.0), x)
-    elif kind == "gaussian_blur":
-        out = np.empty_like(x)
-        for i in range(n):
-            img = images[i].transpose(1, 2, 0)
-            out[i] = cv2.GaussianBlur(img, (0, 0), severity).transpose(2, 0, 1)
-        x = out
-    elif kind == "occlusion":
-        side = max(1, int(round(severity * h)))
-        for i in range(n):
+    if kind not in DISTORTIONS:
+        raise ValueError(f"unknown distortion {kind!r}")
+    for i in range(n):
+        rng = np.random.default_rng([int(seed), int(offset) + i])
+        if kind == "gaussian_noise":
+            x[i] += rng.normal(0, severity, x[i].shape)
+        elif kind == "salt_pepper":
+            mask = rng.random((1, h, w)) < severity
+            salt = rng.random((1, h, w)) < 0.5
+            x[i] = np.where(mask, np.where(salt, 255.0, 0.0), x[i])
+        elif kind == "gaussian_blur":
+            x[i] = cv2.GaussianBlur(images[i].transpose(1, 2, 0), (0, 0), severity).transpose(2, 0, 1)
+        elif kind == "occlusion":
+            side = max(1, int(round(severity * h)))
             y0, x0 = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
             x[i, :, y0:y0 + side, x0:x0 + side] = 128.0
-    elif kind == "rotation":
-        out = np.empty_like(x)
-        for i in range(n):
+        elif kind == "rotation":
             angle = severity * (1 if rng.random() < 0.5 else -1)
             m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
-            img = images[i].transpose(1, 2, 0)
-            out[i] = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).transpose(2, 0, 1)
-        x = out
-    elif kind == "illumination":
-        x = x * severity
-    else:
-        raise ValueError(f"unknown distortion {kind!r}")
+            x[i] = cv2.warpAffine(images[i].transpose(1, 2, 0), m, (w, h), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REFLECT).transpose(2, 0, 1)
+        elif kind == "illumination":
+            x[i] *= severity
     return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
 def robustness(
     run_images: Callable[[np.ndarray], np.ndarray],
-    images: np.ndarray,
-    labels: np.ndarray,
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]] | np.ndarray,
+    labels: np.ndarray | None = None,
     distortions: Sequence[str] = DISTORTIONS,
     severities: dict[str, Sequence[float]] | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Accuracy (with bootstrap CI) of ``run_images(images) -> predictions`` per distortion and severity."""
+    """Accuracy (with bootstrap CI) of ``run_images(images) -> predictions`` per distortion and severity.
+
+    ``chunks``: (images, labels) pairs, distorted and run one at a time (bounded memory), or one
+    image array with ``labels``. The result does not depend on the chunking."""
     severities = severities or SEVERITIES
-    clean = run_images(images)
-    lo, hi = bootstrap_ci(clean == labels, seed=seed)
-    out: dict[str, Any] = {"clean": {"accuracy": float(np.mean(clean == labels)), "ci95": [lo, hi]}, "distortions": {}}
+    if isinstance(chunks, np.ndarray):
+        chunks = [(chunks, np.asarray(labels))]
+    levels = [(kind, level, sev) for kind in distortions for level, sev in enumerate(severities[kind], start=1)]
+    clean, preds, ys = [], {(k, lv): [] for k, lv, _ in levels}, []
+    offset = 0
+    for images, y in chunks:
+        clean.append(run_images(images))
+        ys.append(np.asarray(y))
+        for kind, level, sev in levels:
+            if progress is not None:
+                progress(f"{kind} {sev}")
+            preds[(kind, level)].append(run_images(distort(images, kind, sev, seed=seed + level, offset=offset)))
+        offset += len(images)
+    labels = np.concatenate(ys)
+    clean_p = np.concatenate(clean)
+    lo, hi = bootstrap_ci(clean_p == labels, seed=seed)
+    out: dict[str, Any] = {"clean": {"accuracy": float(np.mean(clean_p == labels)), "ci95": [lo, hi]}, "distortions": {}}
     for kind in distortions:
         rows = []
         for level, sev in enumerate(severities[kind], start=1):
-            if progress is not None:
-                progress(f"{kind} {sev}")
-            preds = run_images(distort(images, kind, sev, seed=seed + level))
-            ok = preds == labels
+            p = np.concatenate(preds[(kind, level)])
+            ok = p == labels
             lo, hi = bootstrap_ci(ok, seed=seed)
             rows.append({"severity": level, "parameter": float(sev), "accuracy": float(ok.mean()), "ci95": [lo, hi],
-                         "changed_predictions": float(np.mean(preds != clean))})
+                         "changed_predictions": float(np.mean(p != clean_p))})
         out["distortions"][kind] = rows
     out["n_images"] = int(len(labels))
     return out

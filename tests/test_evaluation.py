@@ -153,3 +153,28 @@ def test_exposure_normalisation_restores_dimmed_smears(tmp_path):
     r = subprocess.run([EXE, "run", str(SHIPPED), str(real_images(1)[0]), "--backend", "torch", "--normalize-exposure",
                         "--json"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+
+
+def test_robustness_does_not_depend_on_the_chunking(se_model_file, synth_images):
+    """Each image draws its distortion from its own seed: one batch or chunks of 5, the same report."""
+    from hw_targets.backends import TorchBackend
+    from lava_allnet.result import make_results
+    from netx import format as nf
+
+    spec = nf.read(se_model_file)
+    be = TorchBackend(spec)
+
+    def predict(x):
+        raw = be.run(x)
+        res = make_results([str(i) for i in range(len(x))], spec.class_names, spec.population, raw.stage_steps,
+                           raw.output_neurons)
+        return np.asarray([r.predicted_index for r in res])
+
+    images = synth_images[0]
+    labels = np.arange(len(images)) % 4
+    whole = ev.robustness(predict, images, labels, seed=3)
+    chunked = ev.robustness(predict, ((images[i:i + 5], labels[i:i + 5]) for i in range(0, len(images), 5)), seed=3)
+    assert whole == chunked
+    noisy = ev.distort(images, "gaussian_noise", 16.0, seed=4)
+    assert np.array_equal(noisy[7:], ev.distort(images[7:], "gaussian_noise", 16.0, seed=4, offset=7))
+    assert not np.array_equal(noisy[7:], ev.distort(images[7:], "gaussian_noise", 16.0, seed=4))

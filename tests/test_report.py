@@ -65,6 +65,7 @@ def test_report_opens_in_headless_chromium_without_errors(report_dir, tmp_path):
     from PIL import Image
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
 
     out, _ = report_dir
     opts = webdriver.ChromeOptions()
@@ -77,7 +78,9 @@ def test_report_opens_in_headless_chromium_without_errors(report_dir, tmp_path):
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
         driver.get((out / "report.html").as_uri())
-        assert driver.execute_script("return document.readyState") == "complete"
+        # polled with a deadline: get() can return while the page's many embedded images still decode
+        WebDriverWait(driver, 120, poll_frequency=0.1).until(
+            lambda d: d.execute_script("return document.readyState") == "complete")
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.alt]);")
         assert len(images) >= 12
