@@ -138,6 +138,31 @@ def se_all_model_file(tmp_path_factory, synth_images) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def calibrated(se_model_file, tmp_path_factory) -> dict:
+    """A synthetic ImageFolder with a split (24 validation, 48 training, 24 test images) and the
+    small SE model calibrated on it by `lava-allnet calibrate` (its --json report under "report")."""
+    import json
+    import subprocess
+    import sys
+
+    from lava_allnet.data import images as di
+    from lava_allnet.data import synth
+
+    root = tmp_path_factory.mktemp("cal")
+    data = root / "data"
+    synth.generate_dataset(data, 24, size=48, seed=11)
+    ds = di.scan_image_folder(data)
+    idx = np.arange(len(ds.paths))
+    di.save_split(root / "split.json", ds, {"test": idx[0::4], "val": idx[1::4], "train": np.r_[idx[2::4], idx[3::4]]}, 0)
+    out = root / "calibrated.net"
+    r = subprocess.run([str(Path(sys.executable).parent / "lava-allnet"), "calibrate", str(se_model_file), str(data),
+                        "--split", str(root / "split.json"), "--out", str(out), "--target-accuracy", "0.5", "--json"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    return {"root": root, "data": data, "split": root / "split.json", "model": out, "report": json.loads(r.stdout)}
+
+
 def real_images(n_per_class: int = 1) -> list[Path]:
     """A few real smear images read in place from ../shared (never copied)."""
     folder = REAL_DATA / "original"

@@ -115,26 +115,7 @@ def test_a_bad_calibration_is_refused_in_one_line(se_model_file, tmp_path, chang
 
 
 # -------------------------------------------------------------- commands, end to end
-
-
-@pytest.fixture(scope="module")
-def calibrated(se_model_file, tmp_path_factory):
-    """A synthetic ImageFolder with a split (24 validation, 48 training, 24 test images) and the
-    small SE model calibrated on it by the CLI."""
-    from lava_allnet.data import images as di
-    from lava_allnet.data import synth
-
-    root = tmp_path_factory.mktemp("cal")
-    data = root / "data"
-    synth.generate_dataset(data, 24, size=48, seed=11)
-    ds = di.scan_image_folder(data)
-    idx = np.arange(len(ds.paths))
-    di.save_split(root / "split.json", ds, {"test": idx[0::4], "val": idx[1::4], "train": np.r_[idx[2::4], idx[3::4]]}, 0)
-    out = root / "calibrated.net"
-    r = _cli("calibrate", se_model_file, data, "--split", root / "split.json", "--out", out,
-             "--target-accuracy", 0.5, "--json")
-    assert r.returncode == 0, r.stderr
-    return {"root": root, "data": data, "split": root / "split.json", "model": out, "report": json.loads(r.stdout)}
+# (the `calibrated` fixture, in conftest.py: synthetic smears, a split and `lava-allnet calibrate`)
 
 
 def test_calibrate_stores_what_it_fitted(calibrated, se_model_file):

@@ -22,24 +22,11 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
-def report_dir(se_model_file, tmp_path_factory):
-    from lava_allnet.data import images as di
-    from lava_allnet.data import synth
-
-    root = tmp_path_factory.mktemp("report")
-    data = root / "data"
-    synth.generate_dataset(data, 24, size=48, seed=5)
-    ds = di.scan_image_folder(data)
-    idx = np.arange(len(ds.paths))
-    di.save_split(root / "split.json", ds, {"test": idx[0::4], "val": idx[1::4], "train": np.r_[idx[2::4], idx[3::4]]}, 0)
-    model = root / "calibrated.net"
-    r = subprocess.run([EXE, "calibrate", str(se_model_file), str(data), "--split", str(root / "split.json"),
-                        "--out", str(model), "--target-accuracy", "0.5"], capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    out = root / "out"
-    r = subprocess.run([EXE, "report", str(model), str(data), "--split", str(root / "split.json"), "--out", str(out),
-                        "--robustness-images", "8", "--gallery", "2", "--json"],
-                       capture_output=True, text=True, timeout=600)
+def report_dir(calibrated):
+    out = calibrated["root"] / "report"
+    r = subprocess.run([EXE, "report", str(calibrated["model"]), str(calibrated["data"]), "--split",
+                        str(calibrated["split"]), "--out", str(out), "--robustness-images", "8", "--gallery", "2",
+                        "--json"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     return out, json.loads(r.stdout)
 
