@@ -138,7 +138,6 @@ class Model:
         already holds and returns them with the new ones.
         """
         from hw_targets.backends import check_backend
-        from hw_targets.inference import stream
         from lava_allnet.data.images import normalize_exposure as normalize
         from lava_allnet.errors import DataError
         from lava_allnet.results_file import ResultsFile
@@ -149,14 +148,8 @@ class Model:
             raise AllnetError("resume needs the results file (out) of the run to continue")
         entries = self.entries(items)
         journal = None if out is None else ResultsFile(out, self.class_names, resume=resume)
-        done = journal.done if journal is not None else []
-        seen = {r.path for r in done}
-        todo = [e for e in entries if e.name not in seen]
-        run = stream(self.spec, todo, backend, workers=workers, fast=fast, strict=strict, fanouts=fanouts,
-                     transform=normalize if normalize_exposure else None,
-                     on_chunk=None if journal is None else (lambda res, _skip: journal.append(res)),
-                     progress=_stage(progress, backend, len(todo)))
-        run.results = done + run.results
+        run = _stream_journalled(self.spec, entries, backend, journal, progress, workers=workers, fast=fast,
+                                 strict=strict, fanouts=fanouts, transform=normalize if normalize_exposure else None)
         if not run.results:
             detail = f" ({run.skipped[0][1]})" if run.skipped else ""
             raise DataError(f"no readable images among the inputs{detail}")
@@ -177,6 +170,20 @@ class Model:
         """
         run = self.run(items, backend=backend, workers=workers, strict=strict, normalize_exposure=normalize_exposure)
         return [r.to_dict() for r in run.results]
+
+
+def _stream_journalled(spec, entries: list, backend: str, journal, progress: Progress | None, **kwargs) -> "Run":
+    """:func:`~hw_targets.inference.stream` with a results file (or None): the images it already
+    holds are skipped, each new chunk is appended to it, and the run's results are its own first."""
+    from hw_targets.inference import stream
+
+    done = [] if journal is None else journal.done
+    seen = {r.path for r in done}
+    todo = [e for e in entries if e.name not in seen]
+    run = stream(spec, todo, backend, progress=_stage(progress, backend, len(todo)),
+                 on_chunk=None if journal is None else (lambda results, _skipped: journal.append(results)), **kwargs)
+    run.results = done + run.results
+    return run
 
 
 def load(path: PathLike | None = None) -> Model:
@@ -244,7 +251,6 @@ def evaluate_run(model_or_path: Model | PathLike | None, data_dir: PathLike, spl
     streamed; with ``out_dir``, ``predictions.csv`` there grows as they are done, and ``resume``
     continues it (the metrics then equal an uninterrupted run's). ``shard=(i, n)``: only every n-th
     image from the i-th (0-based), with ``shard.json`` in ``out_dir`` for :func:`merge_evaluations`."""
-    from hw_targets.inference import stream
     from lava_allnet.data.images import normalize_exposure as normalize
     from lava_allnet.results_file import ResultsFile
 
@@ -271,14 +277,8 @@ def evaluate_run(model_or_path: Model | PathLike | None, data_dir: PathLike, spl
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         journal = ResultsFile(Path(out_dir) / "predictions.csv", model.class_names, resume=resume)
-    done = [] if journal is None else journal.done
-    names = {r.path for r in done}
-    todo = [e for e in entries if e.name not in names]
-    result = stream(model.spec, todo, backend, workers=workers, strict=strict,
-                    transform=normalize if normalize_exposure else None,
-                    on_chunk=None if journal is None else (lambda res, _skip: journal.append(res)),
-                    progress=_stage(progress, backend, len(todo)))
-    result.results = done + result.results
+    result = _stream_journalled(model.spec, entries, backend, journal, progress, workers=workers, strict=strict,
+                                transform=normalize if normalize_exposure else None)
     report = run_report(model.spec, result, resamples, seed)
     report.update({"model": str(model.path), "data": str(data_dir), "backend": backend,
                    "normalize_exposure": normalize_exposure, "timing": result.timing,
