@@ -172,10 +172,28 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory (its recipe.toml); the stage and batch it reached."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu (default) or cuda[:N]: same integer neuron arithmetic; with --resume, moves the run there."),
     print_recipe: bool = typer.Option(False, "--print-recipe", help="Print the resolved recipe (every stage, every key) and exit."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Data-parallel training (DDP) in N processes on this machine: gloo on CPU, NCCL with --device cuda (one GPU each). The recipe's batch is the global batch; results match one process. Several machines: torchrun (README)."),
 ) -> None:
     """Train a model from a recipe file: every stage in order, each exported; the last one is RUN_DIR/model.net."""
+    from training import distributed
     from training import recipe as rc
 
+    if nproc > 1 and not print_recipe:
+        if resume is None and recipe is None:
+            raise AllnetError("give --recipe FILE (e.g. recipes/demo.toml) or --resume RUN_DIR")
+        if resume is not None and (recipe is not None or sets):
+            raise AllnetError("--resume continues the run's own recipe.toml: give no --recipe or --set")
+        if resume is not None:
+            run_dir, args = resume, ["--resume", str(resume)]
+        else:
+            run_dir = out_dir or Path("runs") / rc.load(recipe, sets)["name"]  # a bad recipe is refused here, once
+            args = ["--recipe", str(recipe), *[a for s in sets for a in ("--set", s)], "--out", str(run_dir)]
+        distributed.launch(nproc, args + (["--device", device] if device else []))
+        err.print(f"trained in {nproc} processes: {run_dir}")
+        return
+    if distributed.launched():
+        _train_rank(recipe, sets, out_dir, resume, device)
+        return
     if resume is not None:
         if recipe is not None or sets:
             raise AllnetError("--resume continues the run's own recipe.toml: give no --recipe or --set")
@@ -202,6 +220,47 @@ def train(
         out.print(f"stage {s['name']}: best epoch {best.get('epoch')}, validation accuracy "
                   f"{best.get('val_accuracy', float('nan')):.4f}")
     out.print(f"model → {summary['model']}")
+
+
+def _train_rank(recipe, sets, out_dir, resume, device) -> None:
+    """One rank of a data-parallel run (started by --nproc or torchrun): rank 0 reports, the others
+    stay quiet; an error is left for the launcher, which names the rank."""
+    from training import distributed
+    from training import recipe as rc
+
+    try:
+        distributed.init(device or "cpu")
+        console = err if distributed.is_main() else Console(file=open(os.devnull, "w"))
+        if resume is not None:
+            if recipe is not None or sets:
+                raise AllnetError("--resume continues the run's own recipe.toml: give no --recipe or --set")
+            if not (resume / "recipe.toml").exists() and (resume / "config.json").exists():
+                from training.trainer import train as train_stage  # a single-stage run directory
+
+                train_stage(resume, resume=True, console=console, device=device)
+                return
+            resolved, run_dir = rc.read_run_recipe(resume), resume
+        else:
+            if recipe is None:
+                raise AllnetError("give --recipe FILE (e.g. recipes/demo.toml) or --resume RUN_DIR")
+            resolved = rc.load(recipe, sets)
+            run_dir = out_dir or Path("runs") / resolved["name"]
+        summary = rc.run(resolved, run_dir, resume=resume is not None, device=device, console=console)
+        if distributed.is_main():
+            for s in summary["stages"]:
+                best = s["best"] or {}
+                out.print(f"stage {s['name']}: best epoch {best.get('epoch')}, validation accuracy "
+                          f"{best.get('val_accuracy', float('nan')):.4f}")
+            out.print(f"model → {summary['model']}")
+    except BaseException as exc:
+        distributed.record_failure(exc)
+        if os.environ.get(distributed.LAUNCHER_ENV):
+            raise typer.Exit(2)  # `train --nproc` prints the cause, with the rank, in one line
+        if isinstance(exc, AllnetError):
+            raise AllnetError(f"rank {distributed.rank()}: {exc}") from exc
+        raise
+    finally:
+        distributed.shutdown()
 
 
 @app.command()

@@ -13,8 +13,10 @@ exactly equivalent and lets T be smaller than the network depth.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -176,9 +178,27 @@ def cuba(
     return spikes, current, voltage
 
 
+# Data-parallel training (training/distributed.py) sets this inside each training step: a function
+# that sums a tensor over the ranks. The batch means then are the global batch's, as the deployed
+# biases must be, and their gradient sums over the ranks too (cf. torch's SyncBatchNorm).
+_NORM_REDUCE: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+@contextlib.contextmanager
+def synced_batch_norm(reduce: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Within this block, batch-norm means in training are taken over every rank's batch:
+    ``reduce(t)`` returns the sum of ``t`` over the ranks (it is called by every rank in the same order)."""
+    global _NORM_REDUCE
+    previous, _NORM_REDUCE = _NORM_REDUCE, reduce
+    try:
+        yield
+    finally:
+        _NORM_REDUCE = previous
+
+
 def _norm_centre(norm, current: torch.Tensor, channel_axis: int, time_sums: torch.Tensor | None = None):
     """What :func:`_norm_tm` subtracts, shaped to broadcast over one sample's neurons
-    (current.shape[2:]), and for a batch mean the (mean, centre, axis, shape) its
+    (current.shape[2:]), and for a batch mean the (mean, centre, axis, shape, reduce, count) its
     gradient needs (see fast_cuba.voltage_spike_tm); None at inference.
     time_sums: the current's sums over time per sample and neuron, if at hand."""
     from lava_allnet.kernels import fast_cuba
@@ -187,16 +207,26 @@ def _norm_centre(norm, current: torch.Tensor, channel_axis: int, time_sums: torc
     shape = [1] * current.dim()
     shape[axis] = current.shape[axis]
     if norm.training and norm.update:
+        reduce, count = _NORM_REDUCE, current.numel() // current.shape[axis]
         with torch.no_grad():
-            if time_sums is None:
+            if reduce is not None:
+                # the global batch's mean: per-channel sums (in float64) and counts summed over the ranks
+                if time_sums is None:
+                    sums = current.double().sum(dim=[d for d in range(current.dim()) if d != axis])
+                else:
+                    sums = fast_cuba.channel_sums(time_sums.double(), current.shape, axis)
+                both = reduce(torch.cat([sums, sums.new_tensor([count])]))
+                count = int(round(float(both[-1])))
+                mean = (both[:-1] / count).to(current.dtype)
+            elif time_sums is None:
                 mean = current.mean(dim=[d for d in range(current.dim()) if d != axis])
             else:
-                mean = fast_cuba.channel_sums(time_sums, current.shape, axis) / (current.numel() // current.shape[axis])
+                mean = fast_cuba.channel_sums(time_sums, current.shape, axis) / count
             norm.running_mean = (1 - norm.momentum) * norm.running_mean + norm.momentum * mean
         with torch.enable_grad():
             leaf = mean.detach().requires_grad_()
             centre = norm.pre_hook_fx(leaf)
-        return centre.detach().view(shape[2:]), (leaf, centre, axis, shape)
+        return centre.detach().view(shape[2:]), (leaf, centre, axis, shape, reduce, count)
     # a learned bias (training.features.learn_norm_means) carries its gradient; a held or running mean has none
     return norm.pre_hook_fx(norm.running_mean).view(shape[2:]), None
 

@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from lava_allnet.errors import AllnetError
 from lava_allnet.model import Network
-from training import distill
+from training import distill, distributed
 
 if TYPE_CHECKING:
     from training.config import TrainConfig
@@ -274,9 +274,14 @@ class Distillation(Feature):
     def setup(self) -> None:
         t, cfg = self.t, self.cfg
         path = t.run_dir / (cfg.teacher_path or "teacher.pt")
-        if path.exists():
-            self.teacher = distill.load_teacher(path, t.model_cfg).to(t.device)
-            return
+        with distributed.main_first():  # rank 0 trains the teacher; the other ranks load it
+            if path.exists():
+                self.teacher = distill.load_teacher(path, t.model_cfg).to(t.device)
+                return
+            self._train(path)
+
+    def _train(self, path) -> None:
+        t, cfg = self.t, self.cfg
         seed = cfg.seed if cfg.teacher_seed is None else cfg.teacher_seed
         t.console.print(f"training the ANN distillation teacher ({cfg.teacher_epochs} epochs, seed {seed})")
         self.teacher, metrics = distill.train_teacher(

@@ -362,6 +362,7 @@ def run(recipe: dict[str, Any], run_dir: str | Path, resume: bool = False, devic
     when its ``model.net`` exists; a killed run continues at the stage and batch it reached.
     """
     from netx.export import export
+    from training import distributed
     from training.checkpoint import save_json
     from training.trainer import _console, load_trained, resolve_device, train
 
@@ -374,8 +375,10 @@ def run(recipe: dict[str, Any], run_dir: str | Path, resume: bool = False, devic
     else:
         if (run_dir / "recipe.toml").exists() or any(p.exists() for p in stage_dirs(run_dir, recipe)):
             raise AllnetError(f"{run_dir}: already holds a training run (use --resume, or another --out)")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.toml").write_text(to_toml(recipe))
+        distributed.barrier()  # every rank has checked before rank 0 writes
+        if distributed.is_main():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "recipe.toml").write_text(to_toml(recipe))
     summary = {"recipe": recipe["name"], "stages": []}
     previous: Path | None = None
     data_dir: str | None = None
@@ -383,41 +386,53 @@ def run(recipe: dict[str, Any], run_dir: str | Path, resume: bool = False, devic
         model_cfg, cfg, root, per_class = compile_stage(stage, i, str(run_dir / "recipe.toml"), run_dir, previous)
         if root is None:
             data_dir = data_dir or str(run_dir / "synthetic-data")
-            if not Path(data_dir).exists():
-                from lava_allnet.data import synth
-
-                console.print(f"generating synthetic smears: {per_class} per class → {data_dir}")
-                tmp = Path(data_dir + ".tmp")
-                shutil.rmtree(tmp, ignore_errors=True)
-                synth.generate_dataset(tmp, per_class, size=model_cfg.input_size, seed=cfg.seed)
-                os.replace(tmp, data_dir)
+            with distributed.main_first():  # rank 0 generates the smears
+                _generate(Path(data_dir), per_class, model_cfg.input_size, cfg.seed, console)
         done = sdir / "model.net"
         if done.exists():
             console.print(f"stage {i}/{len(recipe['stages'])} ({stage['name']}): done")
         else:
             console.print(f"[bold]stage {i}/{len(recipe['stages'])} ({stage['name']})[/]")
             started = (sdir / "config.json").exists()
+            distributed.barrier()  # every rank knows whether the stage had started before rank 0 starts it
             metrics = train(sdir, model_cfg, cfg, data_dir=root or data_dir, synth_per_class=per_class,
                             resume=started, console=console, show_progress=show_progress,
                             stop_after_batches=stop_after_batches, device=device)
             if metrics.get("stopped"):
                 return {"stopped": True, "stage": stage["name"], **metrics}
-            tmp = sdir / "model.net.tmp"
-            export(load_trained(sdir), tmp)
-            os.replace(tmp, done)
-        if i == 1 and not (run_dir / "split.json").exists():
+            if distributed.is_main():
+                tmp = sdir / "model.net.tmp"
+                export(load_trained(sdir), tmp)
+                os.replace(tmp, done)
+        if distributed.is_main() and i == 1 and not (run_dir / "split.json").exists():
             (run_dir / "split.json").write_bytes((sdir / "split.json").read_bytes())
+        distributed.barrier()  # the stage's export and metrics are written
         m = json.loads((sdir / "metrics.json").read_text())
         summary["stages"].append({"name": stage["name"], "dir": sdir.name, "best": m["best"],
                                   "epochs_done": m["epochs_done"]})
         previous = sdir
     final = run_dir / "model.net"
-    tmp = run_dir / "model.net.tmp"
-    tmp.write_bytes((previous / "model.net").read_bytes())
-    os.replace(tmp, final)
+    if distributed.is_main():
+        tmp = run_dir / "model.net.tmp"
+        tmp.write_bytes((previous / "model.net").read_bytes())
+        os.replace(tmp, final)
     summary["model"] = str(final)
-    save_json(summary, run_dir / "metrics.json")
+    if distributed.is_main():
+        save_json(summary, run_dir / "metrics.json")
     return {"run_dir": str(run_dir), **summary}
+
+
+def _generate(data_dir: Path, per_class: int, size: int, seed: int, console) -> None:
+    """The synthetic smears of a run (once; a half-written folder from a killed run is redone)."""
+    if data_dir.exists():
+        return
+    from lava_allnet.data import synth
+
+    console.print(f"generating synthetic smears: {per_class} per class → {data_dir}")
+    tmp = Path(str(data_dir) + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    synth.generate_dataset(tmp, per_class, size=size, seed=seed)
+    os.replace(tmp, data_dir)
 
 
 def last_stage_dir(run_dir: Path) -> Path | None:

@@ -14,6 +14,7 @@ same machine and a resumed run continues exactly where it was killed.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -31,8 +32,8 @@ from lava_allnet.config import ModelConfig
 from lava_allnet.frontend import FrontEnd
 from lava_allnet.data import images as di
 from lava_allnet.errors import AllnetError, DataError
-from lava_allnet.model import Network, build_model
-from training import augment, features
+from lava_allnet.model import Network, build_model, synced_batch_norm
+from training import augment, distributed, features
 from training.checkpoint import load_torch, save_json, save_torch
 from training.config import TrainConfig
 from training.features import is_learned_bias
@@ -283,7 +284,9 @@ class Trainer:
                  device: torch.device, console, resuming: bool, fast: bool, show_progress: bool = True) -> None:
         self.run_dir, self.model_cfg, self.cfg, self.data = run_dir, model_cfg, cfg, data
         self.device, self.console, self.resuming, self.fast = device, console, resuming, fast
-        self.show_progress = show_progress
+        self.show_progress = show_progress and distributed.is_main()
+        self.dist = distributed.get()  # None in a single process
+        self.ddp: torch.nn.Module | None = None
         self.gen = _gen
         self.train_idx = torch.from_numpy(data.split["train"])
         self.val_idx = torch.from_numpy(data.split.get("val", data.split["train"]))
@@ -354,8 +357,19 @@ class Trainer:
                 if state is not None:
                     f.load_state_dict(saved.get(f.section, ck.get("average") if f.section == "averaging" else None))
             self.console.print(f"resuming at epoch {self.state['epoch'] + 1}, batch {self.state['batch']}")
+        if self.dist is not None:
+            # gradients averaged over the ranks in buckets as backward runs; the batch-norm means are
+            # synchronised in the forward pass itself (synced_batch_norm), so no buffer broadcast
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.net, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                               forward_sync_buffers=False)
+            self.console.print(f"data-parallel: {self.dist.world} ranks ({self.dist.backend}), "
+                               f"global batch {cfg.batch_size}")
 
     def checkpoint(self) -> None:
+        if not distributed.is_main():
+            return
         save_torch({"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
                     "scheduler": self.sched.state_dict(), "state": self.state,
                     "features": {f.section: f.state_dict() for f in self.features}}, self.ckpt_path)
@@ -379,19 +393,18 @@ class Trainer:
                 x = augment.augment_batch(x, gen, strength=cfg.color_jitter)
             if self.prepares:
                 x = self.prepare(x, gen)
-            batch = Batch(x.to(dev, non_blocking=True), self.data.labels[idx].to(dev, non_blocking=True))
-            out = net(net.encode(batch.images), **self.forward_kwargs)
-            logits = class_logits(out.class_counts, net, cfg.loss_scale)
-            loss = F.cross_entropy(logits, batch.labels)
-            for f in self.features:
-                loss = f.loss(loss, batch, out, logits)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            self.sched.step()
-            part["loss"] += loss.item() * len(idx)
-            part["correct"] += int((out.predictions() == batch.labels).sum())
-            part["seen"] += len(idx)
+            y, share = self.data.labels[idx], 1.0
+            if self.dist is not None:
+                # the global batch, augmented as one process would, and this rank's slice of it
+                x, y, share = self._slice(x, y)
+            batch = Batch(x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
+            before = dict(part)
+            self._step(batch, share)
+            if self.dist is not None:
+                # the epoch's running sums (loss, correct, seen, the features') over every rank's slice
+                delta = [(part[k] - before.get(k, 0)) * self.dist.weight for k in part]
+                for k, total in zip(list(part), distributed.all_sum(delta)):
+                    part[k] = before.get(k, 0) + (int(round(total)) if isinstance(part[k], int) else total)
             seen_this_run += len(idx)
             state["batch"] = b + 1
             self.batches_done += 1
@@ -407,9 +420,50 @@ class Trainer:
                 last_ckpt = time.monotonic()
         return False
 
+    def _slice(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """This rank's slice ``[rank::world]`` of a global batch, and the factor on its mean loss that
+        makes DDP's average of the ranks' gradients the global batch's mean. A rank left without
+        images by a short last batch runs its first image with weight 0 (DDP needs every rank)."""
+        ctx = self.dist
+        n = len(y)
+        xs, ys = x[ctx.rank :: ctx.world], y[ctx.rank :: ctx.world]
+        ctx.weight = 1.0 if len(ys) else 0.0
+        if not len(ys):
+            return x[:1], y[:1], 0.0
+        return xs, ys, len(ys) * ctx.world / n
+
+    def _step(self, batch: Batch, share: float) -> None:
+        """Forward, losses, backward and the optimiser step on one batch (a rank's slice of it: its
+        loss times ``share``); adds to the epoch's running sums."""
+        cfg, net, part = self.cfg, self.net, self.state["partial"]
+        model = self.ddp if self.ddp is not None else net
+        sync = (synced_batch_norm(self.dist.reduce_sum) if self.dist is not None
+                else contextlib.nullcontext())
+        with sync:
+            out = model(net.encode(batch.images), **self.forward_kwargs)
+        logits = class_logits(out.class_counts, net, cfg.loss_scale)
+        loss = F.cross_entropy(logits, batch.labels)
+        for f in self.features:
+            loss = f.loss(loss, batch, out, logits)
+        self.opt.zero_grad(set_to_none=True)
+        (loss * share if share != 1.0 else loss).backward()
+        self.opt.step()
+        self.sched.step()
+        n = len(batch.labels)
+        part["loss"] += loss.item() * n
+        part["correct"] += int((out.predictions() == batch.labels).sum())
+        part["seen"] += n
+
     def validate(self, model: Network) -> dict:
-        return validate(model, self.images[self.val_idx], self.data.labels[self.val_idx], self.cfg.loss_scale,
-                        device=self.device)
+        idx = self.val_idx
+        if self.dist is None:
+            return validate(model, self.images[idx], self.data.labels[idx], self.cfg.loss_scale, device=self.device)
+        # each rank validates its share of the images; the sums make the whole set's figures
+        mine = idx[self.dist.rank :: self.dist.world]
+        v = validate(model, self.images[mine], self.data.labels[mine], self.cfg.loss_scale, device=self.device)
+        correct, loss_sum = distributed.all_sum([v["accuracy"] * len(mine), v["loss"] * len(mine)])
+        n = max(1, len(idx))
+        return {"accuracy": round(correct) / n, "loss": loss_sum / n}
 
     def end_epoch(self) -> dict[str, Any]:
         """Validate the epoch's model (features choose it), record the row, keep the best, checkpoint."""
@@ -436,13 +490,15 @@ class Trainer:
         best = state["best"]
         if best is None or (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
             state["best"] = row
-            save_torch({"model": kept.state_dict(), "config": self.model_cfg.to_dict(), "epoch": epoch + 1},
-                       self.run_dir / "best.pt")
+            if distributed.is_main():
+                save_torch({"model": kept.state_dict(), "config": self.model_cfg.to_dict(), "epoch": epoch + 1},
+                           self.run_dir / "best.pt")
         state["epoch"] = epoch + 1
         state["batch"] = 0
         state["partial"] = {"loss": 0.0, "correct": 0, "seen": 0}
         self.checkpoint()
-        save_json(self.metrics(), self.run_dir / "metrics.json")
+        if distributed.is_main():
+            save_json(self.metrics(), self.run_dir / "metrics.json")
         return row
 
     def metrics(self) -> dict[str, Any]:
@@ -507,20 +563,23 @@ def train(
         train_cfg = train_cfg or TrainConfig()
         if (run_dir / "checkpoint.pt").exists():
             raise AllnetError(f"{run_dir}: already holds a training run (use --resume, or another --out)")
+    distributed.barrier()  # every rank has read the run directory before rank 0 writes to it
     if device is not None and device != train_cfg.device:
         train_cfg = dataclasses.replace(train_cfg, device=device)
-        if resume:
+        if resume and distributed.is_main():
             # the run now lives on this device: a later plain resume continues here
             saved["train"]["device"] = device
             save_json(saved, run_dir / "config.json")
-    dev = resolve_device(train_cfg.device)
+    dev = resolve_device(distributed.device_for(train_cfg.device))
     run_dir.mkdir(parents=True, exist_ok=True)
     if train_cfg.threads:
-        torch.set_num_threads(train_cfg.threads)
+        torch.set_num_threads(distributed.threads_for(train_cfg.threads))
     # the C++ kernels are CPU-only; elsewhere SLAYER's torch code runs (lava_allnet/kernels/fast_cuba)
     fast = dev.type == "cpu" and enable_fast_cpu()
 
-    data = prepare_data(run_dir, Path(data_dir) if data_dir else None, model_cfg, train_cfg, synth_per_class, console)
+    with distributed.main_first():  # rank 0 writes the split (and generates smears); the others read them
+        data = prepare_data(run_dir, Path(data_dir) if data_dir else None, model_cfg, train_cfg, synth_per_class,
+                            console)
     if tuple(model_cfg.class_names) != data.class_names:
         model_cfg = dataclasses.replace(model_cfg, class_names=data.class_names, num_classes=len(data.class_names))
     frontend = FrontEnd.from_json(model_cfg.frontend)
@@ -529,7 +588,7 @@ def train(
         frontend.fit(data.images[torch.from_numpy(data.split["train"])].numpy())
         model_cfg = dataclasses.replace(model_cfg, frontend=frontend.to_json())
         console.print(f"input front end {frontend.name}: reference {frontend.reference}")
-    if not resume:
+    if not resume and distributed.is_main():
         save_json(
             {
                 "model": model_cfg.to_dict(),

@@ -664,8 +664,12 @@ def channel_sums(time_sums: torch.Tensor, shape: torch.Size | tuple[int, ...], a
 def batch_mean_gradient(batch_mean: Any, channel_total: torch.Tensor, count: int) -> torch.Tensor:
     """What ``current - hook(mean(current))`` adds to the current's gradient g beyond g itself:
     hook'(mean) * -sum(g) / count per channel, shaped to broadcast. batch_mean: (mean
-    leaf, centre = hook(mean), channel axis, view shape); channel_total: sum of g per channel."""
-    mean, centre, _axis, shape = batch_mean
+    leaf, centre = hook(mean), channel axis, view shape, reduce, global count); channel_total:
+    sum of g per channel. With ``reduce`` (data-parallel training: the mean was the global batch's)
+    the totals are summed over the ranks and divided by the global count."""
+    mean, centre, _axis, shape, reduce, global_count = batch_mean
+    if reduce is not None:
+        channel_total, count = reduce(channel_total.double()).to(channel_total.dtype), global_count
     (g_mean,) = torch.autograd.grad(centre, mean, -channel_total)
     return (g_mean / count).view(shape)
 
