@@ -59,12 +59,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "schedule": {
         "epochs": Key(int, 10, "training epochs (one-cycle learning rate over them)"),
-        "batch_size": Key(int, 16, "images per step"),
+        "batch_size": Key(int, 16, "images per step (with --nproc or torchrun: the global batch, split over the ranks)"),
         "lr": Key(float, 3e-3, "peak learning rate of the one-cycle schedule (Adam)"),
         "weight_decay": Key(float, 0.0, "Adam's weight decay"),
         "adam_eps": Key(float, 1e-8, "Adam's epsilon"),
         "seed": Key(int, 0, "seed of init, split, shuffling and augmentation"),
-        "threads": Key(int, 0, "torch CPU threads (0: torch's default); results round differently across thread counts"),
+        "threads": Key(int, 0, "torch CPU threads (0: torch's default), shared by the ranks of one machine; results round differently across thread counts"),
         "init": Key(str, "", INIT_DOC, path=True),
     },
     "augment": {
