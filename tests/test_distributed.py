@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -140,13 +141,16 @@ def _ranks(tag: str) -> dict[int, int]:
     return found
 
 
+def _without_times(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the ranks through /proc")
-def test_a_killed_rank_stops_the_run_names_itself_and_the_run_resumes_in_one_process(tmp_path):
-    tag, run = uuid.uuid4().hex, tmp_path / "run"
+def test_a_killed_rank_stops_the_run_names_itself_and_the_run_resumes_exactly(tmp_path):
+    tag, run, recipe = uuid.uuid4().hex, tmp_path / "run", _recipe(tmp_path, epochs=20)
     env = _env(LAVA_ALLNET_CHECKPOINT_EVERY_S="0", ALLNET_TEST_TAG=tag)  # a checkpoint after every batch
-    proc = subprocess.Popen([EXE, "train", "--recipe", str(_recipe(tmp_path, epochs=20)), "--out", str(run),
-                             "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen([EXE, "train", "--recipe", str(recipe), "--out", str(run), "--nproc", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while True:  # mid-run: two epochs done
@@ -173,12 +177,23 @@ def test_a_killed_rank_stops_the_run_names_itself_and_the_run_resumes_in_one_pro
     assert _ranks(tag) == {}  # nothing left hanging
     saved = _state(run)["state"]
     assert saved["epoch"] >= 2 and len(saved["history"]) == saved["epoch"]
-    # the same run, continued by one process: the epochs done are kept, the rest are trained
-    r = _train("--resume", str(run))
+    shutil.copytree(run, tmp_path / "copy")
+
+    # continued with the same world size: the run that was never killed, weight for weight
+    r = _train("--resume", str(run), "--nproc", "2")
     assert r.returncode == 0, r.stderr
-    done = _state(run)["state"]
+    r = _train("--recipe", str(recipe), "--out", str(tmp_path / "whole"), "--nproc", "2")
+    assert r.returncode == 0, r.stderr
+    resumed, whole = _state(run), _state(tmp_path / "whole")
+    assert _max_diff(resumed["model"], whole["model"]) == 0.0
+    assert _without_times(resumed["state"]["history"]) == _without_times(whole["state"]["history"])
+
+    # or by one process: the epochs done are kept, the rest are trained
+    r = _train("--resume", str(tmp_path / "copy"))
+    assert r.returncode == 0, r.stderr
+    done = _state(tmp_path / "copy")["state"]
     assert done["epoch"] == 20 and done["history"][: saved["epoch"]] == saved["history"]
-    assert (run / "model.net").is_file()
+    assert (tmp_path / "copy" / "model.net").is_file()
 
 
 def _failure(tmp_path: Path, rank: int, exitcode: int, message: str | None = None) -> ProcessFailure:
