@@ -75,7 +75,9 @@ def run(
     with tempfile.TemporaryDirectory(prefix="lava-allnet-") as tmp:
         path = Path(tmp) / "frames.npy"
         np.save(path, frames)
-        graph = nb.build(spec, str(path), n, reset=True, float_mode=float_mode, fanouts=fanouts, record_dir=record_dir)
+        # our fast models include the fused SE gate; a given run config (hardware) gets Lava's standard processes
+        graph = nb.build(spec, str(path), n, reset=True, float_mode=float_mode, fanouts=fanouts, record_dir=record_dir,
+                         fused_se=fast and not float_mode and run_cfg is None)
         if run_cfg is None:
             cfg = run_config(float_mode=float_mode, fast=fast, extra=graph.model_map())
         else:

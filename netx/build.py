@@ -35,6 +35,7 @@ from lava.proc.sparse.process import Sparse
 
 from lava_allnet import fixed_point as fx
 from netx import format as nf
+from netx.lava_procs.se_gate import SEGate
 from netx.lava_procs.streaming import ImageSource, StageCounters, create_recordings, stage_counters_model
 
 
@@ -161,6 +162,7 @@ def build(
     counters: bool = True,
     fanouts: dict[str, np.ndarray] | None = None,
     record_dir: str | None = None,
+    fused_se: bool = False,
 ) -> LavaGraph:
     """The network as Lava processes, fed from ``frames_path`` (N, W, H, C messages).
 
@@ -168,7 +170,11 @@ def build(
     fanouts: optional per-stage weights for the counters (synaptic-op counting).
     record_dir: the counters also write every stage's message values there (``stage{i}.npy``, one
         row per sample and window step, Lava's (W, H, C) order flattened; see ``Stage.index``).
+    fused_se: each SE gate as one process (``netx.lava_procs.se_gate``, fixed-point simulator only)
+        instead of its 13 Loihi processes; the same messages at the same steps.
     """
+    if fused_se and float_mode:
+        raise ValueError("fused_se: the fused SE gate is fixed point")
     b = _Builder(spec, spec.time_steps, reset, float_mode)
     c, h, w = spec.input.shape
     src = b.add(ImageSource(path=str(frames_path), shape=(w, h, c), num_samples=num_samples, steps=spec.time_steps,
@@ -195,7 +201,18 @@ def build(
             out = neuron.s_out
             b.stage(layer.name, out, shape_whc, depth, "spike")
         elif isinstance(layer, nf.SESpec):
-            out, depth = _build_se(b, layer, out, shape_whc, depth)
+            if fused_se:
+                gate = b.add(SEGate(shape=shape_whc, weight1=layer.weight1, bias1=layer.bias1, weight2=layer.weight2,
+                                    bias2=layer.bias2, squeeze_exp=layer.squeeze_exp, excite_exp=layer.excite_exp,
+                                    bias1_exp=layer.bias1_exp, bias2_exp=layer.bias2_exp,
+                                    gate_levels=layer.gate_levels))
+                out.connect(gate.s_in)
+                b.stage(f"{layer.name}.squeeze", gate.squeeze, (layer.hidden,), depth + 1, "graded")
+                b.stage(f"{layer.name}.excite", gate.excite, (2 * shape_whc[-1],), depth + 2, "graded")
+                b.stage(f"{layer.name}.scale", gate.s_out, shape_whc, depth + 3, "graded")
+                out, depth = gate.s_out, depth + 3
+            else:
+                out, depth = _build_se(b, layer, out, shape_whc, depth)
         elif isinstance(layer, nf.FlattenSpec):
             flatten_next = True
         elif isinstance(layer, nf.DenseSpec):

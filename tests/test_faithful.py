@@ -54,11 +54,26 @@ def test_sim_equals_torch_every_layer_and_step(which, se_model_file, nose_model_
     assert [r.prediction for r in sim.results] == [p["candidate"] for p in report["predictions"]]
 
 
-def test_stock_process_models_agree_with_fast_ones(se_model_file, synth_images):
-    """The fast process models change speed, not a single spike."""
-    spec = nf.read(se_model_file)
+@pytest.mark.parametrize("which", ["se", "se_all"])
+def test_stock_process_models_agree_with_fast_ones(which, se_model_file, se_all_model_file, synth_images):
+    """The fast process models, the fused SE gate among them, change speed, not a single message
+    (stock: every gate as its 13 standard Lava processes with Lava's own models)."""
+    spec = nf.read(se_model_file if which == "se" else se_all_model_file)
     inputs = _inputs(synth_images, extra_real=False)
     _assert_identical(verify(spec, inputs.images[:3], reference="sim-stock", candidate="sim"), spec, 3)
+
+
+def test_the_fast_simulator_runs_each_se_gate_as_one_process(se_all_model_file, tmp_path):
+    from netx import build as nb
+
+    spec = nf.read(se_all_model_file)
+    gates = sum(isinstance(layer, nf.SESpec) for layer in spec.layers)
+    assert gates >= 2
+    loihi = nb.build(spec, str(tmp_path / "frames.npy"), 1)
+    fused = nb.build(spec, str(tmp_path / "frames.npy"), 1, fused_se=True)
+    # 13 processes per gate, and the one always-firing bias neuron they share, become 1 per gate
+    assert len(fused.processes) == len(loihi.processes) - 12 * gates - 1
+    assert [(s.name, s.shape, s.depth) for s in fused.stages] == [(s.name, s.shape, s.depth) for s in loihi.stages]
 
 
 def test_float_simulator_runs_the_same_graph_approximately(se_model_file, synth_images):
