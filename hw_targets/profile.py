@@ -92,71 +92,61 @@ def _rows(spec: nf.NetworkSpec, run: Run) -> StageRows:
     return StageRows(out_names, neurons, messages, per_step, synops, active)
 
 
-def profile(spec: nf.NetworkSpec, run: Run, target: dict[str, Any]) -> dict[str, Any]:
-    """The full report (JSON-ready): per image, totals, means, timing, energy."""
+def profile(spec: nf.NetworkSpec, run: Run, target: dict[str, Any], images: bool = True) -> dict[str, Any]:
+    """The full report (JSON-ready): per image (``images``), totals, means, timing, energy.
+
+    The figures are computed per layer over all images at once (arrays); the per-image entries,
+    which hold every layer's per-step counts, are built only with ``images`` (``--json``, ``--out``),
+    so a plain profile of many images keeps no per-image detail."""
     T = spec.time_steps
     rows = _rows(spec, run)
     conv = conventional()
     e = target.get("energy_pj")
     ann_macs = analysis.totals(analysis.layer_stats(spec))["ann_macs"]
-    per_image = []
-    for i, r in enumerate(run.results):
-        layers = []
-        for name in rows.names:
-            nrn = rows.neurons.get(name, 0)
-            msg = int(rows.messages[name][i])
-            upd = nrn * T
-            row = {
-                "layer": name,
-                "neurons": nrn,
-                "messages": msg,
-                "rate": (msg / upd) if upd else None,
-                "synaptic_ops": int(rows.synops[name][i]),
-                "neuron_updates": upd,
-                "active_neurons": int(rows.active[name][i]),
-                "per_step": [int(v) for v in rows.per_step[name][i]],
-            }
-            if e is not None:
-                active_upd = min(msg, upd)
-                row["energy_pj"] = (row["synaptic_ops"] * e["synaptic_op"]
-                                    + active_upd * (e["neuron_update_active"] + e["spike_within_tile"])
-                                    + (upd - active_upd) * e["neuron_update_inactive"])
-            layers.append(row)
-        synops = sum(l["synaptic_ops"] for l in layers)
-        item = {
-            "path": r.path,
-            "prediction": r.prediction,
-            "label": r.label,
-            "layers": layers,
-            "totals": {
-                "messages": sum(l["messages"] for l in layers),
-                "synaptic_ops": synops,
-                "neuron_updates": sum(l["neuron_updates"] for l in layers),
-                "active_neurons": sum(l["active_neurons"] for l in layers),
-                "energy_pj": sum(l["energy_pj"] for l in layers) if e is not None else None,
-                "snn_synops_energy_pj": synops * conv["snn_synaptic_op_pj"],
-                "ann_macs": ann_macs,
-                "ann_energy_pj": ann_macs * conv["ann_mac_pj"],
-                "synaptic_ops_per_ann_mac": synops / ann_macs if ann_macs else None,
-            },
-        }
-        per_image.append(item)
+    n = len(run.results)
+    layers: dict[str, dict[str, Any]] = {}  # per layer: per-image arrays (N,)
+    for name in rows.names:
+        nrn = rows.neurons.get(name, 0)
+        upd = nrn * T
+        msg = np.asarray(rows.messages[name], dtype=np.int64)
+        col: dict[str, Any] = {"neurons": nrn, "neuron_updates": np.full(n, upd, np.int64), "messages": msg,
+                               "synaptic_ops": np.asarray(rows.synops[name], dtype=np.int64),
+                               "active_neurons": np.asarray(rows.active[name], dtype=np.int64),
+                               "rate": msg / upd if upd else None, "energy_pj": None}
+        if e is not None:
+            active_upd = np.minimum(msg, upd)
+            col["energy_pj"] = (col["synaptic_ops"] * e["synaptic_op"]
+                                + active_upd * (e["neuron_update_active"] + e["spike_within_tile"])
+                                + (upd - active_upd) * e["neuron_update_inactive"])
+        layers[name] = col
 
-    def mean(key: str) -> float | None:
-        vals = [im["totals"][key] for im in per_image]
-        return None if any(v is None for v in vals) else float(np.mean(vals))
+    def layer_sum(key: str) -> np.ndarray:
+        total: Any = 0
+        for col in layers.values():  # layer by layer, as a sum over an image's rows would add them
+            total = total + col[key]
+        return np.broadcast_to(np.asarray(total), (n,))
 
-    layer_means = []
-    for j, name in enumerate(rows.names):
-        vals = [im["layers"][j] for im in per_image]
-        layer_means.append({
-            "layer": name,
-            "neurons": vals[0]["neurons"],
-            **{k: float(np.mean([v[k] for v in vals])) for k in ("messages", "synaptic_ops", "neuron_updates", "active_neurons")},
-            "rate": None if vals[0]["rate"] is None else float(np.mean([v["rate"] for v in vals])),
-            "energy_pj": float(np.mean([v["energy_pj"] for v in vals])) if e is not None else None,
-            "per_step": [float(x) for x in np.mean([v["per_step"] for v in vals], axis=0)],
-        })
+    synops = layer_sum("synaptic_ops")
+    totals: dict[str, Any] = {
+        "messages": layer_sum("messages"), "synaptic_ops": synops, "neuron_updates": layer_sum("neuron_updates"),
+        "active_neurons": layer_sum("active_neurons"), "energy_pj": layer_sum("energy_pj") if e is not None else None,
+        "snn_synops_energy_pj": synops * conv["snn_synaptic_op_pj"],
+        "ann_macs": np.full(n, ann_macs, np.int64), "ann_energy_pj": np.full(n, ann_macs * conv["ann_mac_pj"]),
+        "synaptic_ops_per_ann_mac": synops / ann_macs if ann_macs else None,
+    }
+    per_image = [_image_entry(r, i, rows, layers, totals) for i, r in enumerate(run.results)] if images else None
+
+    def mean(values) -> float | None:
+        return None if values is None else float(np.mean(values))
+
+    layer_means = [{
+        "layer": name,
+        "neurons": col["neurons"],
+        **{k: mean(col[k]) for k in ("messages", "synaptic_ops", "neuron_updates", "active_neurons")},
+        "rate": mean(col["rate"]),
+        "energy_pj": mean(col["energy_pj"]),
+        "per_step": [float(x) for x in np.mean(rows.per_step[name], axis=0)],
+    } for name, col in layers.items()]
     timing = run.timing
     return {
         "backend": run.backend,
@@ -165,7 +155,7 @@ def profile(spec: nf.NetworkSpec, run: Run, target: dict[str, Any]) -> dict[str,
         "energy_source": target["energy_source"],
         "conventional_source": conv["source"],
         "time_steps": T,
-        "n_images": len(per_image),
+        "n_images": n,
         "timing": {
             "ms_per_step": timing.get("ms_per_step"),
             "ms_per_image": timing.get("ms_per_image"),
@@ -173,36 +163,64 @@ def profile(spec: nf.NetworkSpec, run: Run, target: dict[str, Any]) -> dict[str,
         },
         "means": {
             "layers": layer_means,
-            "totals": {k: mean(k) for k in ("messages", "synaptic_ops", "neuron_updates", "active_neurons", "energy_pj",
-                                              "snn_synops_energy_pj", "ann_energy_pj", "synaptic_ops_per_ann_mac")},
+            "totals": {k: mean(totals[k]) for k in ("messages", "synaptic_ops", "neuron_updates", "active_neurons",
+                                                      "energy_pj", "snn_synops_energy_pj", "ann_energy_pj",
+                                                      "synaptic_ops_per_ann_mac")},
         },
-        "totals": {
-            k: (None if any(im["totals"][k] is None for im in per_image) else float(sum(im["totals"][k] for im in per_image)))
-            for k in ("messages", "synaptic_ops", "neuron_updates", "energy_pj")
-        },
+        "totals": {k: None if totals[k] is None else float(sum(totals[k].tolist()))
+                   for k in ("messages", "synaptic_ops", "neuron_updates", "energy_pj")},
         "ann_macs_per_image": ann_macs,
-        "images": per_image,
+        **({"images": per_image} if images else {}),
+    }
+
+
+def _image_entry(r, i: int, rows: StageRows, layers: dict[str, dict[str, Any]], totals: dict[str, Any]) -> dict[str, Any]:
+    """One image's entry of the report: its rows per layer (with per-step counts) and its totals."""
+    def value(x, cast):
+        return None if x is None else cast(x[i])
+
+    return {
+        "path": r.path,
+        "prediction": r.prediction,
+        "label": r.label,
+        "layers": [{
+            "layer": name,
+            "neurons": col["neurons"],
+            "messages": int(col["messages"][i]),
+            "rate": value(col["rate"], float),
+            "synaptic_ops": int(col["synaptic_ops"][i]),
+            "neuron_updates": int(col["neuron_updates"][i]),
+            "active_neurons": int(col["active_neurons"][i]),
+            "per_step": [int(v) for v in rows.per_step[name][i]],
+            **({} if col["energy_pj"] is None else {"energy_pj": float(col["energy_pj"][i])}),
+        } for name, col in layers.items()],
+        "totals": {k: value(totals[k], int if k in ("messages", "synaptic_ops", "neuron_updates", "active_neurons",
+                                                     "ann_macs") else float)
+                   for k in ("messages", "synaptic_ops", "neuron_updates", "active_neurons", "energy_pj",
+                             "snn_synops_energy_pj", "ann_macs", "ann_energy_pj", "synaptic_ops_per_ann_mac")},
     }
 
 
 def write_outputs(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    """profile.csv, profile.json and three PNG plots."""
+    """profile.csv (per image and layer, when the report has its images), profile.json and three PNG plots."""
     from lava_allnet.plotting import pyplot, save
 
     plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    csv_path = out_dir / "profile.csv"
-    with open(csv_path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", "prediction", "label", "layer", "neurons", "messages", "rate", "synaptic_ops",
-                    "neuron_updates", "active_neurons", "energy_pj"])
-        for im in report["images"]:
-            for l in im["layers"]:
-                w.writerow([im["path"], im["prediction"], im["label"] or "", l["layer"], l["neurons"], l["messages"],
-                            "" if l["rate"] is None else f"{l['rate']:.6f}", l["synaptic_ops"], l["neuron_updates"],
-                            l["active_neurons"], "" if l.get("energy_pj") is None else f"{l['energy_pj']:.1f}"])
-    written.append(csv_path)
+    if "images" in report:
+        csv_path = out_dir / "profile.csv"
+        with open(csv_path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["image", "prediction", "label", "layer", "neurons", "messages", "rate", "synaptic_ops",
+                        "neuron_updates", "active_neurons", "energy_pj"])
+            for im in report["images"]:
+                for l in im["layers"]:
+                    w.writerow([im["path"], im["prediction"], im["label"] or "", l["layer"], l["neurons"],
+                                l["messages"], "" if l["rate"] is None else f"{l['rate']:.6f}", l["synaptic_ops"],
+                                l["neuron_updates"], l["active_neurons"],
+                                "" if l.get("energy_pj") is None else f"{l['energy_pj']:.1f}"])
+        written.append(csv_path)
     js = out_dir / "profile.json"
     js.write_text(json.dumps(report, indent=1))
     written.append(js)

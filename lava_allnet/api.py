@@ -382,8 +382,8 @@ def evaluate(model_or_path: Model | PathLike | None, data_dir: PathLike, split: 
 
 def profile_run(model_or_path: Model | PathLike | None, paths: Iterable[PathLike] | PathLike,
                 backend: str = "torch", target: str = "loihi1", workers: int = 1,
-                progress: Progress | None = None) -> tuple[Model, dict[str, Any], "Run"]:
-    """:func:`profile`'s model, report (without "model") and run."""
+                progress: Progress | None = None, images: bool = True) -> tuple[Model, dict[str, Any], "Run"]:
+    """:func:`profile`'s model, report (without "model"; per-image entries with ``images``) and run."""
     from hw_targets import profile as hp
     from hw_targets.backends import check_backend
     from netx.analysis import stage_fanouts
@@ -397,7 +397,7 @@ def profile_run(model_or_path: Model | PathLike | None, paths: Iterable[PathLike
         paths = [paths]
     result = model.run(list(paths), backend, workers=workers, strict=False, progress=progress,
                        fanouts=stage_fanouts(model.spec))
-    return model, hp.profile(model.spec, result, tgt), result
+    return model, hp.profile(model.spec, result, tgt, images=images), result
 
 
 def profile(model_or_path: Model | PathLike | None, paths: Iterable[PathLike] | PathLike,
@@ -557,7 +557,7 @@ def report(model_or_path: Model | PathLike | None, data_dir: PathLike, out_dir: 
     metrics = run_report(spec, run, resamples, seed)
     metrics.update({"model": str(model.path), "data": str(data_dir), "backend": backend,
                     "split": None if split is None else str(split), "subset": subset if split is not None else None})
-    prof = hp.profile(spec, run, hp.load_target(target))
+    prof = hp.profile(spec, run, hp.load_target(target), images=False)
     rob = None
     if robustness_images:
         rob = robustness(model, data_dir, split, subset, "torch", min(robustness_images, len(entries)), seed,

@@ -537,7 +537,9 @@ def profile(
 
     backend, target = backend.value, target.value
     with _Bars() as bars:
-        model, report, _ = api.profile_run(model_file, paths, backend, target, workers, progress=bars)
+        # per-image entries (every layer's per-step counts) only where they are printed or written
+        model, report, _ = api.profile_run(model_file, paths, backend, target, workers, progress=bars,
+                                           images=as_json or out_dir is not None)
     spec = model.spec
     written = hp.write_outputs(report, out_dir) if out_dir is not None else []
     if as_json:

@@ -31,6 +31,28 @@ def test_profile_counts_equal_on_sim_and_torch(se_model_file, synth_images):
         assert ia["totals"]["synaptic_ops"] > 0
 
 
+def test_profile_without_images_is_the_same_report_and_its_means_are_the_images(se_model_file, synth_images):
+    """A plain profile (no --json, no --out) keeps no per-image entries; every figure is the same."""
+    spec = nf.read(se_model_file)
+    run = run_backend(spec, _inputs(synth_images[0], 4), "torch", fanouts=analysis.stage_fanouts(spec))
+    full = hp.profile(spec, run, hp.load_target("loihi1"))
+    lean = hp.profile(spec, run, hp.load_target("loihi1"), images=False)
+    assert "images" not in lean and lean == {k: v for k, v in full.items() if k != "images"}
+    ims = full["images"]
+    assert len(ims) == full["n_images"] == 4
+    for key in ("messages", "synaptic_ops", "neuron_updates", "active_neurons", "energy_pj"):
+        per_image = [sum(l[key] for l in im["layers"]) for im in ims]
+        assert [im["totals"][key] for im in ims] == per_image
+        assert full["means"]["totals"][key] == pytest.approx(np.mean(per_image), rel=1e-12)
+        if key in full["totals"]:  # the sums over images (active neurons have none)
+            assert full["totals"][key] == pytest.approx(sum(per_image), rel=1e-12)
+    for j, layer in enumerate(full["means"]["layers"]):
+        assert layer["synaptic_ops"] == np.mean([im["layers"][j]["synaptic_ops"] for im in ims])
+        assert layer["per_step"] == pytest.approx(np.mean([im["layers"][j]["per_step"] for im in ims], axis=0).tolist())
+    assert all(im["totals"]["synaptic_ops_per_ann_mac"] == im["totals"]["synaptic_ops"] / full["ann_macs_per_image"]
+               for im in ims)
+
+
 def _two_layer_spec(tmp_path):
     """input 1x4x4 → conv 2x2x2 (k=3, s=2, p=1) → flatten → dense 2 (population 1, 2 classes)."""
     conv_w = np.full((2, 1, 3, 3), 20, dtype=np.int32)
