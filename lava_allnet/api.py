@@ -431,7 +431,7 @@ def calibrate(model_or_path: Model | PathLike | None, data_dir: PathLike, split:
 
     import numpy as np
 
-    from hw_targets.inference import stream, stream_features
+    from hw_targets.inference import input_features, stream, stream_features
     from lava_allnet import calibration as cal
     from netx import format as nf
 
@@ -443,14 +443,21 @@ def calibrate(model_or_path: Model | PathLike | None, data_dir: PathLike, split:
     if out.parent and not out.parent.exists():
         raise AllnetError(f"{out.parent}: no such folder")
     val = dataset_entries(model.spec, data_dir, split, "val")
-    result = stream(model.spec, val, backend, workers=workers, progress=_stage(progress, backend, len(val)))
+    frontend = model.spec.frontend
+    val_features: list = []
+
+    def keep_features(images):  # the validation images' OOD features, read once with the run
+        val_features.append(input_features(frontend, images))
+        return images
+
+    result = stream(model.spec, val, backend, workers=workers, progress=_stage(progress, backend, len(val)),
+                    transform=keep_features)
     rs = result.results
     counts = np.array([[r.class_counts[c] for c in model.class_names] for r in rs])
     labels = np.array([model.class_names.index(r.label) for r in rs])
-    frontend = model.spec.frontend
     train = [e.source for e in dataset_entries(model.spec, data_dir, split, "train")]
     try:
-        fitted = cal.fit(counts, labels, stream_features(frontend, [Path(r.path) for r in rs], model.input_size),
+        fitted = cal.fit(counts, labels, np.concatenate(val_features) if val_features else np.zeros((0, 0)),
                          stream_features(frontend, train, model.input_size,
                                          progress=_stage(progress, "training images", len(train))),
                          target_accuracy, ood_quantile, {"data": str(data_dir), "split": str(split), "backend": backend})
