@@ -44,12 +44,20 @@ epochs = {epochs}
 batch_size = 16
 lr = 1e-2
 seed = 0
+{extra}"""
+
+# distillation: the ANN teacher is trained by rank 0 alone, the other ranks load it
+DISTILL = """
+[losses.distill]
+weight = 0.5
+[teacher]
+epochs = 1
 """
 
 
-def _recipe(tmp_path: Path, epochs: int = 1) -> Path:
-    p = tmp_path / f"ddp-{epochs}.toml"
-    p.write_text(RECIPE.format(epochs=epochs))
+def _recipe(tmp_path: Path, epochs: int = 1, distill: bool = False) -> Path:
+    p = tmp_path / f"ddp-{epochs}{'-distill' if distill else ''}.toml"
+    p.write_text(RECIPE.format(epochs=epochs, extra=DISTILL if distill else ""))
     return p
 
 
@@ -80,6 +88,14 @@ def one_process(tmp_path_factory) -> Path:
     return tmp / "run"
 
 
+@pytest.fixture(scope="module")
+def one_process_distilled(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("ddp-single-distill")
+    r = _train("--recipe", str(_recipe(tmp, distill=True)), "--out", str(tmp / "run"))
+    assert r.returncode == 0, r.stderr
+    return tmp / "run"
+
+
 def _assert_same_training(run: Path, reference: Path) -> None:
     a, b = _state(reference), _state(run)
     assert _max_diff(a["model"], b["model"]) <= TOL
@@ -98,6 +114,16 @@ def test_two_gloo_ranks_of_batch_8_train_as_one_process_of_batch_16(one_process,
     assert "data-parallel: 2 ranks (gloo), global batch 16" in r.stderr
     assert r.stderr.count("initial spike rates") == 1  # rank 0 alone reports
     _assert_same_training(tmp_path / "run", one_process)
+
+
+def test_two_ranks_distil_from_the_teacher_rank_0_trained(one_process_distilled, tmp_path):
+    r = _train("--recipe", str(_recipe(tmp_path, distill=True)), "--out", str(tmp_path / "run"), "--nproc", "2")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("training the ANN distillation teacher") == 1
+    a = torch.load(one_process_distilled / "teacher.pt", map_location="cpu", weights_only=False)["model"]
+    b = torch.load(tmp_path / "run" / "teacher.pt", map_location="cpu", weights_only=False)["model"]
+    assert _max_diff(a, b) == 0.0
+    _assert_same_training(tmp_path / "run", one_process_distilled)
 
 
 def _free_port() -> int:
