@@ -178,73 +178,43 @@ def train(
     from training import distributed
     from training import recipe as rc
 
-    if nproc > 1 and not print_recipe:
-        if resume is None and recipe is None:
-            raise AllnetError("give --recipe FILE (e.g. recipes/demo.toml) or --resume RUN_DIR")
-        if resume is not None and (recipe is not None or sets):
-            raise AllnetError("--resume continues the run's own recipe.toml: give no --recipe or --set")
-        if resume is not None:
-            run_dir, args = resume, ["--resume", str(resume)]
-        else:
-            run_dir = out_dir or Path("runs") / rc.load(recipe, sets)["name"]  # a bad recipe is refused here, once
-            args = ["--recipe", str(recipe), *[a for s in sets for a in ("--set", s)], "--out", str(run_dir)]
-        distributed.launch(nproc, args + (["--device", device] if device else []))
-        err.print(f"trained in {nproc} processes: {run_dir}")
-        return
-    if distributed.launched():
-        _train_rank(recipe, sets, out_dir, resume, device)
-        return
     if resume is not None:
         if recipe is not None or sets:
             raise AllnetError("--resume continues the run's own recipe.toml: give no --recipe or --set")
-        if not (resume / "recipe.toml").exists() and (resume / "config.json").exists():
-            from training.trainer import train as train_stage  # a single-stage run directory
-
-            metrics = train_stage(resume, resume=True, console=err, device=device)
-            best = metrics.get("best") or {}
-            out.print(f"best epoch {best.get('epoch')}: validation accuracy {best.get('val_accuracy', float('nan')):.4f} → {resume}/best.pt")
-            return
-        resolved = rc.read_run_recipe(resume)
-        run_dir = resume
+        # a single-stage run directory (config.json, no recipe.toml) resumes as it is
+        single = not (resume / "recipe.toml").exists() and (resume / "config.json").exists()
+        resolved, run_dir = (None if single else rc.read_run_recipe(resume)), resume
     else:
         if recipe is None:
             raise AllnetError("give --recipe FILE (e.g. recipes/demo.toml) or --resume RUN_DIR")
-        resolved = rc.load(recipe, sets)
+        single, resolved = False, rc.load(recipe, sets)  # a bad recipe is refused here, before any rank starts
         run_dir = out_dir or Path("runs") / resolved["name"]
     if print_recipe:
+        if resolved is None:
+            raise AllnetError(f"{resume}: a single-stage run directory has no recipe.toml to print")
         sys.stdout.write(rc.to_toml(resolved))
         return
-    summary = rc.run(resolved, run_dir, resume=resume is not None, device=device, console=err)
-    for s in summary["stages"]:
-        best = s["best"] or {}
-        out.print(f"stage {s['name']}: best epoch {best.get('epoch')}, validation accuracy "
-                  f"{best.get('val_accuracy', float('nan')):.4f}")
-    out.print(f"model → {summary['model']}")
-
-
-def _train_rank(recipe, sets, out_dir, resume, device) -> None:
-    """One rank of a data-parallel run (started by --nproc or torchrun): rank 0 reports, the others
-    stay quiet; an error is left for the launcher, which names the rank."""
-    from training import distributed
-    from training import recipe as rc
-
+    if nproc > 1:
+        args = (["--resume", str(resume)] if resume is not None else
+                ["--recipe", str(recipe), *[a for s in sets for a in ("--set", s)], "--out", str(run_dir)])
+        distributed.launch(nproc, args + (["--device", device] if device else []))
+        err.print(f"trained in {nproc} processes: {run_dir}")
+        return
+    ranked = distributed.launched()  # one rank of --nproc or torchrun: rank 0 reports, the others stay quiet
     try:
-        distributed.init(device or "cpu")
-        console = err if distributed.is_main() else Console(file=open(os.devnull, "w"))
-        if resume is not None:
-            if recipe is not None or sets:
-                raise AllnetError("--resume continues the run's own recipe.toml: give no --recipe or --set")
-            if not (resume / "recipe.toml").exists() and (resume / "config.json").exists():
-                from training.trainer import train as train_stage  # a single-stage run directory
+        console = err
+        if ranked:
+            distributed.init(device or "cpu")
+            console = err if distributed.is_main() else Console(file=open(os.devnull, "w"))
+        if single:
+            from training.trainer import train as train_stage
 
-                train_stage(resume, resume=True, console=console, device=device)
-                return
-            resolved, run_dir = rc.read_run_recipe(resume), resume
-        else:
-            if recipe is None:
-                raise AllnetError("give --recipe FILE (e.g. recipes/demo.toml) or --resume RUN_DIR")
-            resolved = rc.load(recipe, sets)
-            run_dir = out_dir or Path("runs") / resolved["name"]
+            metrics = train_stage(resume, resume=True, console=console, device=device)
+            best = metrics.get("best") or {}
+            if distributed.is_main():
+                out.print(f"best epoch {best.get('epoch')}: validation accuracy "
+                          f"{best.get('val_accuracy', float('nan')):.4f} → {resume}/best.pt")
+            return
         summary = rc.run(resolved, run_dir, resume=resume is not None, device=device, console=console)
         if distributed.is_main():
             for s in summary["stages"]:
@@ -253,14 +223,17 @@ def _train_rank(recipe, sets, out_dir, resume, device) -> None:
                           f"{best.get('val_accuracy', float('nan')):.4f}")
             out.print(f"model → {summary['model']}")
     except BaseException as exc:
-        distributed.record_failure(exc)
+        if not ranked:
+            raise
+        distributed.record_failure(exc)  # the launcher reads the cause there and names the rank
         if os.environ.get(distributed.LAUNCHER_ENV):
             raise typer.Exit(2)  # `train --nproc` prints the cause, with the rank, in one line
         if isinstance(exc, AllnetError):
             raise AllnetError(f"rank {distributed.rank()}: {exc}") from exc
         raise
     finally:
-        distributed.shutdown()
+        if ranked:
+            distributed.shutdown()
 
 
 @app.command()
