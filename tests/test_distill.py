@@ -84,3 +84,48 @@ def test_a_distilled_run_trains_its_teacher_once_and_resumes_with_it(tmp_path):
     assert [r["train_loss"] for r in plain["history"]] != [r["train_loss"] for r in metrics["history"]]
     assert not (tmp_path / "plain" / "teacher.pt").exists()
     assert Path(run / "best.pt").exists()
+
+
+def test_init_teacher_starts_the_student_from_the_teachers_features(tmp_path):
+    """schedule.init = "teacher": the teacher is trained first (no distillation needed), each conv
+    starts as the teacher's with its batch-norm scale folded in, up to the one factor per layer that
+    the rate calibration sets, and the output layer repeats the head over each population."""
+    import io
+
+    from rich.console import Console
+
+    from lava_allnet.config import get_model_config
+    from lava_allnet.data import synth
+    from training import recipe as rc
+    from training.trainer import Trainer, prepare_data, resolve_device
+
+    data = tmp_path / "data"
+    synth.generate_dataset(data, 8, size=32, seed=5)
+    cfg = get_model_config("neurallnet-tiny", input_size=32, time_steps=4, class_names=("Benign", "Early", "Pre", "Pro"))
+    recipe = rc.resolve({"name": "t", "schedule": {"init": "teacher", "batch_size": 8}, "teacher": {"epochs": 2}},
+                        "test", tmp_path)
+    tcfg = rc.compile_stage(recipe["stages"][0], 1)[1]
+    assert tcfg.init_teacher and tcfg.init_from == "" and tcfg.distill_weight == 0
+    run = tmp_path / "run"
+    run.mkdir()
+    log = io.StringIO()
+    console = Console(file=log, width=200)
+    t = Trainer(run, cfg, tcfg, prepare_data(run, data, cfg, tcfg, 8, console), resolve_device("cpu"), console,
+                resuming=False, fast=True, show_progress=False)
+    t.setup()
+    assert "training the ANN distillation teacher" in log.getvalue()
+    assert "starting from the ANN teacher's features" in log.getvalue()
+    teacher = distill.load_teacher(run / tcfg.teacher_path, cfg)  # the recipe run directory's teacher.pt
+    convs = [m for m in teacher.features if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in teacher.features if isinstance(m, torch.nn.BatchNorm2d)]
+    for i, (conv, bn) in enumerate(zip(convs, norms), start=1):
+        folded = (conv.weight * (bn.weight / (bn.running_var + bn.eps).sqrt()).view(-1, 1, 1, 1)).detach()
+        w = t.net.blocks[f"conv{i}"].synapse.weight.detach().reshape(folded.shape)
+        ratio = w[folded.abs() > 1e-3] / folded[folded.abs() > 1e-3]
+        assert ratio.min() > 0 and torch.allclose(ratio, ratio.mean(), rtol=1e-4), f"conv{i}"
+    fc = t.net.blocks["fc"].synapse.weight.detach().reshape(cfg.num_classes * cfg.population, -1)
+    head = teacher.head.weight.detach()
+    for k in range(cfg.num_classes):
+        rows = fc[k * cfg.population:(k + 1) * cfg.population]
+        assert torch.allclose(rows[0] / rows[0].norm(), head[k] / head[k].norm(), atol=1e-5)
+        assert torch.allclose(rows, rows[0].expand_as(rows))

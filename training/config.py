@@ -29,6 +29,7 @@ class TrainConfig:
     threads: int = 0  # 0: torch default
     device: str = "cpu"  # torch device: cpu, or cuda[:N] (same arithmetic, float32 without TF32)
     init_from: str = ""  # a best.pt or exported .net to start from instead of a fresh initialisation
+    init_teacher: bool = False  # start from the ANN teacher's features (training.distill.student_from_teacher)
     # [data]
     val_fraction: float = 0.2
     test_fraction: float = 0.0

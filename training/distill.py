@@ -128,6 +128,29 @@ def train_teacher(
     return teacher, metrics
 
 
+@torch.no_grad()
+def student_from_teacher(net: torch.nn.Module, teacher: Teacher) -> None:
+    """Give the spiking network the teacher's features (``schedule.init = "teacher"``): each conv's
+    weights are the teacher's with its batch norm's scale folded in (gamma / sqrt(var + eps) per
+    output channel; the student's mean-only batch norm takes the shift), and the output layer repeats
+    the teacher's head row of each class over that class's population. The SE gates keep their
+    initialisation; the caller rate-calibrates the result, which scales each layer as a whole.
+
+    Measured (model card, v2): stage 1 of the v2 recipe from this start reached validation 0.617
+    in 10 epochs under the full augmentation, against 0.401 from scratch (0.478 in 30)."""
+    convs = [m for m in teacher.features if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in teacher.features if isinstance(m, torch.nn.BatchNorm2d)]
+    targets = [b for name, b in net.blocks.items() if name.startswith("conv")]
+    if len(convs) != len(targets):
+        raise AllnetError(f"teacher has {len(convs)} convs, the network {len(targets)}")
+    for conv, bn, block in zip(convs, norms, targets):
+        scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+        w = block.synapse.weight
+        w.copy_((conv.weight * scale.view(-1, 1, 1, 1)).reshape(w.shape))
+    fc = net.blocks["fc"].synapse.weight
+    fc.copy_(teacher.head.weight.repeat_interleave(net.population, dim=0).reshape(fc.shape))
+
+
 def save_teacher(teacher: Teacher, cfg: ModelConfig, metrics: dict, path: Path) -> None:
     save_torch({"model": teacher.state_dict(), "config": cfg.to_dict(), "metrics": metrics}, path)
 
@@ -143,4 +166,5 @@ def load_teacher(path: Path, cfg: ModelConfig) -> Teacher:
     return teacher
 
 
-__all__ = ["Teacher", "distillation_loss", "train_teacher", "save_teacher", "load_teacher", "accuracy"]
+__all__ = ["Teacher", "distillation_loss", "train_teacher", "save_teacher", "load_teacher", "accuracy",
+           "student_from_teacher"]

@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from lava_allnet.errors import AllnetError
 from lava_allnet.model import Network
-from training import distill, distributed
+from training import distill
 
 if TYPE_CHECKING:
     from training.config import TrainConfig
@@ -272,26 +272,7 @@ class Distillation(Feature):
             raise ValueError(f"teacher.epochs {cfg.teacher_epochs}: at least 1")
 
     def setup(self) -> None:
-        t, cfg = self.t, self.cfg
-        path = t.run_dir / (cfg.teacher_path or "teacher.pt")
-        with distributed.main_first():  # rank 0 trains the teacher; the other ranks load it
-            if path.exists():
-                self.teacher = distill.load_teacher(path, t.model_cfg).to(t.device)
-                return
-            self._train(path)
-
-    def _train(self, path) -> None:
-        t, cfg = self.t, self.cfg
-        seed = cfg.seed if cfg.teacher_seed is None else cfg.teacher_seed
-        t.console.print(f"training the ANN distillation teacher ({cfg.teacher_epochs} epochs, seed {seed})")
-        self.teacher, metrics = distill.train_teacher(
-            t.model_cfg, t.data.images, t.data.labels, t.train_idx, t.val_idx, cfg.teacher_epochs, seed, t.gen,
-            batch_size=cfg.batch_size, augment_strength=cfg.color_jitter if cfg.augment else None,
-            log=t.console.print, device=t.device, prepare=t.prepare if t.prepares else None)
-        t.console.print(f"teacher: train acc {metrics['train_accuracy']:.4f}, val acc {metrics['val_accuracy']:.4f} "
-                        f"({metrics['seconds']:.0f} s)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        distill.save_teacher(self.teacher, t.model_cfg, metrics, path)
+        self.teacher = self.t.teacher()
 
     def loss(self, loss, batch, out, logits):
         with torch.no_grad():

@@ -37,6 +37,8 @@ class Key:
 
 INIT_DOC = ('"scratch" (a fresh, seeded, rate-calibrated network), "previous" (the previous stage\'s best.pt), '
             '"previous-export" (the previous stage\'s exported model.net: its 8-bit weights and integer biases), '
+            '"teacher" (the ANN teacher\'s convs with their batch-norm scale folded in and its head, then rate-calibrated; '
+            'the teacher is trained first if the run has none), '
             'or a best.pt / .net path; "" = "scratch" for the first stage, "previous" after it')
 
 SCHEMA: dict[str, dict[str, Key]] = {
@@ -182,7 +184,7 @@ def _sections(table: dict[str, Any], where: str, base: Path, allowed_top: dict[s
 
 
 _SPECIAL = {("data", "root", "synthetic"), ("schedule", "init", "scratch"), ("schedule", "init", "previous"),
-            ("schedule", "init", "previous-export")}
+            ("schedule", "init", "previous-export"), ("schedule", "init", "teacher")}
 
 
 def parse_set(item: str) -> tuple[int | str | None, str, str, Any]:
@@ -305,7 +307,7 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
         init_from = str(previous / "best.pt") if previous else "previous"
     elif init == "previous-export":
         init_from = str(previous / "model.net") if previous else "previous-export"
-    elif init != "scratch":
+    elif init not in ("scratch", "teacher"):
         init_from = init
     split = d["split"]
     if not split and index > 1 and run_dir is not None:
@@ -314,6 +316,7 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
         cfg = TrainConfig(
             epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], weight_decay=s["weight_decay"],
             adam_eps=s["adam_eps"], seed=s["seed"], threads=s["threads"], init_from=init_from,
+            init_teacher=init == "teacher",
             val_fraction=d["val_fraction"], test_fraction=d["test_fraction"], split_from=split,
             augment=a["flips"], color_jitter=a["color_jitter"], loss_scale=stage["losses"]["logit_scale"],
             aug_gain=tuple(a["gain"]), aug_gamma=tuple(a["gamma"]), aug_contrast=a["contrast"], aug_stain=a["stain"],

@@ -328,6 +328,11 @@ class Trainer:
                 raise AllnetError(f"{cfg.init_from}: cannot start from this checkpoint ({type(exc).__name__}: {exc})") from exc
             self.console.print(f"starting from {cfg.init_from}")
         elif not self.resuming:
+            if cfg.init_teacher:
+                from training.distill import student_from_teacher
+
+                student_from_teacher(self.net, self.teacher())
+                self.console.print("starting from the ANN teacher's features")
             train_np = self.data.split["train"]
             pick = torch.from_numpy(train_np[torch.randperm(len(train_np), generator=_gen(cfg.seed, 99))[:32].numpy()])
             rates = self.net.calibrate(self.net.encode(self.images[pick].to(dev)))
@@ -366,6 +371,31 @@ class Trainer:
                                                forward_sync_buffers=False)
             self.console.print(f"data-parallel: {self.dist.world} ranks ({self.dist.backend}), "
                                f"global batch {cfg.batch_size}")
+
+    def teacher(self):
+        """The run's ANN teacher (distillation, ``schedule.init = "teacher"``): ``teacher.pt`` if the run
+        has one, else trained once on this split, the same augmented batches as the student, and saved."""
+        if getattr(self, "_teacher", None) is not None:
+            return self._teacher
+        from training import distill
+
+        cfg = self.cfg
+        path = self.run_dir / (cfg.teacher_path or "teacher.pt")
+        with distributed.main_first():  # rank 0 trains the teacher; the other ranks load it
+            if path.exists():
+                self._teacher = distill.load_teacher(path, self.model_cfg).to(self.device)
+                return self._teacher
+            seed = cfg.seed if cfg.teacher_seed is None else cfg.teacher_seed
+            self.console.print(f"training the ANN distillation teacher ({cfg.teacher_epochs} epochs, seed {seed})")
+            self._teacher, metrics = distill.train_teacher(
+                self.model_cfg, self.data.images, self.data.labels, self.train_idx, self.val_idx, cfg.teacher_epochs,
+                seed, self.gen, batch_size=cfg.batch_size, augment_strength=cfg.color_jitter if cfg.augment else None,
+                log=self.console.print, device=self.device, prepare=self.prepare if self.prepares else None)
+            self.console.print(f"teacher: train acc {metrics['train_accuracy']:.4f}, val acc "
+                               f"{metrics['val_accuracy']:.4f} ({metrics['seconds']:.0f} s)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            distill.save_teacher(self._teacher, self.model_cfg, metrics, path)
+        return self._teacher
 
     def checkpoint(self) -> None:
         if not distributed.is_main():
