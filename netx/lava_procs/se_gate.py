@@ -126,6 +126,6 @@ class PySEGateModelFixed(PyLoihiProcessModel):
         c = relu2.shape[0] // 2
         acc = self._bc_plus * relu2[:c].astype(np.int64) + self._bc_minus * relu2[c:].astype(np.int64)
         self._bcast = _shift(acc.astype(np.result_type(np.int32, relu2.dtype)), -1).astype(np.int32)
-        self._relays = [(self._relay * spikes).astype(np.int32),  # binary hop: a sum of int weights
-                        _shift(self._relay * gv1.astype(np.int32), 0).astype(np.int32),
-                        _shift(self._relay * gv2.astype(np.int32), 0).astype(np.int32)]
+        # the three one-to-one hops (exponent 0): the first carries spikes, the others graded values
+        self._relays = [(self._relay * spikes).astype(np.int32), (self._relay * gv1).astype(np.int32),
+                        (self._relay * gv2).astype(np.int32)]
