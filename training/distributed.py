@@ -71,13 +71,9 @@ class Context:
 _CTX: Context | None = None
 
 
-def env_world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def launched() -> bool:
     """This process is one rank of a torchrun / ``--nproc`` run."""
-    return env_world() > 1
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def init(device: str) -> Context | None:
@@ -116,10 +112,6 @@ def get() -> Context | None:
 
 def rank() -> int:
     return _CTX.rank if _CTX else 0
-
-
-def world() -> int:
-    return _CTX.world if _CTX else 1
 
 
 def is_main() -> bool:
@@ -239,5 +231,5 @@ def launch(nproc: int, args: list[str]) -> None:
         raise AllnetError(failure_line(exc)) from None
 
 
-__all__ = ["Context", "init", "shutdown", "get", "rank", "world", "is_main", "barrier", "main_first",
+__all__ = ["Context", "init", "shutdown", "get", "rank", "is_main", "barrier", "main_first",
            "device_for", "threads_for", "all_sum", "record_failure", "failure_line", "launch", "launched"]

@@ -287,6 +287,7 @@ class Trainer:
         self.show_progress = show_progress and distributed.is_main()
         self.dist = distributed.get()  # None in a single process
         self.ddp: torch.nn.Module | None = None
+        self._teacher = None  # the ANN teacher, once loaded or trained (teacher())
         self.gen = _gen
         self.train_idx = torch.from_numpy(data.split["train"])
         self.val_idx = torch.from_numpy(data.split.get("val", data.split["train"]))
@@ -375,7 +376,7 @@ class Trainer:
     def teacher(self):
         """The run's ANN teacher (distillation, ``schedule.init = "teacher"``): ``teacher.pt`` if the run
         has one, else trained once on this split, the same augmented batches as the student, and saved."""
-        if getattr(self, "_teacher", None) is not None:
+        if self._teacher is not None:
             return self._teacher
         from training import distill
 
