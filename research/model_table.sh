@@ -22,7 +22,7 @@ $PY - "$SPLIT" "$OUT/test-files.txt" <<'EOF'
 import json, sys
 from pathlib import Path
 split = json.load(open(sys.argv[1]))
-root = (Path(sys.argv[1]).parent / split["root"]).resolve()
+root = Path(split["root"]).resolve()  # relative to the project root (the cwd)
 Path(sys.argv[2]).write_text("".join(f"{root / p}\n" for p in split["test"]))
 EOF
 mapfile -t FILES < "$OUT/test-files.txt"

@@ -54,6 +54,7 @@ class TrainConfig:
     distill_temperature: float = 2.0
     rate_weight: float = 0.0  # [losses.rate]: lava-dl's SparsityEnforcer on every spiking layer (features.RateLoss); 0: off
     rate_max: float = 0.01
+    rate_layers: tuple[str, ...] = ()  # the layers that pay ([losses.rate] layers); (): every conv and dense layer
     # [teacher]: the ANN that distillation learns from
     teacher_epochs: int = 12
     teacher_seed: int | None = None  # None: the stage's seed
@@ -131,7 +132,7 @@ class TrainConfig:
         if retired:
             raise ValueError(f"this run used training options that moved to research/ ({', '.join(retired)}); "
                              "resume it with lava-allnet 97121b9")
-        for k in ("aug_gain", "aug_gamma"):
+        for k in ("aug_gain", "aug_gamma", "rate_layers"):
             if k in d:
                 d[k] = tuple(d[k])
         return cls(**{k: v for k, v in d.items() if k in known})

@@ -282,9 +282,9 @@ class Distillation(Feature):
 
 
 class RateLoss(Feature):
-    """[losses.rate]: lava-dl's ``slayer.loss.SparsityEnforcer`` on every spiking layer (conv and
-    dense): ``weight`` x Σ relu(mean spike rate − ``max_rate``)², so layers firing above the rate pay
-    and the synaptic operations a chip performs fall."""
+    """[losses.rate]: lava-dl's ``slayer.loss.SparsityEnforcer`` on the spiking layers (conv and
+    dense; ``layers`` names a subset): ``weight`` x Σ relu(mean spike rate − ``max_rate``)², so layers
+    firing above the rate pay and the synaptic operations a chip performs fall."""
 
     section = "losses.rate"
 
@@ -303,7 +303,12 @@ class RateLoss(Feature):
         from lava_allnet._lava import slayer
         from lava_allnet.model import ConvBlock, DenseBlock
 
-        self.layers = tuple(n for n, b in self.t.net.blocks.items() if isinstance(b, (ConvBlock, DenseBlock)))
+        spiking = tuple(n for n, b in self.t.net.blocks.items() if isinstance(b, (ConvBlock, DenseBlock)))
+        unknown = [n for n in self.cfg.rate_layers if n not in spiking]
+        if unknown:
+            raise ValueError(f"losses.rate.layers: {', '.join(unknown)} not conv or dense layers of this model "
+                             f"({', '.join(spiking)})")
+        self.layers = tuple(n for n in spiking if not self.cfg.rate_layers or n in self.cfg.rate_layers)
         self.enforcer = slayer().loss.SparsityEnforcer(max_rate=self.cfg.rate_max, lam=self.cfg.rate_weight)
 
     def forward_kwargs(self) -> dict[str, Any]:

@@ -106,9 +106,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "temperature": Key(float, 2.0, "softmax temperature T of the distillation term"),
     },
     "losses.rate": {
-        "weight": Key(float, 0.0, "lava-dl's SparsityEnforcer on every conv and dense layer: weight x Σ relu(mean "
+        "weight": Key(float, 0.0, "lava-dl's SparsityEnforcer on every conv and dense layer (or `layers`): weight x Σ relu(mean "
                                   "spike rate − max_rate)² (0: off)"),
         "max_rate": Key(float, 0.01, "the spike rate per neuron and step above which a layer pays"),
+        "layers": Key(tuple, [], 'the layers that pay, by name (e.g. ["conv1", "conv2", "conv3"]: the ones whose '
+                                 'spikes cost the most synaptic ops); [] = every conv and dense layer'),
     },
     "teacher": {
         "epochs": Key(int, 12, "training epochs of the ANN teacher (trained once per run, by the first stage that distils)"),
@@ -132,6 +134,10 @@ STAGE_TOP = {"name": Key(str, "", "the stage's name (default: stage1, stage2, ..
 
 def _check_value(where: str, key: Key, value: Any) -> Any:
     t = key.type
+    if t is tuple:  # a list of names
+        if not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
+            raise AllnetError(f"{where} = {value!r}: expected a list of names, e.g. [\"conv1\", \"conv2\"]")
+        return list(value)
     if t is list:  # [low, high]
         ok = (isinstance(value, list) and len(value) == 2
               and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
@@ -322,7 +328,7 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
             aug_gain=tuple(a["gain"]), aug_gamma=tuple(a["gamma"]), aug_contrast=a["contrast"], aug_stain=a["stain"],
             aug_hue=a["hue"], aug_noise=a["noise"], aug_blur=a["blur"], aug_occlusion=a["occlusion"],
             aug_background=a["background"], rate_weight=stage["losses.rate"]["weight"],
-            rate_max=stage["losses.rate"]["max_rate"],
+            rate_max=stage["losses.rate"]["max_rate"], rate_layers=tuple(stage["losses.rate"]["layers"]),
             range_weight=stage["losses.range"]["weight"], distill_weight=stage["losses.distill"]["weight"],
             distill_temperature=stage["losses.distill"]["temperature"], teacher_epochs=stage["teacher"]["epochs"],
             teacher_seed=stage["teacher"]["seed"], teacher_path="../teacher.pt",
@@ -342,7 +348,7 @@ def to_toml(recipe: dict[str, Any]) -> str:
         if isinstance(v, str):
             return json.dumps(v)
         if isinstance(v, list):
-            return "[" + ", ".join(repr(x) for x in v) + "]"
+            return "[" + ", ".join(json.dumps(x) if isinstance(x, str) else repr(x) for x in v) + "]"
         return repr(v)
 
     lines = [f"name = {val(recipe['name'])}", f"description = {val(recipe['description'])}"]
