@@ -35,9 +35,12 @@ def test_train_help_lists_at_most_twelve_options():
 
 
 def test_shipped_recipes_resolve_and_the_aria_recipe_has_the_shipped_models_stages():
-    for name in ("demo", "neurallnet-aria"):
+    for name in ("demo", "neurallnet-aria", "neurallnet-aria-v2"):
         r = rc.load(ROOT / "recipes" / f"{name}.toml")
         assert r["name"] == name
+    v2 = rc.compile_stage(rc.load(ROOT / "recipes" / "neurallnet-aria-v2.toml")["stages"][1], 2, run_dir=Path("/r"),
+                          previous=Path("/r/1"))[1]
+    assert v2.rate_layers == ("conv1", "conv2", "conv3") and v2.rate_weight == 1.0 and v2.rate_max == 0.02
     aria = rc.load(ROOT / "recipes" / "neurallnet-aria.toml")
     stages = aria["stages"]
     assert [s["name"] for s in stages] == ["scratch", "finetune", "distill", "distill2", "biases"]
@@ -105,6 +108,7 @@ epochs = 7
     ("", ["schedule.epochs"], "expected section.key=value"),
     ("", ["augment.flips=maybe"], "augment.flips = 'maybe': expected true or false"),
     ("", ["stages.4.schedule.epochs=1"], "no stage 4"),
+    ("[losses.rate]\nlayers = \"conv1\"\n", [], "losses.rate.layers = 'conv1': expected a list of names"),
 ])
 def test_bad_recipes_are_one_line_errors_naming_the_key(tmp_path, text, sets, message):
     p = _write(tmp_path, text)

@@ -592,3 +592,38 @@ def test_saved_split_errors_are_clear(tiny_data, tmp_path):
     assert r.returncode == 2 and "no val images" in r.stderr
     r = _train(tmp_path / "z", tiny_data, f"schedule.init={bad}")
     assert r.returncode == 2 and "cannot start from this checkpoint" in r.stderr
+
+
+def test_rate_loss_charges_only_the_named_layers():
+    """[losses.rate] layers: the SparsityEnforcer term covers those layers alone (here conv1, which
+    fires above max_rate, and fc, which the full set also charges); unknown names are refused."""
+    from types import SimpleNamespace
+
+    from lava_allnet._lava import slayer
+    from lava_allnet.config import get_model_config
+    from lava_allnet.model import build_model
+    from training.config import TrainConfig
+    from training.features import RateLoss
+
+    torch.manual_seed(0)
+    net = build_model(get_model_config("neurallnet-tiny", input_size=32, time_steps=4))
+    x = torch.rand(2, 3, 32, 32)
+
+    def term(layers):
+        cfg = TrainConfig(rate_weight=1.0, rate_max=0.0, rate_layers=layers)
+        t = SimpleNamespace(net=net, cfg=cfg, state={"partial": {}})
+        f = RateLoss(t)
+        f.setup()
+        out = net(net.encode((255 * x).to(torch.uint8)), **f.forward_kwargs())
+        batch = SimpleNamespace(labels=torch.zeros(2))
+        return f.layers, float(f.loss(torch.tensor(0.0), batch, out, None).detach()), out
+
+    layers, only, out = term(("conv1",))
+    assert layers == ("conv1",)
+    expected = slayer().loss.SparsityEnforcer(max_rate=0.0, lam=1.0)
+    expected.append(out.activations["conv1"])
+    assert only == pytest.approx(float(expected.loss)) and only > 0
+    every, total, _ = term(())
+    assert set(every) == {"conv1", "conv2", "conv3", "conv4", "fc"} and total > only
+    with pytest.raises(ValueError, match="losses.rate.layers: conv9 not conv or dense layers"):
+        term(("conv9",))
