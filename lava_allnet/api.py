@@ -187,11 +187,14 @@ def _stream_journalled(spec, entries: list, backend: str, journal, progress: Pro
 
 
 def load(path: PathLike | None = None) -> Model:
-    """Read a model file; ``None``: the shipped model (``models/neurallnet-aria.net``)."""
-    if path is None:
-        from lava_allnet.shipped import require_default_model
+    """Read a model file; ``None``: the shipped default (``models/neurallnet-aria.net``); a shipped
+    model's name (``"neurallnet-aria-v2"``, see ``lava_allnet.shipped.MODELS``): its packaged file."""
+    from lava_allnet import shipped
 
-        path = require_default_model()
+    if path is None:
+        path = shipped.require_default_model()
+    elif isinstance(path, str) and path in shipped.MODELS and not Path(path).exists():
+        path = shipped.model_path(path)
     return Model(path)
 
 

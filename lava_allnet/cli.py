@@ -128,13 +128,16 @@ def _read_spec(path: Path):
 
 
 def _resolve_model(first: list[str], model: Optional[Path]) -> tuple[Path, list[str]]:
-    """`run [MODEL.net] PATH...`: the model is optional (then the shipped one is used)."""
-    from lava_allnet.shipped import require_default_model
+    """`run [MODEL] PATH...`: the model (a .net file or a shipped model's name) is optional (then
+    the shipped default is used)."""
+    from lava_allnet.shipped import MODELS, model_path, require_default_model
 
     if model is not None:
         return model, first
     if first and first[0].endswith((".net", ".h5", ".hdf5")):
         return Path(first[0]), first[1:]
+    if first and first[0] in MODELS and not Path(first[0]).exists():
+        return model_path(first[0]), first[1:]
     return require_default_model(), first
 
 
@@ -368,7 +371,7 @@ def _run_json(run, spec, model_path: Path) -> dict:
 
 @app.command()
 def run(
-    paths: List[str] = typer.Argument(..., help="[MODEL.net] then image files and/or folders. Without a .net first, the shipped model (models/neurallnet-aria.net, packaged with lava-allnet) is used."),
+    paths: List[str] = typer.Argument(..., help="[MODEL] then image files and/or folders. MODEL: a .net file or a shipped model's name (neurallnet-aria-v2); without one, the shipped default (models/neurallnet-aria.net, packaged with lava-allnet) is used."),
     backend: RunBackend = typer.Option(RunBackend.sim, "--backend", "-b", help=BACKEND_HELP),
     model: Optional[Path] = typer.Option(None, "--model", help="Model file (alternative to giving it first)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON (see README) instead of tables."),

@@ -49,9 +49,12 @@ def installed(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_the_model_and_recipes_as_files(installed):
     shipped = installed / "lava_allnet" / "shipped"
-    model = shipped / "neurallnet-aria.net"
-    assert model.is_file() and not model.is_symlink()
-    assert model.read_bytes() == (REPO / "models" / "neurallnet-aria.net").read_bytes()
+    from lava_allnet.shipped import MODELS
+
+    for name in MODELS:  # every shipped model (the registry), as a file
+        model = shipped / f"{name}.net"
+        assert model.is_file() and not model.is_symlink(), name
+        assert model.read_bytes() == (REPO / "models" / f"{name}.net").read_bytes(), name
     assert (shipped / "neurallnet-aria.split.json").is_file()
     recipes = sorted(p.name for p in (REPO / "recipes").glob("*.toml"))
     assert recipes, "recipes/*.toml are part of the repository"
@@ -79,7 +82,8 @@ def test_run_outside_the_repository_uses_the_packaged_model(installed, tmp_path)
     assert doc["results"][0]["label"] == "Pro"
     # the API and the recipes resolve inside the installed package as well
     code = ("import lava_allnet, lava_allnet.cli; from lava_allnet import shipped; "
-            "print(lava_allnet.cli.__file__); print(lava_allnet.load().path); print(shipped.recipe_path('demo'))")
+            "print(lava_allnet.cli.__file__); print(lava_allnet.load().path); print(shipped.recipe_path('demo')); "
+            "print(lava_allnet.load('neurallnet-aria-v2').path)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     for line in r.stdout.splitlines():

@@ -1,4 +1,4 @@
-"""Files shipped inside the package: the default model, its split and the training recipes.
+"""Files shipped inside the package: the models (the default first), their split and the recipes.
 
 In the repository these are symlinks to ``models/`` and ``recipes/``; a wheel (and so a
 non-editable install) holds copies, so ``lava-allnet run IMAGE`` finds the model wherever the
@@ -13,6 +13,12 @@ from lava_allnet.errors import AllnetError
 HERE = Path(__file__).resolve().parent
 MODEL_NAME = "neurallnet-aria"
 RECIPES_DIR = HERE / "recipes"
+# The shipped models (timm-style registry): name → the packaged recipe that trains it. The file is
+# ``<name>.net`` beside this module; the model card (models/README.md) gives each one's figures.
+MODELS = {
+    "neurallnet-aria": "neurallnet-aria",  # the default: the paper's model (P3); reads the lamp
+    "neurallnet-aria-v2": "neurallnet-aria-v2",  # v2: Reinhard front end, input once, sparse (misses targets)
+}
 
 
 def _resolved(path: Path) -> Path:
@@ -23,6 +29,14 @@ def _resolved(path: Path) -> Path:
 def default_model() -> Path:
     """The shipped model file (``models/neurallnet-aria.net`` in the repository); may not exist."""
     return _resolved(HERE / f"{MODEL_NAME}.net")
+
+
+def model_path(name: str) -> Path:
+    """The packaged file of a shipped model (``neurallnet-aria-v2``), by its name in :data:`MODELS`."""
+    stem = name[: -len(".net")] if name.endswith(".net") else name
+    if stem not in MODELS:
+        raise AllnetError(f"no shipped model {name!r}; shipped: {', '.join(MODELS)}")
+    return _resolved(HERE / f"{stem}.net")
 
 
 def default_split() -> Path:

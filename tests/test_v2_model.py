@@ -1,0 +1,140 @@
+"""The v2 model (models/neurallnet-aria-v2.net): its front end, its input paid once, exact on Lava.
+
+What the v2 issue checks on real images: predictions unchanged under global gains 0.6-1.4 (v2 misses
+it: a strict xfail; what holds is tested beside it: the front end undoes dimmer exposures up to
+rounding),
+the input layer's synaptic operations for one image equal to one pass of the image, and `verify`
+exact on at least 8 real images.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import REAL_DATA, real_images
+from lava_allnet.shipped import model_path
+from netx import format as nf
+
+needs_real = pytest.mark.skipif(not (REAL_DATA / "original").is_dir(), reason="../shared/data/all-aria not present")
+V2 = model_path("neurallnet-aria-v2")
+
+
+def _load(paths) -> np.ndarray:
+    from lava_allnet.data import images as di
+
+    return di.load_images(paths, nf.read(V2).input.shape[1]).images
+
+
+def _gain(images: np.ndarray, g: float) -> np.ndarray:
+    """A global exposure change as the camera records it: scaled, rounded, clipped at 255."""
+    return np.clip(np.round(images.astype(np.float64) * g), 0, 255).astype(np.uint8)
+
+
+def test_v2_is_packaged_with_its_front_end_and_once_sent_input():
+    spec = nf.read(V2)
+    assert V2.stat().st_size <= 1.35e6
+    assert spec.frontend.name == "reinhard" and len(spec.frontend.reference) == 6
+    assert spec.input.send_once and spec.time_steps == 8
+    assert spec.class_names == ("Benign", "Early", "Pre", "Pro")
+    assert spec.calibration is not None
+
+
+def _test_images() -> np.ndarray:
+    """16 test-split images (4 per class) at the model's input size."""
+    from lava_allnet.api import dataset_inputs
+
+    return dataset_inputs(nf.read(V2), REAL_DATA / "original", V2.with_name("neurallnet-aria.split.json"), "test",
+                          limit=16).images
+
+
+def _predictions_under_gains(images: np.ndarray, gains) -> dict[float, list[str]]:
+    """The predicted classes (torch) at gain 1 and at each gain."""
+    import lava_allnet
+
+    model = lava_allnet.load(V2)
+    return {g: [r["prediction"] for r in model.predict(_gain(images, g), backend="torch")] for g in (1.0, *gains)}
+
+
+@needs_real
+@pytest.mark.realdata
+def test_v2_front_end_maps_dimmer_exposures_back_onto_the_same_input():
+    """Gains 0.6 and 0.8 on real images: after the front end every pixel is within the rounding of
+    the recorded (dimmer) image of its value at gain 1: at most 2 grey levels, 0.4 on average."""
+    images = _test_images()
+    fe = nf.read(V2).frontend
+    base = fe.apply(images).astype(int)
+    for g, worst in ((0.6, 2), (0.8, 1)):
+        diff = np.abs(fe.apply(_gain(images, g)).astype(int) - base)
+        assert diff.max() <= worst and diff.mean() < 0.5, (g, diff.max(), diff.mean())
+        raw = np.abs(_gain(images, g).astype(int) - images.astype(int))
+        assert raw.mean() > 50 * diff.mean()  # what the network would see without the front end
+
+
+@needs_real
+@pytest.mark.realdata
+def test_v2_predictions_barely_move_under_dimmer_exposure():
+    """Measured on the 16 images: gain 0.8 moves no prediction, gain 0.6 one (a borderline image:
+    the rounding above changes 10% of the 6-bit input messages)."""
+    pred = _predictions_under_gains(_test_images(), (0.6, 0.8))
+    assert pred[0.8] == pred[1.0]
+    assert sum(a != b for a, b in zip(pred[0.6], pred[1.0])) <= 1
+
+
+@needs_real
+@pytest.mark.realdata
+@pytest.mark.xfail(strict=True, reason="v2 misses the illumination target: brighter exposures clip the background and "
+                                       "the blue channel at 255, which no per-image affine front end undoes, and the "
+                                       "exposure augmentation did not make up for it (models/README.md, v2)")
+def test_v2_predictions_do_not_move_under_global_gains_0_6_to_1_4():
+    """The v2 issue's check: predictions unchanged under global gains 0.6-1.4 (measured on these 16
+    images: 1 / 0 / 6 / 5 changed at 0.6 / 0.8 / 1.2 / 1.4)."""
+    pred = _predictions_under_gains(_test_images(), (0.6, 0.8, 1.2, 1.4))
+    assert all(pred[g] == pred[1.0] for g in (0.6, 0.8, 1.2, 1.4))
+
+
+@needs_real
+def test_v2_input_layer_pays_for_one_image_once():
+    """The input layer's synaptic ops for one real image are one pass of its non-zero graded pixels
+    through conv1's fan-out, not T passes."""
+    from hw_targets import profile as hp
+    from hw_targets.inference import Inputs, run_backend
+    from netx.analysis import stage_fanouts
+
+    spec = nf.read(V2)
+    image = _load(real_images(1)[:1])
+    fan = stage_fanouts(spec)
+    run = run_backend(spec, Inputs(image, ["0"], [None], []), "torch", fanouts=fan)
+    rows = {l["layer"]: l for l in hp.profile(spec, run, hp.load_target("loihi1"))["means"]["layers"]}
+    x = spec.frontend.apply(image)[0] >> (8 - spec.input.message_bits)
+    one_pass = int((fan["input"] * (x != 0)).sum())
+    assert rows["input"]["synaptic_ops"] == one_pass
+
+
+@needs_real
+@pytest.mark.realdata
+def test_v2_verify_is_exact_on_8_real_images():
+    from hw_targets.verify import verify_files
+
+    spec = nf.read(V2)
+    report, skipped = verify_files(spec, [str(p) for p in real_images(2)])
+    assert not skipped and report["n_images"] == 8
+    assert report["identical"], report["first_difference"]
+    for layer in report["layers"]:
+        assert layer["equal"] and layer["values_compared"] == layer["neurons"] * spec.time_steps * 8, layer
+
+
+@needs_real
+def test_run_takes_a_shipped_models_name():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).parent / "lava-allnet")
+    img = str(real_images(1)[0])
+    r = subprocess.run([exe, "run", "neurallnet-aria-v2", img, "--backend", "torch", "--json"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert Path(report["model"]).resolve() == V2.resolve() and report["n_images"] == 1
+    assert report["results"][0]["probabilities"] is not None  # calibrated
