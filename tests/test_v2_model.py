@@ -30,6 +30,16 @@ def _gain(images: np.ndarray, g: float) -> np.ndarray:
     return np.clip(np.round(images.astype(np.float64) * g), 0, 255).astype(np.uint8)
 
 
+def test_every_shipped_model_has_its_file_and_the_recipe_that_trained_it():
+    from lava_allnet.errors import AllnetError
+    from lava_allnet.shipped import MODELS, recipe_path
+
+    for name, recipe in MODELS.items():
+        assert model_path(name).is_file() and recipe_path(recipe).is_file(), name
+    with pytest.raises(AllnetError, match="no shipped model 'neurallnet-v3'; shipped: neurallnet-aria, "):
+        model_path("neurallnet-v3")
+
+
 def test_v2_is_packaged_with_its_front_end_and_once_sent_input():
     spec = nf.read(V2)
     assert V2.stat().st_size <= 1.35e6
