@@ -204,6 +204,7 @@ def train(
         err.print(f"trained in {nproc} processes: {run_dir}")
         return
     ranked = distributed.launched()  # one rank of --nproc or torchrun: rank 0 reports, the others stay quiet
+    finished = False  # every rank ended normally: leave the process group in step
     try:
         console = err
         if ranked:
@@ -217,6 +218,7 @@ def train(
             if distributed.is_main():
                 out.print(f"best epoch {best.get('epoch')}: validation accuracy "
                           f"{best.get('val_accuracy', float('nan')):.4f} → {resume}/best.pt")
+            finished = True
             return
         summary = rc.run(resolved, run_dir, resume=resume is not None, device=device, console=console)
         if distributed.is_main():
@@ -225,6 +227,7 @@ def train(
                 out.print(f"stage {s['name']}: best epoch {best.get('epoch')}, validation accuracy "
                           f"{best.get('val_accuracy', float('nan')):.4f}")
             out.print(f"model → {summary['model']}")
+        finished = True
     except BaseException as exc:
         if not ranked:
             raise
@@ -236,7 +239,7 @@ def train(
         raise
     finally:
         if ranked:
-            distributed.shutdown()
+            distributed.shutdown(sync=finished)
 
 
 @app.command()

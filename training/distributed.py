@@ -97,11 +97,20 @@ def init(device: str) -> Context | None:
     return _CTX
 
 
-def shutdown() -> None:
+def shutdown(sync: bool = False) -> None:
+    """Leave the process group. ``sync`` (the run ended normally on every rank): first free what
+    still holds the groups (DDP's reducer) and wait for every rank, so that no rank tears gloo down
+    under a peer's last collective (which aborts that peer: "terminate called without an active
+    exception", seen under load). After a failure the peers may be gone, so there is no barrier."""
     global _CTX
     if _CTX is not None:
+        import gc
+
         import torch.distributed as dist
 
+        gc.collect()
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
         _CTX = None
 
