@@ -61,8 +61,11 @@ def test_evaluate_stopped_by_a_bad_file_resumes_to_the_metrics_of_one_run(se_mod
 def test_ctrl_c_leaves_a_valid_file_and_resume_completes_it(se_model_file, folder, tmp_path):
     out = tmp_path / "res.jsonl"
     env = {**os.environ, "LAVA_ALLNET_CHUNK": "4"}
+    # a background job of a non-interactive shell (CI) inherits SIGINT ignored, and Python then keeps
+    # ignoring it: give the child the default disposition a terminal would (as test_lava_runtime does)
     proc = subprocess.Popen([EXE, "run", str(se_model_file), str(folder), "--backend", "sim", "--out", str(out),
-                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if out.exists() and out.read_text().count("\n") >= 4:
