@@ -193,9 +193,7 @@ def load(path: PathLike | None = None) -> Model:
 
     if path is None:
         path = shipped.require_default_model()
-    elif isinstance(path, str) and path in shipped.MODELS and not Path(path).exists():
-        path = shipped.model_path(path)
-    return Model(path)
+    return Model(shipped.named_model(path) or path)
 
 
 def _model(model_or_path: Model | PathLike | None) -> Model:

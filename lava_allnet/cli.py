@@ -130,14 +130,14 @@ def _read_spec(path: Path):
 def _resolve_model(first: list[str], model: Optional[Path]) -> tuple[Path, list[str]]:
     """`run [MODEL] PATH...`: the model (a .net file or a shipped model's name) is optional (then
     the shipped default is used)."""
-    from lava_allnet.shipped import MODELS, model_path, require_default_model
+    from lava_allnet.shipped import named_model, require_default_model
 
     if model is not None:
         return model, first
     if first and first[0].endswith((".net", ".h5", ".hdf5")):
         return Path(first[0]), first[1:]
-    if first and first[0] in MODELS and not Path(first[0]).exists():
-        return model_path(first[0]), first[1:]
+    if first and (named := named_model(first[0])):
+        return named, first[1:]
     return require_default_model(), first
 
 

@@ -39,6 +39,14 @@ def model_path(name: str) -> Path:
     return _resolved(HERE / f"{stem}.net")
 
 
+def named_model(arg) -> Path | None:
+    """``arg`` as given for a model: the packaged file when it is a shipped model's name and no file
+    of that name exists here, else None (a path, used as it is)."""
+    if isinstance(arg, str) and arg in MODELS and not Path(arg).exists():
+        return model_path(arg)
+    return None
+
+
 def default_split() -> Path:
     """The saved train/val/test split of the shipped model's training data."""
     return _resolved(HERE / f"{MODEL_NAME}.split.json")
