@@ -26,8 +26,11 @@ def _load(paths) -> np.ndarray:
 
 
 def _gain(images: np.ndarray, g: float) -> np.ndarray:
-    """A global exposure change as the camera records it: scaled, rounded, clipped at 255."""
-    return np.clip(np.round(images.astype(np.float64) * g), 0, 255).astype(np.uint8)
+    """A global exposure change as the camera records it (scaled, rounded, clipped at 255): the
+    `robustness` command's illumination distortion."""
+    from lava_allnet.evaluation import distort
+
+    return distort(images, "illumination", g)
 
 
 def test_every_shipped_model_has_its_file_and_the_recipe_that_trained_it():
