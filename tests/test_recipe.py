@@ -41,6 +41,10 @@ def test_shipped_recipes_resolve_and_the_aria_recipe_has_the_shipped_models_stag
     v2 = rc.compile_stage(rc.load(ROOT / "recipes" / "neurallnet-aria-v2.toml")["stages"][1], 2, run_dir=Path("/r"),
                           previous=Path("/r/1"))[1]
     assert v2.rate_layers == ("conv1",) and v2.rate_weight == 1.0 and v2.rate_max == 0.02
+    # conv1's threshold 20 (its biases fit Lava's range); every later layer's as in the default config
+    v2_model = rc.model_config(rc.load(ROOT / "recipes" / "neurallnet-aria-v2.toml")["stages"][0])
+    assert v2_model.layer_thresholds() == {"conv1": 20.0, "conv2": 1.25, "conv3": 1.25, "conv4": 80.0, "conv5": 80.0,
+                                           "fc": 80.0}
     aria = rc.load(ROOT / "recipes" / "neurallnet-aria.toml")
     stages = aria["stages"]
     assert [s["name"] for s in stages] == ["scratch", "finetune", "distill", "distill2", "biases"]
@@ -109,6 +113,10 @@ epochs = 7
     ("", ["augment.flips=maybe"], "augment.flips = 'maybe': expected true or false"),
     ("", ["stages.4.schedule.epochs=1"], "no stage 4"),
     ("[losses.rate]\nlayers = \"conv1\"\n", [], "losses.rate.layers = 'conv1': expected a list of names"),
+    ("[model]\nthreshold_gains = [1, 0]\n", [], "model.threshold_gains = [1, 0]: expected a list of positive integers"),
+    ("[model]\nthreshold_gains = [1, 4]\n", [], "threshold_gains needs 6 values"),
+    ("[model]\nthreshold = -1.0\n", [], "model.threshold -1.0: must be above 0"),
+    ("[model]\nthreshold = 0.0001\n", [], "outside Lava's 17-bit threshold range"),
 ])
 def test_bad_recipes_are_one_line_errors_naming_the_key(tmp_path, text, sets, message):
     p = _write(tmp_path, text)

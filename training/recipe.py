@@ -14,6 +14,7 @@ distils, ``model.net`` (the last stage's export) and ``metrics.json`` (each stag
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -25,6 +26,10 @@ from typing import Any
 
 from lava_allnet.config import MODELS, get_model_config
 from lava_allnet.errors import AllnetError
+
+
+class Ints:
+    """Key type: a list of positive integers."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "input_once": Key(bool, False, "send the static image once per image (first step) into a conv1 whose current "
                                        "holds it (decay 1/4096, Lava du = 0): one pass of input synaptic ops instead of "
                                        "T; model file format version 2"),
+        "threshold": Key(float, 0.0, "the neurons' threshold for a binary input of weight 1 (0: the config's, 1.25); "
+                                     "graded-input layers scale it by their message's 1.0 (conv1: 64)"),
+        "threshold_gains": Key(Ints, [], "an integer per weight layer (conv1..convN, fc) multiplying its threshold, "
+                                         "weights and states (the same function on a finer weight grid); [] = all 1"),
     },
     "schedule": {
         "epochs": Key(int, 10, "training epochs (one-cycle learning rate over them)"),
@@ -137,6 +146,10 @@ def _check_value(where: str, key: Key, value: Any) -> Any:
     if t is tuple:  # a list of names
         if not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
             raise AllnetError(f"{where} = {value!r}: expected a list of names, e.g. [\"conv1\", \"conv2\"]")
+        return list(value)
+    if t is Ints:
+        if not (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+            raise AllnetError(f"{where} = {value!r}: expected a list of positive integers, e.g. [1, 4, 4]")
         return list(value)
     if t is list:  # [low, high]
         ok = (isinstance(value, list) and len(value) == 2
@@ -283,6 +296,12 @@ def model_config(stage: dict[str, Any], where: str = "recipe"):
             raise AllnetError(f"{where}: model.{k} {v}: must be positive (0: the config's)")
     if m.get("input_once"):
         overrides["input_once"] = True
+    if m.get("threshold_gains"):
+        overrides["threshold_gains"] = tuple(m["threshold_gains"])
+    if m.get("threshold"):
+        if not m["threshold"] > 0:
+            raise AllnetError(f"{where}: model.threshold {m['threshold']}: must be above 0 (0: the config's)")
+        overrides["neuron"] = dataclasses.replace(MODELS[m["name"]].neuron, threshold=m["threshold"])
     fe = stage.get("frontend", {"name": "none"})
     if fe["name"] != "none":
         from lava_allnet.frontend import FrontEnd
