@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lava_allnet import fixed_point as fx
 from lava_allnet.config import ModelConfig
 from lava_allnet.data.images import load_image
 from lava_allnet.model import ConvBlock, DenseBlock, SEBlock, build_model
@@ -24,6 +25,8 @@ from training.checkpoint import load_torch
 from training.distill import load_teacher, student_from_teacher
 
 CLASSES = ["Benign", "Early", "Pre", "Pro"]
+# Lava's largest bias in current units (what quantize_norm_mean clamps to), read before --no-bias-limit lifts it
+BIAS_LIMIT = -fx.BIAS_MIN / (1 << fx.BIAS_EXP)
 
 
 def images_of(split: dict, subset: str, size: int, limit: int | None = None, seed: int = 0):
@@ -110,7 +113,7 @@ def convert(net, teacher, x_uint8, x_enc, percentile: float) -> dict:
             rate, k = set_scale(mid)
             lo, hi = (mid, hi) if rate < target else (lo, mid)
         rate, k = set_scale((lo * hi) ** 0.5)
-        clipped = float((norm.running_mean.abs() > 64).float().mean())
+        clipped = float((norm.running_mean.abs() > BIAS_LIMIT).float().mean())
         h = run(h)[0]
         r = (h > 0).float().mean(1).flatten()
         corr = float(np.corrcoef(r.numpy(), (a / lam).clamp(max=1).flatten().numpy())[0, 1])
@@ -158,7 +161,6 @@ def main() -> None:
     ap.add_argument("--no-weight-limit", action="store_true", help="diagnosis only: float weights")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    from lava_allnet import fixed_point as fx
     if args.no_bias_limit:
         fx.BIAS_MIN, fx.BIAS_MAX = -2**30, 2**30
     if args.no_weight_limit:
