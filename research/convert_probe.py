@@ -20,7 +20,7 @@ import torch
 from lava_allnet import fixed_point as fx
 from lava_allnet.config import ModelConfig
 from lava_allnet.data.images import load_image
-from lava_allnet.model import ConvBlock, DenseBlock, SEBlock, build_model
+from lava_allnet.model import ConvBlock, SEBlock, build_model
 from training.checkpoint import load_torch
 from training.distill import load_teacher, student_from_teacher
 
