@@ -3,7 +3,7 @@ any training, by the recipe's init (``training.distill.student_from_teacher`` + 
 against a conversion that also carries the teacher's batch-norm shifts as neuron biases and sets
 each layer's scale from the teacher's activations (Rueckauer et al. 2017, data-based normalisation).
 
-    python research/convert_probe.py RUN_DIR [--gains 1,1,1,1,1,1] [--percentile 99.9]
+    python research/convert_probe.py RUN_DIR [--gains 1,1,1,1,1,1] [--percentile 99.9] [--target-rate 0.1]
 
 RUN_DIR: a v2 recipe run (teacher.pt, 1-distill/best.pt for the model config). Validation split only.
 """
@@ -135,6 +135,13 @@ def correlations(net, teacher, x_uint8, x_enc) -> dict:
 
 
 @torch.no_grad()
+def spike_rates(net, x_enc) -> dict:
+    """Per conv layer, the mean spike rate per neuron and step."""
+    out = net(x_enc, keep=tuple(n for n in net.blocks if n.startswith("conv")))
+    return {n: round(float((a > 0).float().mean()), 4) for n, a in out.activations.items()}
+
+
+@torch.no_grad()
 def batch_means(net, x_enc) -> None:
     """Running means = one batch's means (what the recipe's batch-mean norm converges to)."""
     norms = [b.neuron.norm for b in net.blocks.values() if hasattr(b, "neuron") and b.neuron.norm is not None]
@@ -156,6 +163,7 @@ def main() -> None:
     ap.add_argument("--time-steps", type=int, default=0)
     ap.add_argument("--threshold", type=float, default=0.0, help="the neuron threshold for binary input (graded layers scale it)")
     ap.add_argument("--calib", type=int, default=128)
+    ap.add_argument("--target-rate", type=float, default=0.1, help="the recipe init's calibration rate per conv layer")
     ap.add_argument("--save", type=Path)
     ap.add_argument("--no-bias-limit", action="store_true", help="diagnosis only: lift Lava's bias range")
     ap.add_argument("--no-weight-limit", action="store_true", help="diagnosis only: float weights")
@@ -186,16 +194,18 @@ def main() -> None:
     t_acc = float((teacher(val_t).argmax(1).numpy() == val_y).mean())
     # the recipe's init
     student_from_teacher(net, teacher)
-    net.calibrate(net.encode(cal_t[:32]))
+    net.calibrate(net.encode(cal_t[:32]), target_rate=args.target_rate)
     batch_means(net, net.encode(cal_t))
     base = accuracy(net, net.encode(val_t), val_y)
     base_corr = correlations(net, teacher, cal_t, net.encode(cal_t))
+    base_rates = spike_rates(net, net.encode(cal_t))
     # the conversion
     net2 = build_model(cfg)
     student_from_teacher(net2, teacher)
     rep = convert(net2, teacher, cal_t, net2.encode(cal_t), args.percentile)
     conv = accuracy(net2, net2.encode(val_t), val_y)
-    print(json.dumps({"teacher_val": t_acc, "recipe_init_val": base, "converted_val": conv, "recipe_init_corr": base_corr, "gains": cfg.gains(),
+    print(json.dumps({"teacher_val": t_acc, "recipe_init_val": base, "converted_val": conv, "recipe_init_corr": base_corr,
+                      "target_rate": args.target_rate, "recipe_init_rates": base_rates, "gains": cfg.gains(),
                       "time_steps": cfg.time_steps, "percentile": args.percentile, "layers": rep}))
     if args.save:
         torch.save({"model": net2.state_dict(), "config": cfg.to_dict()}, args.save)
