@@ -116,7 +116,6 @@ epochs = 7
     ("[model]\nthreshold_gains = [1, 0]\n", [], "model.threshold_gains = [1, 0]: expected a list of positive integers"),
     ("[model]\nthreshold_gains = [1, 4]\n", [], "threshold_gains needs 6 values"),
     ("[model]\nthreshold = -1.0\n", [], "model.threshold -1.0: must be above 0"),
-    ("[schedule]\ninit_rate = 0.0\n", [], "schedule.init_rate 0.0: a spike rate per neuron and step in (0, 1)"),
     ("[model]\nthreshold = 0.0001\n", [], "outside Lava's 17-bit threshold range"),
 ])
 def test_bad_recipes_are_one_line_errors_naming_the_key(tmp_path, text, sets, message):

@@ -627,20 +627,3 @@ def test_rate_loss_charges_only_the_named_layers():
     assert set(every) == {"conv1", "conv2", "conv3", "conv4", "fc"} and total > only
     with pytest.raises(ValueError, match="losses.rate.layers: conv9 not conv or dense layers"):
         term(("conv9",))
-
-
-def test_init_rate_sets_the_starts_spike_rates(tiny_data, tmp_path):
-    """schedule.init_rate: the fresh start is calibrated so every conv layer fires at that rate per
-    neuron and step (the read-out keeps its own); the v2 recipe sets conv2 and conv3's rates this way."""
-    import re
-
-    rates = {}
-    for r in (0.1, 0.04):
-        run = _train(tmp_path / f"r{r}", tiny_data, f"schedule.init_rate={r}")
-        assert run.returncode == 0, run.stderr
-        line = re.search(r"initial spike rates: (.*)", run.stderr).group(1)  # progress goes to stderr
-        rates[r] = {k: float(v) for k, v in (p.split() for p in line.split(", "))}
-    for r, got in rates.items():
-        convs = [v for k, v in got.items() if k.startswith("conv")]
-        assert convs and all(abs(v - r) <= 0.01 for v in convs), (r, got)
-        assert got["fc"] == rates[0.1]["fc"]

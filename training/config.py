@@ -30,10 +30,6 @@ class TrainConfig:
     device: str = "cpu"  # torch device: cpu, or cuda[:N] (same arithmetic, float32 without TF32)
     init_from: str = ""  # a best.pt or exported .net to start from instead of a fresh initialisation
     init_teacher: bool = False  # start from the ANN teacher's features (training.distill.student_from_teacher)
-    # a fresh or teacher start is rate-calibrated: each conv layer's weights scaled so it fires at this
-    # rate per neuron and step (Network.calibrate). Layers that take no step from the class loss keep
-    # about this rate through training, so it sets their synaptic operations (models/README.md, v2).
-    init_rate: float = 0.1
     # [data]
     val_fraction: float = 0.2
     test_fraction: float = 0.0
@@ -79,8 +75,6 @@ class TrainConfig:
             raise ValueError(f"schedule.batch_size {self.batch_size}: at least 1")
         if not self.lr > 0:
             raise ValueError(f"schedule.lr {self.lr}: must be above 0")
-        if not 0 < self.init_rate < 1:
-            raise ValueError(f"schedule.init_rate {self.init_rate}: a spike rate per neuron and step in (0, 1)")
         if not self.adam_eps > 0:
             raise ValueError(f"schedule.adam_eps {self.adam_eps}: must be above 0 (a parameter without gradient would divide 0 by 0)")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):

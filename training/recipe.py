@@ -77,8 +77,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key(int, 0, "seed of init, split, shuffling and augmentation"),
         "threads": Key(int, 0, "torch CPU threads (0: torch's default), shared by the ranks of one machine; results round differently across thread counts"),
         "init": Key(str, "", INIT_DOC, path=True),
-        "init_rate": Key(float, 0.1, 'with init "scratch" or "teacher": the spike rate per neuron and step the start\'s '
-                                     'calibration gives each conv layer'),
     },
     "augment": {
         "flips": Key(bool, True, "random flips and 90-degree rotations"),
@@ -343,7 +341,7 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
         cfg = TrainConfig(
             epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], weight_decay=s["weight_decay"],
             adam_eps=s["adam_eps"], seed=s["seed"], threads=s["threads"], init_from=init_from,
-            init_teacher=init == "teacher", init_rate=s["init_rate"],
+            init_teacher=init == "teacher",
             val_fraction=d["val_fraction"], test_fraction=d["test_fraction"], split_from=split,
             augment=a["flips"], color_jitter=a["color_jitter"], loss_scale=stage["losses"]["logit_scale"],
             aug_gain=tuple(a["gain"]), aug_gamma=tuple(a["gamma"]), aug_contrast=a["contrast"], aug_stain=a["stain"],

@@ -336,7 +336,7 @@ class Trainer:
                 self.console.print("starting from the ANN teacher's features")
             train_np = self.data.split["train"]
             pick = torch.from_numpy(train_np[torch.randperm(len(train_np), generator=_gen(cfg.seed, 99))[:32].numpy()])
-            rates = self.net.calibrate(self.net.encode(self.images[pick].to(dev)), target_rate=cfg.init_rate)
+            rates = self.net.calibrate(self.net.encode(self.images[pick].to(dev)))
             self.console.print("initial spike rates: " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()))
         self.features = [f(self) for f in features.FEATURES if f.enabled(cfg)]
         for f in self.features:
