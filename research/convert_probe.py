@@ -65,7 +65,7 @@ def convert(net, teacher, x_uint8, x_enc, percentile: float) -> dict:
     norm's mean = -k·(teacher's shift), k the student's current per unit of the teacher's
     pre-activation, the scale bisected so the student's mean rate matches mean(min(a/λ, 1))."""
     teacher.eval()
-    layers, logits, a_last = teacher_layers(teacher, x_uint8)
+    layers, logits, _ = teacher_layers(teacher, x_uint8)
     convs = [m for m in teacher.features if isinstance(m, torch.nn.Conv2d)]
     norms = [m for m in teacher.features if isinstance(m, torch.nn.BatchNorm2d)]
     net.eval()
@@ -80,7 +80,7 @@ def convert(net, teacher, x_uint8, x_enc, percentile: float) -> dict:
             scale = bn.weight / (bn.running_var + bn.eps).sqrt()
             w_t = conv.weight * scale.view(-1, 1, 1, 1)
             shift = scale * (conv.bias - bn.running_mean) + bn.bias
-            a_in, p, a = layers[li]
+            _, p, a = layers[li]
             q = p - shift.view(1, -1, 1, 1)  # the teacher's pre-activation without its shift
             run = lambda inp, once=(first and net.input_once): block(inp, net.time_steps, once=once)
             li += 1
@@ -123,22 +123,18 @@ def convert(net, teacher, x_uint8, x_enc, percentile: float) -> dict:
 
 
 @torch.no_grad()
-def correlations(net, teacher, x_uint8, x_enc) -> dict:
-    """Per layer, the correlation of the student's spike rate with the teacher's activation."""
-    layers, logits, _ = teacher_layers(teacher, x_uint8)
+def correlations(net, teacher, x_uint8, x_enc) -> tuple[dict, dict]:
+    """Per conv layer, from one run of the student: the correlation of its spike rate with the
+    teacher's activation, and its mean spike rate per neuron and step."""
+    layers, _, _ = teacher_layers(teacher, x_uint8)
     out = net(x_enc, keep=tuple(n for n in net.blocks if not n.startswith("se")))
-    res = {}
+    corr, rates = {}, {}
     for i, name in enumerate(n for n in net.blocks if n.startswith("conv")):
-        r = (out.activations[name] > 0).float().mean(1).flatten().numpy()
-        res[name] = round(float(np.corrcoef(r, layers[i][2].flatten().numpy())[0, 1]), 3)
-    return res
-
-
-@torch.no_grad()
-def spike_rates(net, x_enc) -> dict:
-    """Per conv layer, the mean spike rate per neuron and step."""
-    out = net(x_enc, keep=tuple(n for n in net.blocks if n.startswith("conv")))
-    return {n: round(float((a > 0).float().mean()), 4) for n, a in out.activations.items()}
+        spikes = (out.activations[name] > 0).float()
+        r = spikes.mean(1).flatten().numpy()
+        corr[name] = round(float(np.corrcoef(r, layers[i][2].flatten().numpy())[0, 1]), 3)
+        rates[name] = round(float(spikes.mean()), 4)
+    return corr, rates
 
 
 @torch.no_grad()
@@ -197,8 +193,7 @@ def main() -> None:
     net.calibrate(net.encode(cal_t[:32]), target_rate=args.target_rate)
     batch_means(net, net.encode(cal_t))
     base = accuracy(net, net.encode(val_t), val_y)
-    base_corr = correlations(net, teacher, cal_t, net.encode(cal_t))
-    base_rates = spike_rates(net, net.encode(cal_t))
+    base_corr, base_rates = correlations(net, teacher, cal_t, net.encode(cal_t))
     # the conversion
     net2 = build_model(cfg)
     student_from_teacher(net2, teacher)
