@@ -35,6 +35,7 @@ The model card's figures: ``--gains 0.5,0.7,1.3 --robustness --ste 1 --epochs 30
 Validation split of models/neurallnet-aria.split.json only; no test image is read.
 """
 import argparse
+import copy
 
 import numpy as np
 import torch
@@ -43,9 +44,9 @@ import torch.nn.functional as F
 import lava_allnet
 from lava_allnet.api import dataset_inputs
 from lava_allnet.config import ModelConfig
+from lava_allnet.data import images as di
 from lava_allnet.evaluation import distort
 from hw_targets.profile import load_target
-from lava_allnet.data import images as di
 from training import augment
 from training.checkpoint import load_torch
 from training.distill import load_teacher
@@ -58,8 +59,6 @@ AUGMENTS = {  # the v2 recipe's; and one reaching the issue's noise, blur and oc
 
 def fold(teacher):
     """A copy of the teacher with each batch norm folded into its conv (weights and bias)."""
-    import copy
-
     t = copy.deepcopy(teacher).eval()
     mods = list(t.features)
     with torch.no_grad():
