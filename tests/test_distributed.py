@@ -196,7 +196,7 @@ def test_a_killed_rank_stops_the_run_names_itself_and_the_run_resumes_exactly(tm
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 2
+    assert proc.returncode == 2, err[-3000:]
     assert err.strip().splitlines()[-1] == ("error: training rank 1 failed: killed by SIGKILL; rank 0 stopped. "
                                             "The last checkpoint is intact: continue with --resume")
     assert stopped_in < 60
@@ -245,6 +245,28 @@ def test_the_failure_line_names_the_rank_that_failed_first(tmp_path):
         failures = {r: _failure(tmp_path / str(k), r, code, msg) for r, (code, msg) in spec.items()}
         got = distributed.failure_line(ChildFailedError("lava-allnet", failures))
         assert got == line + " The last checkpoint is intact: continue with --resume"
+
+
+def test_a_ranks_error_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
+    real_dump = json.dump
+
+    def dump_then_fail(obj, fh):  # e.g. the launcher's SIGTERM or a full disk mid-write
+        fh.write(json.dumps(obj)[:10])
+        fh.flush()
+        raise OSError("interrupted")
+
+    monkeypatch.setattr(json, "dump", dump_then_fail)
+    distributed.record_failure(RuntimeError("boom"))
+    assert list(tmp_path.iterdir()) == []  # torch's launcher raises on a half-written file
+    monkeypatch.setattr(json, "dump", real_dump)
+    distributed.record_failure(RuntimeError("Connection reset by peer"))
+    failure = ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file=str(path))
+    assert failure.message == "RuntimeError: Connection reset by peer" and failure.timestamp > 0
+    assert list(tmp_path.iterdir()) == [path]
+    distributed.record_failure(RuntimeError("later"))  # the first error stays
+    assert ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file=str(path)).message.endswith("peer")
 
 
 def test_nproc_refuses_a_bad_recipe_before_starting_ranks_and_inside_torchrun(tmp_path):

@@ -173,15 +173,20 @@ def all_sum(values: list[float]) -> list[float]:
 
 def record_failure(exc: BaseException) -> None:
     """Leave this rank's error where torch's launcher reads it (``TORCHELASTIC_ERROR_FILE``), so the
-    launching command can name the cause and not only the exit code."""
+    launching command can name the cause and not only the exit code. Written whole or not at all
+    (a temporary file renamed into place): the launcher reads it as soon as any rank fails, and a
+    half-written file makes it raise instead of report."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path or os.path.exists(path):
         return
+    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(path, "w") as fh:
+        with open(tmp, "w") as fh:
             json.dump({"message": f"{type(exc).__name__}: {exc}", "timestamp": int(time.time())}, fh)
+        os.replace(tmp, path)
     except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
 
 
 def failure_line(exc: Exception) -> str:
