@@ -49,7 +49,7 @@ def lava_messages(image: np.ndarray, weights, biases, bias_as_input: bool = Fals
     frames = np.zeros(image.shape + (STEPS,), dtype=np.int32)
     frames[..., 0] = image  # the image once, at the first step
     src = Source(data=frames)
-    port, shape, sinks, extra = src.s_out, image.shape, [], []
+    port, shape, sinks = src.s_out, image.shape, []
     for k, (w, b, s, v) in enumerate(zip(weights, biases, SHIFTS, VTH), start=1):
         conv = Conv(weight=w, input_shape=shape, stride=2, padding=1, num_message_bits=24)
         port.connect(conv.s_in)
@@ -60,9 +60,7 @@ def lava_messages(image: np.ndarray, weights, biases, bias_as_input: bool = Fals
         if bias_as_input:  # the layer's input reaches it at step k (each Conv adds one step)
             once = np.zeros(shape + (STEPS,), dtype=np.int32)
             once[..., k] = b.astype(np.int64) << s
-            bias_src = Source(data=once)  # sends data[..., t-1] at step t
-            bias_src.s_out.connect(sd.a_in)
-            extra.append(bias_src)
+            Source(data=once).s_out.connect(sd.a_in)  # sends data[..., t-1] at step t
         sink = Sink(shape=shape, buffer=STEPS)
         sd.s_out.connect(sink.a_in)
         port = sd.s_out
