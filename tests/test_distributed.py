@@ -250,17 +250,15 @@ def test_the_failure_line_names_the_rank_that_failed_first(tmp_path):
 def test_a_ranks_error_file_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     path = tmp_path / "error.json"
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(path))
-    real_dump = json.dump
+    real_fsync = os.fsync
 
-    def dump_then_fail(obj, fh):  # e.g. the launcher's SIGTERM or a full disk mid-write
-        fh.write(json.dumps(obj)[:10])
-        fh.flush()
+    def fail(fd):  # e.g. the launcher's SIGTERM or a full disk before the write is done
         raise OSError("interrupted")
 
-    monkeypatch.setattr(json, "dump", dump_then_fail)
+    monkeypatch.setattr(os, "fsync", fail)
     distributed.record_failure(RuntimeError("boom"))
     assert list(tmp_path.iterdir()) == []  # torch's launcher raises on a half-written file
-    monkeypatch.setattr(json, "dump", real_dump)
+    monkeypatch.setattr(os, "fsync", real_fsync)
     distributed.record_failure(RuntimeError("Connection reset by peer"))
     failure = ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file=str(path))
     assert failure.message == "RuntimeError: Connection reset by peer" and failure.timestamp > 0

@@ -26,7 +26,6 @@ atomically by rank 0, so the last one stays intact and ``train --resume`` contin
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ from typing import Iterator
 import torch
 
 from lava_allnet.errors import AllnetError
+from training.checkpoint import save_json
 
 # how long a rank waits for the others at a collective (the teacher, trained by rank 0 alone, is
 # the longest wait); the launcher ends the run sooner when a rank dies
@@ -174,19 +174,13 @@ def all_sum(values: list[float]) -> list[float]:
 def record_failure(exc: BaseException) -> None:
     """Leave this rank's error where torch's launcher reads it (``TORCHELASTIC_ERROR_FILE``), so the
     launching command can name the cause and not only the exit code. Written whole or not at all
-    (a temporary file renamed into place): the launcher reads it as soon as any rank fails, and a
-    half-written file makes it raise instead of report."""
+    (``checkpoint.save_json``): the launcher reads it as soon as any rank fails, and a half-written
+    file makes it raise instead of report."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path or os.path.exists(path):
         return
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as fh:
-            json.dump({"message": f"{type(exc).__name__}: {exc}", "timestamp": int(time.time())}, fh)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
+    with contextlib.suppress(OSError):
+        save_json({"message": f"{type(exc).__name__}: {exc}", "timestamp": int(time.time())}, path)
 
 
 def failure_line(exc: Exception) -> str:
