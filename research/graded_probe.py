@@ -40,6 +40,7 @@ import copy
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 import lava_allnet
 from lava_allnet.api import dataset_inputs
@@ -61,15 +62,10 @@ def fold(teacher):
     """A copy of the teacher with each batch norm folded into its conv (weights and bias)."""
     t = copy.deepcopy(teacher).eval()
     mods = list(t.features)
-    with torch.no_grad():
-        for i, m in enumerate(mods):
-            if isinstance(m, torch.nn.Conv2d) and isinstance(mods[i + 1], torch.nn.BatchNorm2d):
-                bn = mods[i + 1]
-                k = bn.weight / (bn.running_var + bn.eps).sqrt()
-                b = bn.bias - k * bn.running_mean + (k * m.bias if m.bias is not None else 0)
-                m.weight.mul_(k[:, None, None, None])
-                m.bias = torch.nn.Parameter(b)
-                t.features[i + 1] = torch.nn.Identity()
+    for i, m in enumerate(mods):
+        if isinstance(m, torch.nn.Conv2d) and isinstance(mods[i + 1], torch.nn.BatchNorm2d):
+            t.features[i] = fuse_conv_bn_eval(m, mods[i + 1])
+            t.features[i + 1] = torch.nn.Identity()
     return t
 
 
