@@ -331,15 +331,15 @@ def grad_cam(net, image_uint8: np.ndarray, layer: str | None = None, class_index
     """Grad-CAM through the surrogate gradients for one (3, H, W) uint8 image.
 
     The layer's spikes summed over time are the activation map; the target is
-    the output spike count of the predicted (or given) class.
+    the output spike count of the predicted (or given) class. A graded network
+    (``lava_allnet.graded``): its messages and class scores, gradients straight
+    through its rounding.
     """
     import torch
     import torch.nn.functional as F
 
-    from lava_allnet.model import ConvBlock
-
     image_uint8 = net.frontend.apply(np.asarray(image_uint8)[None])[0]  # the model's input front end first
-    convs = [n for n, b in net.blocks.items() if isinstance(b, ConvBlock)]
+    convs = net.conv_names()
     if layer is None:
         # The deepest conv whose map keeps at least 1/8 of the image side (and 8
         # pixels): measured on a NeurALLNet trained on the smears, conv4's 8x8 map of a 128-pixel

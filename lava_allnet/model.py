@@ -426,6 +426,9 @@ class Network(torch.nn.Module):
             names += [f"{name}.{s}" for s in SEBlock.STAGES] if isinstance(block, SEBlock) else [name]
         return names
 
+    def conv_names(self) -> list[str]:
+        return [n for n, b in self.blocks.items() if isinstance(b, ConvBlock)]
+
     def encode(self, images_uint8: torch.Tensor) -> torch.Tensor:
         return fx.encode_pixels_torch(images_uint8, self.input_bits)
 

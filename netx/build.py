@@ -35,6 +35,7 @@ from lava.proc.sparse.process import Sparse
 
 from lava_allnet import fixed_point as fx
 from netx import format as nf
+from netx.lava_procs.graded import GradedNeuron
 from netx.lava_procs.se_gate import SEGate
 from netx.lava_procs.streaming import ImageSource, StageCounters, create_recordings, stage_counters_model
 
@@ -114,6 +115,14 @@ class _Builder:
             return self.add(LIFReset(shape=shape, reset_interval=self.T, reset_offset=(1 + depth) % self.T, **params))
         return self.add(LIF(shape=shape, **params))
 
+    def neuron(self, shape: tuple[int, ...], n: nf.NeuronSpec | nf.GradedNeuronSpec, depth: int,
+               bias: np.ndarray | None) -> tuple[AbstractProcess, str]:
+        """The layer's neurons and its stage kind: CUBA (``lif``) or a graded network's neuron."""
+        if isinstance(n, nf.GradedNeuronSpec):
+            b = np.zeros(shape[-1], np.int64) if bias is None else bias
+            return self.add(GradedNeuron(shape=shape, bias=b, shift=n.shift, vth=n.vth, relu=n.relu)), "graded"
+        return self.lif(shape, n, depth, bias), "spike"
+
     def bias_source(self) -> LIF:
         """An always-firing neuron: v = 1 > vth = 0 every step (first spike at step 1)."""
         if self._bias is None:
@@ -175,6 +184,8 @@ def build(
     """
     if fused_se and float_mode:
         raise ValueError("fused_se: the fused SE gate is fixed point")
+    if spec.graded and float_mode:
+        raise ValueError("a graded network is integer arithmetic: run it on the fixed-point simulator")
     b = _Builder(spec, spec.time_steps, reset, float_mode)
     c, h, w = spec.input.shape
     src = b.add(ImageSource(path=str(frames_path), shape=(w, h, c), num_samples=num_samples, steps=spec.time_steps,
@@ -196,10 +207,10 @@ def build(
             shape_whc = (ow, oh, oc)
             if tuple(conv.a_out.shape) != shape_whc:
                 raise ValueError(f"{layer.name}: Lava conv output {conv.a_out.shape} != {shape_whc}")
-            neuron = b.lif(shape_whc, layer.neuron, depth, layer.bias)
+            neuron, kind = b.neuron(shape_whc, layer.neuron, depth, layer.bias)
             conv.a_out.connect(neuron.a_in)
             out = neuron.s_out
-            b.stage(layer.name, out, shape_whc, depth, "spike")
+            b.stage(layer.name, out, shape_whc, depth, kind)
         elif isinstance(layer, nf.SESpec):
             if fused_se:
                 gate = b.add(SEGate(shape=shape_whc, weight1=layer.weight1, bias1=layer.bias1, weight2=layer.weight2,
@@ -225,10 +236,10 @@ def build(
             flatten_next = False
             depth += 1
             shape_whc = tuple(layer.shape)
-            neuron = b.lif(shape_whc, layer.neuron, depth, layer.bias)
+            neuron, kind = b.neuron(shape_whc, layer.neuron, depth, layer.bias)
             dense.a_out.connect(neuron.a_in)
             out = neuron.s_out
-            b.stage(layer.name, out, shape_whc, depth, "spike")
+            b.stage(layer.name, out, shape_whc, depth, kind)
     graph = LavaGraph(src, b.stages, b.procs, depth)
     if counters:
         fanouts = fanouts or {}

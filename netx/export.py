@@ -8,6 +8,7 @@ import torch
 
 from lava_allnet import fixed_point as fx
 from lava_allnet.config import NeuronConfig
+from lava_allnet.graded import GradedLayer, GradedNetwork
 from lava_allnet.model import ConvBlock, DenseBlock, Network, SEBlock, neuron_bias
 from netx import format as nf
 
@@ -87,8 +88,54 @@ def spec_from_network(net: Network) -> nf.NetworkSpec:
     return nf.NetworkSpec(layers, net.class_names, net.time_steps, net.population, config, frontend=net.frontend)
 
 
-def export(net: Network, path: str | os.PathLike) -> nf.NetworkSpec:
-    spec = spec_from_network(net)
+def spec_from_graded(net: GradedNetwork, model_config: dict | None = None) -> nf.NetworkSpec:
+    """The file description of a graded network (format version 4)."""
+    c, h, w = net.input_shape
+    layers: list[nf.LayerSpec] = [nf.InputSpec((c, h, w), 8, send_once=True)]
+    shape: tuple[int, ...] = (c, h, w)
+    bits = 8
+    for l in net.layers:
+        neuron = nf.GradedNeuronSpec(l.shift, l.vth, relu=l.vth > 0)
+        weight, bias = np.asarray(l.weight, dtype=np.int32), np.asarray(l.bias, dtype=np.int64)
+        if l.kind == "conv":
+            out_c, _, kh, kw = weight.shape
+            oh = (shape[1] + 2 * l.padding - kh) // l.stride + 1
+            ow = (shape[2] + 2 * l.padding - kw) // l.stride + 1
+            layers.append(nf.ConvSpec((out_c, oh, ow), shape[0], out_c, (kh, kw), (l.stride,) * 2, (l.padding,) * 2,
+                                      (1, 1), 1, weight, neuron, bits, name=l.name, bias=bias))
+            shape = (out_c, oh, ow)
+        else:
+            if len(shape) != 1:
+                layers.append(nf.FlattenSpec(name="flatten"))
+            layers.append(nf.DenseSpec((weight.shape[0],), weight, neuron, bits, name=l.name, bias=bias))
+            shape = (weight.shape[0],)
+        bits = 24  # graded messages: Loihi 2's 24-bit payload
+    return nf.NetworkSpec(layers, net.class_names, 1, 1, model_config, frontend=net.frontend)
+
+
+def graded_from_spec(spec: nf.NetworkSpec) -> GradedNetwork:
+    """The integer network a graded file describes."""
+    layers = []
+    for layer in spec.layers[1:]:
+        if isinstance(layer, nf.ConvSpec):
+            if layer.stride[0] != layer.stride[1] or layer.padding[0] != layer.padding[1] or layer.groups != 1 \
+                    or layer.dilation != (1, 1):
+                raise ValueError(f"{layer.name}: graded conv layers are square, ungrouped and undilated")
+            kind, stride, padding = "conv", layer.stride[0], layer.padding[0]
+        elif isinstance(layer, nf.DenseSpec):
+            kind, stride, padding = "dense", 1, 0
+        else:
+            continue
+        n = layer.neuron
+        bias = np.zeros(layer.weight.shape[0], np.int64) if layer.bias is None else layer.bias
+        layers.append(GradedLayer(layer.name, kind, layer.weight, bias, n.shift, n.vth, stride, padding))
+    net = GradedNetwork(layers, spec.input.shape, spec.class_names, spec.frontend)
+    net.eval()
+    return net
+
+
+def export(net: Network | GradedNetwork, path: str | os.PathLike) -> nf.NetworkSpec:
+    spec = spec_from_graded(net) if isinstance(net, GradedNetwork) else spec_from_network(net)
     nf.write(spec, path)
     return spec
 
@@ -102,8 +149,10 @@ def _neuron_config(n: nf.NeuronSpec) -> NeuronConfig:
     )
 
 
-def network_from_spec(spec: nf.NetworkSpec) -> Network:
+def network_from_spec(spec: nf.NetworkSpec) -> Network | GradedNetwork:
     """A torch Network computing exactly what the file describes."""
+    if spec.graded:
+        return graded_from_spec(spec)
     blocks: list[tuple[str, torch.nn.Module]] = []
     shape: tuple[int, ...] = spec.input.shape
     for layer in spec.layers[1:]:

@@ -3,7 +3,7 @@
 Layout (NetX-compatible where NetX has the layer; field names as lava-dl's
 ``export_hdf5`` writes them)::
 
-    /                attrs: format="lava-allnet-netx", format_version=1, 2 or 3,
+    /                attrs: format="lava-allnet-netx", format_version=1, 2, 3 or 4,
                             class_names (JSON), time_steps, population,
                             model_config (JSON, optional: the training config),
                             frontend (JSON, version 2), calibration (JSON, version 3)
@@ -17,6 +17,10 @@ Layout (NetX-compatible where NetX has the layer; field names as lava-dl's
                                     bias1Exp bias2Exp gateLevels
     /layer/i         type="flatten"
     /layer/i         type="dense"   shape=(out,) weight(out,in) inputMessageBits [bias(out)] neuron/{...}
+
+A graded network (version 4, ``lava_allnet.graded``) has the same conv and dense layers with
+``neuron/{type="GRADED", shift, vth, relu}`` and a ``bias`` added to the accumulator as is
+(|bias| < 2**23); its input is 8-bit pixels sent once, T = 1, population 1, and no se layer.
 
 Weights and biases are the integer mantissas Lava receives (a neuron bias is
 added to v as bias << 6 every step, as NetX does). Stock NetX
@@ -42,14 +46,15 @@ from lava_allnet.frontend import FrontEnd
 from lava_allnet.errors import ModelFileError
 
 FORMAT_NAME = "lava-allnet-netx"
-FORMAT_VERSION = 3  # the newest version this lava-allnet writes when a file needs it; it reads 1 to 3
-READ_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # the newest version this lava-allnet writes when a file needs it; it reads 1 to 4
+READ_VERSIONS = (1, 2, 3, 4)
 # version 2 adds: the input layer's sendOnce (the image is sent at the first step of each window only,
 # into a first layer whose current holds it) and the root attribute frontend (JSON: the input front
 # end every backend applies before encoding, lava_allnet.frontend); a file without version-2 fields
 # is written as version 1. Version 3 adds the root attribute calibration (JSON: temperature,
 # abstention threshold and out-of-distribution reference, lava_allnet.calibration); a file is written
-# with the lowest version its fields need.
+# with the lowest version its fields need. Version 4 adds graded neurons (neuron type "GRADED": shift,
+# vth, relu; the layer's bias added to the accumulator as is): a graded network, lava_allnet.graded.
 LAYER_TYPES = ("input", "conv", "se", "flatten", "dense")
 
 
@@ -64,6 +69,19 @@ class NeuronSpec:
     def threshold(self) -> float:
         """The threshold in SLAYER's units (the inverse of fixed_point.threshold_mantissa)."""
         return self.vth_mant / fx.WEIGHT_SCALE
+
+
+@dataclass(frozen=True)
+class GradedNeuronSpec:
+    """A stateless graded neuron (version 4, ``lava_allnet.graded``): per image
+    q = (W · m + bias) >> shift; it sends q if q >= vth (relu), or q as is (the read-out, vth 0)."""
+
+    shift: int
+    vth: int
+    relu: bool = True
+
+
+GRADED_BIAS_LIMIT = 1 << 23  # a graded layer's bias is a 24-bit signed accumulator value
 
 
 @dataclass
@@ -91,7 +109,7 @@ class ConvSpec:
     dilation: tuple[int, int]
     groups: int
     weight: np.ndarray  # int32 (out, in/groups, kH, kW)
-    neuron: NeuronSpec
+    neuron: NeuronSpec | GradedNeuronSpec
     input_message_bits: int
     name: str = ""
     type: str = "conv"
@@ -129,7 +147,7 @@ class FlattenSpec:
 class DenseSpec:
     shape: tuple[int]
     weight: np.ndarray  # (out, in)
-    neuron: NeuronSpec
+    neuron: NeuronSpec | GradedNeuronSpec
     input_message_bits: int
     name: str = ""
     type: str = "dense"
@@ -154,6 +172,11 @@ class NetworkSpec:
     @property
     def input(self) -> InputSpec:
         return self.layers[0]  # type: ignore[return-value]
+
+    @property
+    def graded(self) -> bool:
+        """A graded network (``lava_allnet.graded``), not a spiking one."""
+        return any(isinstance(getattr(l, "neuron", None), GradedNeuronSpec) for l in self.layers)
 
     @property
     def num_classes(self) -> int:
@@ -252,22 +275,30 @@ class _Layer:
             raise self.fail(f"field '{key}' has odd mantissas (8-bit signed Loihi weights are even)")
         return w
 
-    def bias(self, n: int) -> np.ndarray | None:
-        """Optional per-channel neuron bias mantissas (13-bit signed, exponent 6 as in NetX)."""
+    def bias(self, n: int, graded: bool = False) -> np.ndarray | None:
+        """Optional per-channel bias: CUBA neuron bias mantissas (13-bit signed, exponent 6 as in
+        NetX), or a graded layer's accumulator bias (24-bit signed)."""
         if "bias" not in self.g:
             return None
         b = self.ints("bias", (n,))
-        if b.size and (b.min() < fx.BIAS_MIN or b.max() > fx.BIAS_MAX):
-            raise self.fail(f"field 'bias' has mantissas outside [{fx.BIAS_MIN}, {fx.BIAS_MAX}]")
+        lo, hi = (-GRADED_BIAS_LIMIT + 1, GRADED_BIAS_LIMIT - 1) if graded else (fx.BIAS_MIN, fx.BIAS_MAX)
+        if b.size and (b.min() < lo or b.max() > hi):
+            raise self.fail(f"field 'bias' has {'values' if graded else 'mantissas'} outside [{lo}, {hi}]")
         return b
 
-    def neuron(self) -> NeuronSpec:
+    def neuron(self, version: int) -> NeuronSpec | GradedNeuronSpec:
         if "neuron" not in self.g or not isinstance(self.g["neuron"], h5py.Group):
             raise self.fail("missing group 'neuron'")
         ng = self.g["neuron"]
         ntype = _string(self, ng, "type")
+        if ntype == "GRADED":
+            if version < 4:
+                raise self.fail("neuron type 'GRADED' needs format version 4")
+            relu = bool(self.int_("relu", 0, 1, group=ng))
+            return GradedNeuronSpec(self.int_("shift", 0, 23, group=ng),
+                                    self.int_("vth", 1 if relu else 0, GRADED_BIAS_LIMIT - 1, group=ng), relu)
         if ntype != "CUBA":
-            raise self.fail(f"neuron type {ntype!r} is not supported (only CUBA)")
+            raise self.fail(f"neuron type {ntype!r} is not supported (CUBA or GRADED)")
         return NeuronSpec(
             i_decay=self.int_("iDecay", 1, 4096, group=ng),
             v_decay=self.int_("vDecay", 0, 4095, group=ng),
@@ -461,10 +492,12 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
             weight = L.weights("weight", (out_ch, in_ch // groups, k[0], k[1]))
             counters["conv"] += 1
             last_conv = counters["conv"]
+            neuron = L.neuron(version)
             layers.append(
                 ConvSpec(
-                    out_shape, in_ch, out_ch, k, stride, pad, dil, groups, weight, L.neuron(),
-                    L.int_("inputMessageBits", 0, 24), name=f"conv{last_conv}", bias=L.bias(out_ch),
+                    out_shape, in_ch, out_ch, k, stride, pad, dil, groups, weight, neuron,
+                    L.int_("inputMessageBits", 0, 24), name=f"conv{last_conv}",
+                    bias=L.bias(out_ch, isinstance(neuron, GradedNeuronSpec)),
                 )
             )
             shape = out_shape
@@ -515,8 +548,9 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
             out = L.shape(1)
             weight = L.weights("weight", (out[0], shape[0]))
             counters["dense"] += 1
-            layers.append(DenseSpec(out, weight, L.neuron(), L.int_("inputMessageBits", 0, 24), name="fc",
-                                    bias=L.bias(out[0])))
+            neuron = L.neuron(version)
+            layers.append(DenseSpec(out, weight, neuron, L.int_("inputMessageBits", 0, 24), name="fc",
+                                    bias=L.bias(out[0], isinstance(neuron, GradedNeuronSpec))))
             shape = out
     if not isinstance(layers[-1], DenseSpec):
         raise ModelFileError(f"layer {len(layers) - 1} ({layers[-1].type}): the last layer must be 'dense'")
@@ -529,7 +563,31 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
     if len(dense) > 1:
         for k, l in enumerate(dense, start=1):
             l.name = f"fc{k}"
+    _check_graded(layers, time_steps, population)
     return NetworkSpec(layers, class_names, time_steps, population, config, version, source, frontend, calibration)
+
+
+def _check_graded(layers: list[LayerSpec], time_steps: int, population: int) -> None:
+    """A graded network is graded throughout: every conv and dense layer's neuron graded (relu but
+    the read-out's), no se layer, 8-bit pixels sent once, T = 1 and population 1."""
+    neurons = [(i, l) for i, l in enumerate(layers) if isinstance(l, (ConvSpec, DenseSpec))]
+    graded = [isinstance(l.neuron, GradedNeuronSpec) for _, l in neurons]
+    if not any(graded):
+        return
+    where = lambda i: f"layer {i} ({layers[i].type})"  # noqa: E731
+    for (i, l), g in zip(neurons, graded):
+        if not g:
+            raise ModelFileError(f"{where(i)}: a CUBA neuron in a graded network")
+        if l.neuron.relu != (l is not neurons[-1][1]):
+            raise ModelFileError(f"{where(i)}: in a graded network every layer but the read-out has relu = 1")
+    se = [i for i, l in enumerate(layers) if isinstance(l, SESpec)]
+    if se:
+        raise ModelFileError(f"{where(se[0])}: a graded network has no se layer")
+    inp = layers[0]
+    if inp.message_bits != 8 or not inp.send_once:  # type: ignore[union-attr]
+        raise ModelFileError("layer 0 (input): a graded network sends 8-bit pixels once (messageBits 8, sendOnce 1)")
+    if time_steps != 1 or population != 1:
+        raise ModelFileError(f"a graded network has time_steps 1 and population 1, not {time_steps} and {population}")
 
 
 def retimed(spec: NetworkSpec, time_steps: int) -> NetworkSpec:
@@ -540,6 +598,8 @@ def retimed(spec: NetworkSpec, time_steps: int) -> NetworkSpec:
     """
     if not 1 <= int(time_steps) <= 100_000:
         raise ModelFileError(f"time_steps {time_steps}: must be within 1..100000")
+    if spec.graded and int(time_steps) != 1:
+        raise ModelFileError("a graded network runs one step per image: its time steps cannot be changed")
     config = None if spec.model_config is None else {**spec.model_config, "time_steps": int(time_steps)}
     # the calibration was fitted on T steps' counts: another T needs its own (lava-allnet calibrate)
     return dataclasses.replace(spec, time_steps=int(time_steps), model_config=config, source="", calibration=None)
@@ -583,8 +643,14 @@ def _w(g: h5py.Group, key: str, value: np.ndarray) -> None:
     g.create_dataset(key, data=a.astype(dtype), compression="gzip" if a.size > 256 else None)
 
 
-def _neuron(g: h5py.Group, n: NeuronSpec) -> None:
+def _neuron(g: h5py.Group, n: NeuronSpec | GradedNeuronSpec) -> None:
     ng = g.create_group("neuron")
+    if isinstance(n, GradedNeuronSpec):
+        ng.create_dataset("type", (1,), "S10", [b"GRADED"])
+        for key, v in (("shift", n.shift), ("vth", n.vth), ("relu", int(n.relu))):
+            ng.create_dataset(key, data=np.int64(v))
+        ng.create_dataset("gradedSpike", data=True)
+        return
     ng.create_dataset("type", (1,), "S10", [b"CUBA"])
     for key, v in (("iDecay", n.i_decay), ("vDecay", n.v_decay), ("vThMant", n.vth_mant), ("refDelay", n.ref_delay)):
         ng.create_dataset(key, data=np.int64(v))
@@ -593,6 +659,8 @@ def _neuron(g: h5py.Group, n: NeuronSpec) -> None:
 
 def required_version(spec: "NetworkSpec") -> int:
     """The oldest format version that holds this network (version-1 readers can load it then)."""
+    if spec.graded:
+        return 4
     if spec.calibration is not None:
         return 3
     return 2 if spec.input.send_once or spec.frontend.name != "none" else 1

@@ -65,6 +65,11 @@ class TrainConfig:
     bias_adam_eps: float | None = None  # None: adam_eps
     # [averaging] (features.WeightAveraging): from this epoch on, validate the running mean of the weights; 0: off
     average_from: int = 0
+    # [model] family: "spiking" (the CUBA network) or "graded" (lava_allnet.graded: the ANN teacher fine-tuned
+    # through graded messages, training/graded.py); [graded] threshold: each layer's message threshold in
+    # units of its mean positive activation
+    family: str = "spiking"
+    graded_threshold: float = 1.0
 
     def __post_init__(self) -> None:
         from training import features
@@ -98,6 +103,19 @@ class TrainConfig:
                 raise ValueError(f"augment.{key} {getattr(self, f'aug_{key}')}: a share in [0, 1]")
         if self.loss_scale <= 0:
             raise ValueError(f"losses.logit_scale {self.loss_scale}: must be above 0")
+        if self.family not in ("spiking", "graded"):
+            raise ValueError(f"model.family {self.family!r}: \"spiking\" or \"graded\"")
+        if not self.graded_threshold > 0:
+            raise ValueError(f"graded.threshold {self.graded_threshold}: must be above 0")
+        if self.family == "graded":
+            if not self.init_teacher:
+                raise ValueError('model.family "graded" starts from the ANN teacher: set schedule.init = "teacher"')
+            spiking_only = {"losses.rate.weight": self.rate_weight > 0, "losses.distill.weight": self.distill_weight > 0,
+                            "averaging.from_epoch": self.average_from > 0, "biases.means": self.norm_means != "batch",
+                            "biases.learn": self.learn_biases}
+            used = [k for k, v in spiking_only.items() if v]
+            if used:
+                raise ValueError(f'model.family "graded": {", ".join(used)} apply to the spiking network only')
         for feature in features.FEATURES:
             feature.check(self)
 

@@ -1,7 +1,7 @@
 """Recipe files: one TOML file trains a model, in one or more stages (``recipes/README.md``).
 
 A recipe has sections (``[data]``, ``[model]``, ``[schedule]``, ``[augment]``, ``[losses]``,
-``[losses.range]``, ``[losses.distill]``, ``[teacher]``, ``[biases]``, ``[averaging]``) and may list
+``[losses.range]``, ``[losses.distill]``, ``[teacher]``, ``[biases]``, ``[averaging]``, ``[graded]``) and may list
 ``[[stages]]``: each stage takes the top-level sections and overrides some keys, and starts from
 the previous stage's weights unless its ``schedule.init`` says otherwise. ``--set section.key=value``
 overrides a key for every stage (``--set stages.N.section.key=value`` for stage N only).
@@ -67,6 +67,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                      "graded-input layers scale it by their message's 1.0 (conv1: 64)"),
         "threshold_gains": Key(Ints, [], "an integer per weight layer (conv1..convN, fc) multiplying its threshold, "
                                          "weights and states (the same function on a finer weight grid); [] = all 1"),
+        "family": Key(str, "spiking", '"spiking" (CUBA neurons, binary spikes over T steps) or "graded" (NeurALLNet-G: '
+                                      "one graded message per active neuron and image, Loihi 2; the ANN teacher "
+                                      "fine-tuned through the messages, then exported as integers; model file format "
+                                      "version 4)"),
+    },
+    "graded": {
+        "threshold": Key(float, 1.0, "model.family = \"graded\": each layer sends only activations of at least this "
+                                     "times its mean positive activation (on 256 training images); higher: fewer "
+                                     "synaptic ops"),
     },
     "schedule": {
         "epochs": Key(int, 10, "training epochs (one-cycle learning rate over them)"),
@@ -352,7 +361,8 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
             distill_temperature=stage["losses.distill"]["temperature"], teacher_epochs=stage["teacher"]["epochs"],
             teacher_seed=stage["teacher"]["seed"], teacher_path="../teacher.pt",
             norm_means=b["means"], learn_biases=b["learn"], bias_adam_eps=b["adam_eps"] or None,
-            average_from=stage["averaging"]["from_epoch"])
+            average_from=stage["averaging"]["from_epoch"], family=stage["model"]["family"],
+            graded_threshold=stage["graded"]["threshold"])
     except ValueError as exc:
         raise AllnetError(f"{where}: {exc}") from exc
     root = d["root"]

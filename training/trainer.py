@@ -31,6 +31,7 @@ from lava_allnet import fixed_point as fx
 from lava_allnet.config import ModelConfig
 from lava_allnet.frontend import FrontEnd
 from lava_allnet.data import images as di
+from lava_allnet.graded import GradedNetwork
 from lava_allnet.errors import AllnetError, DataError
 from lava_allnet.model import Network, build_model, synced_batch_norm
 from training import augment, distributed, features
@@ -629,7 +630,12 @@ def train(
             run_dir / "config.json",
         )
         save_json(list(data.class_names), run_dir / "classes.json")
-    trainer = Trainer(run_dir, model_cfg, train_cfg, data, dev, console, resume, fast, show_progress)
+    if train_cfg.family == "graded":
+        from training.graded import GradedTrainer
+
+        trainer: Trainer = GradedTrainer(run_dir, model_cfg, train_cfg, data, dev, console, resume, fast, show_progress)
+    else:
+        trainer = Trainer(run_dir, model_cfg, train_cfg, data, dev, console, resume, fast, show_progress)
     trainer.setup()
     return trainer.fit(stop_after_batches)
 
@@ -668,10 +674,15 @@ def read_best(run_dir: str | Path) -> tuple[dict, ModelConfig]:
         raise AllnetError(f"{best}: cannot load checkpoint ({type(exc).__name__}: {exc})") from exc
 
 
-def load_trained(run_dir: str | Path) -> Network:
-    """The best model of a run directory (for export)."""
+def load_trained(run_dir: str | Path) -> Network | GradedNetwork:
+    """The best model of a run directory (for export): a spiking Network, or a graded stage's
+    integer network."""
     ck, cfg = read_best(run_dir)
     try:
+        if ck.get("graded"):
+            from training.graded import load_best
+
+            return load_best(ck, cfg)
         net = build_model(cfg)
         net.load_state_dict(ck["model"])
     except AllnetError:

@@ -70,7 +70,8 @@ class StageCounters(AbstractProcess):
       counts[i, n, j]   messages in step j of sample n's window
       weighted[i, n, j] the same messages weighted by ``weights[i]`` (fan-out → synaptic ops)
       active[i, n]      neurons that sent at least one message in sample n's window
-    and neurons[n, k] counts per neuron of stage ``per_neuron`` (the output layer).
+    and neurons[n, k] sums per neuron of stage ``per_neuron`` (the output layer): spike counts, or a
+    graded read-out's message values.
 
     record_dir: also write every message value of every stage, per sample and window step, to
     ``record_dir/stage{i}.npy`` (int32, shape (num_samples, steps, neurons), created beforehand,
@@ -152,8 +153,8 @@ class _StageCountersModelBase(PyLoihiProcessModel):
             w = self._weights[i]
             if w is not None:
                 self.weighted[i, n, j] += int(w[nz].sum())
-            if i == self._per_neuron:
-                self.neurons[n] += nz.reshape(-1)
+            if i == self._per_neuron:  # spike counts, or a graded read-out's message values
+                self.neurons[n] += msg.reshape(-1)
 
 
 def create_recordings(record_dir: str, shapes: list[tuple[int, ...]], num_samples: int, steps: int) -> list[str]:
