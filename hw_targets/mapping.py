@@ -59,7 +59,7 @@ def map_network(spec: nf.NetworkSpec, target: dict[str, Any]) -> dict[str, Any]:
         if isinstance(layer, nf.SESpec):
             graded_in = True
         elif isinstance(layer, (nf.ConvSpec, nf.DenseSpec)):
-            graded_in = False
+            graded_in = spec.graded  # a graded network's layers all send graded messages
             prev_shape = layer.shape
     chip = target["chip"]
     totals = analysis.totals(analysis.layer_stats(spec))

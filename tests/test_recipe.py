@@ -35,14 +35,21 @@ def test_train_help_lists_at_most_twelve_options():
 
 
 def test_shipped_recipes_resolve_and_the_aria_recipe_has_the_shipped_models_stages():
-    for name in ("demo", "neurallnet-aria", "neurallnet-aria-v2"):
+    for name in ("demo", "neurallnet-aria", "neurallnet-aria-v2", "neurallnet-aria-v2-spiking"):
         r = rc.load(ROOT / "recipes" / f"{name}.toml")
         assert r["name"] == name
-    v2 = rc.compile_stage(rc.load(ROOT / "recipes" / "neurallnet-aria-v2.toml")["stages"][1], 2, run_dir=Path("/r"),
-                          previous=Path("/r/1"))[1]
+    spiking = rc.load(ROOT / "recipes" / "neurallnet-aria-v2-spiking.toml")
+    v2 = rc.compile_stage(spiking["stages"][1], 2, run_dir=Path("/r"), previous=Path("/r/1"))[1]
     assert v2.rate_layers == ("conv1",) and v2.rate_weight == 1.0 and v2.rate_max == 0.02
+    # the graded v2: one stage from the same teacher (the teacher's keys are the spiking v2's)
+    graded = rc.load(ROOT / "recipes" / "neurallnet-aria-v2.toml")
+    g = rc.compile_stage(graded["stages"][0], 1, run_dir=Path("/r"))[1]
+    assert g.family == "graded" and g.init_teacher and g.graded_threshold == 1.0 and len(graded["stages"]) == 1
+    for key in ("teacher", "augment", "frontend", "data"):
+        assert graded["stages"][0][key] == spiking["stages"][0][key], key
+    assert (g.batch_size, g.seed, g.threads) == (16, 0, 2)
     # conv1's threshold 20 (its biases fit Lava's range); every later layer's as in the default config
-    v2_model = rc.model_config(rc.load(ROOT / "recipes" / "neurallnet-aria-v2.toml")["stages"][0])
+    v2_model = rc.model_config(spiking["stages"][0])
     assert v2_model.layer_thresholds() == {"conv1": 20.0, "conv2": 1.25, "conv3": 1.25, "conv4": 80.0, "conv5": 80.0,
                                            "fc": 80.0}
     aria = rc.load(ROOT / "recipes" / "neurallnet-aria.toml")

@@ -1,0 +1,219 @@
+"""The graded family (NeurALLNet-G): integer semantics, file format, Lava exactness, training."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from lava_allnet.errors import ModelFileError
+from lava_allnet.graded import GradedLayer, GradedNetwork
+from netx import format as nf
+from netx.export import graded_from_spec, spec_from_graded
+
+EXE = str(Path(sys.executable).parent / "lava-allnet")
+CLASSES = ("a", "b", "c", "d")
+
+
+def random_graded(seed: int = 0, side: int = 32) -> GradedNetwork:
+    """Two strided convs and a read-out with random even 8-bit weights; conv1's first channel has a
+    bias that alone passes its threshold (it sends on every image, a blank one included)."""
+    rng = np.random.default_rng(seed)
+
+    def w(*shape):
+        return 2 * rng.integers(-127, 128, shape)
+
+    c1 = GradedLayer("conv1", "conv", w(6, 3, 3, 3), rng.integers(-3000, 3000, 6), 8, 3, 2, 1)
+    c1.bias[0] = 40 << 8
+    c2 = GradedLayer("conv2", "conv", w(8, 6, 3, 3), rng.integers(-500, 500, 8), 10, 2, 2, 1)
+    n_in = 8 * (side // 4) ** 2
+    fc = GradedLayer("fc", "dense", w(4, n_in), rng.integers(-100, 100, 4), 0, 0)
+    return GradedNetwork([c1, c2, fc], (3, side, side), CLASSES)
+
+
+def numpy_reference(net: GradedNetwork, images: np.ndarray) -> list[np.ndarray]:
+    """Every layer's messages, by the module doc's arithmetic, in int64 numpy (no torch)."""
+    outs, m = [], images.astype(np.int64)
+    for l in net.layers:
+        w, b = np.asarray(l.weight, np.int64), np.asarray(l.bias, np.int64)
+        if l.kind == "conv":
+            p, s, k = l.padding, l.stride, w.shape[-1]
+            x = np.pad(m, ((0, 0), (0, 0), (p, p), (p, p)))
+            oh = (x.shape[2] - k) // s + 1
+            acc = np.zeros((m.shape[0], w.shape[0], oh, oh), np.int64)
+            for i in range(k):
+                for j in range(k):
+                    patch = x[:, :, i:i + s * oh:s, j:j + s * oh:s]
+                    acc += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+            acc += b[None, :, None, None]
+        else:
+            acc = m.reshape(len(m), -1) @ w.T + b
+        q = acc >> l.shift  # arithmetic: floor, also below zero
+        m = q if l.vth == 0 else np.where(q >= l.vth, q, 0)
+        outs.append(m)
+    return outs
+
+
+@pytest.fixture(scope="module")
+def images(synth_images) -> np.ndarray:
+    return synth_images[0][:6]
+
+
+@pytest.fixture(scope="module")
+def graded_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("graded") / "g.net"
+    nf.write(spec_from_graded(random_graded()), path)
+    return path
+
+
+def test_the_torch_network_is_the_integer_arithmetic_value_for_value(images):
+    net = random_graded()
+    ref = numpy_reference(net, images)
+    with torch.no_grad():
+        out = net(net.encode(torch.from_numpy(images)), record=True, keep=("conv1", "conv2", "fc"))
+    for l, r in zip(net.layers, ref):
+        got = out.activations[l.name][:, 0].numpy()
+        assert np.array_equal(got, r), l.name
+        if l.vth:
+            assert (r > 0).any() and (r == 0).any() and r.min() == 0  # some sent, some held back, none negative
+    assert (ref[-1] < 0).any()  # the read-out is signed
+    assert np.array_equal(out.class_counts.numpy(), ref[-1]) and out.overflow == 0
+    assert np.array_equal(out.stage_steps["conv1"][:, 0].numpy(), (ref[0] != 0).reshape(len(images), -1).sum(1))
+
+
+def test_the_file_round_trips_and_refuses_what_a_graded_network_cannot_be(graded_file, tmp_path):
+    spec = nf.read(graded_file)
+    assert spec.graded and spec.format_version == 4 and spec.time_steps == 1
+    back = graded_from_spec(spec)
+    for a, b in zip(random_graded().layers, back.layers):
+        assert np.array_equal(a.weight, b.weight) and np.array_equal(a.bias, b.bias)
+        assert (a.shift, a.vth, a.stride, a.padding) == (b.shift, b.vth, b.stride, b.padding)
+
+    def broken(edit) -> str:
+        p = tmp_path / f"b{len(list(tmp_path.iterdir()))}.net"
+        p.write_bytes(graded_file.read_bytes())
+        with h5py.File(p, "r+") as f:
+            edit(f)
+        with pytest.raises(ModelFileError) as exc:
+            nf.read(p)
+        return str(exc.value)
+
+    assert "needs format version 4" in broken(lambda f: f.attrs.__setitem__("format_version", 3))
+    assert "time_steps 1" in broken(lambda f: f.attrs.__setitem__("time_steps", 4))
+
+    def cuba(f):
+        ng = f["layer/2/neuron"]
+        for k in list(ng):
+            del ng[k]
+        ng.create_dataset("type", (1,), "S10", [b"CUBA"])
+        for k, v in (("iDecay", 1024), ("vDecay", 128), ("vThMant", 80)):
+            ng.create_dataset(k, data=np.int64(v))
+    assert "layer 2 (conv): a CUBA neuron in a graded network" in broken(cuba)
+
+    def bad_vth(f):
+        del f["layer/1/neuron/vth"]
+        f["layer/1/neuron"].create_dataset("vth", data=np.int64(0))
+    assert "layer 1 (conv): field 'vth'=0" in broken(bad_vth)
+
+    def big_bias(f):
+        b = f["layer/1/bias"][()].astype(np.int64)
+        b[0] = 1 << 23
+        del f["layer/1/bias"]
+        f["layer/1"].create_dataset("bias", data=b)
+    assert "field 'bias' has values outside" in broken(big_bias)
+    with pytest.raises(ModelFileError, match="one step per image"):
+        nf.retimed(spec, 4)
+
+
+def test_lava_runs_it_value_for_value_and_profile_counts_one_pass(graded_file, images, tmp_path):
+    from hw_targets.verify import verify
+
+    spec = nf.read(graded_file)
+    report = verify(spec, images, chunk=3)
+    assert report["identical"], report["first_difference"]
+    rows = {r["layer"]: r for r in report["layers"]}
+    assert rows["conv1"]["reference_messages"] > 0 and rows["fc"]["equal"]
+
+    img = tmp_path / "one.png"
+    from PIL import Image
+
+    Image.fromarray(images[0].transpose(1, 2, 0)).save(img)
+    r = subprocess.run([EXE, "profile", str(graded_file), str(img), "--backend", "sim", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    layers = {l["layer"]: l for l in json.loads(r.stdout)["means"]["layers"]}
+    # the input costs one pass: each non-zero pixel once, times its fan-out into conv1
+    from netx.analysis import stage_fanouts
+
+    fan = stage_fanouts(spec)["input"]
+    x = np.asarray(images[0], np.int64)
+    assert layers["input"]["synaptic_ops"] == int(fan[x != 0].sum())
+    assert layers["conv1"]["neuron_updates"] == 6 * 16 * 16  # each neuron once per image
+
+
+def test_grad_cam_runs_through_the_integer_network(graded_file, images):
+    from lava_allnet.evaluation import grad_cam
+
+    net = graded_from_spec(nf.read(graded_file))
+    cam = grad_cam(net, images[0], layer="conv1")
+    assert cam["cam"].shape == images[0].shape[1:] and 0.5 < cam["cam"].max() <= 1.0 and cam["cam"].std() > 0
+    assert cam["gradient_norm"] > 0
+
+
+GRADED_RECIPE = """
+name = "g"
+[data]
+root = "{root}"
+val_fraction = 0.25
+[model]
+name = "neurallnet-demo"
+input_size = 32
+family = "graded"
+[augment]
+noise = 4.0
+[schedule]
+epochs = 2
+batch_size = 8
+lr = 1e-3
+threads = 1
+init = "teacher"
+[teacher]
+epochs = 1
+"""
+
+
+def test_a_graded_recipe_trains_exports_and_resumes_exactly(synth_dir, tmp_path):
+    from training import recipe
+
+    path = tmp_path / "g.toml"
+    path.write_text(GRADED_RECIPE.format(root=synth_dir))
+    whole = recipe.run(recipe.load(path), tmp_path / "whole", show_progress=False)
+    spec = nf.read(whole["model"])
+    assert spec.graded and spec.frontend.name == "none"
+    stopped = recipe.run(recipe.load(path), tmp_path / "cut", show_progress=False, stop_after_batches=4)
+    assert stopped.get("stopped")
+    done = recipe.run(recipe.read_run_recipe(tmp_path / "cut"), tmp_path / "cut", resume=True, show_progress=False)
+    assert Path(done["model"]).read_bytes() == Path(whole["model"]).read_bytes()
+    rows = json.loads((tmp_path / "whole" / "1-train" / "metrics.json").read_text())
+    assert rows["family"] == "graded" and len(rows["history"]) == 2
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["schedule.init=scratch"], 'set schedule.init = "teacher"'),
+    (["losses.rate.weight=1.0"], "losses.rate.weight apply to the spiking network only"),
+    (["model.family=analog"], "model.family 'analog'"),
+    (["graded.threshold=0"], "graded.threshold 0.0: must be above 0"),
+])
+def test_graded_recipe_errors_name_the_key(synth_dir, tmp_path, sets, message):
+    from lava_allnet.errors import AllnetError
+    from training import recipe
+
+    path = tmp_path / "g.toml"
+    path.write_text(GRADED_RECIPE.format(root=synth_dir))
+    with pytest.raises(AllnetError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        recipe.load(path, sets)
