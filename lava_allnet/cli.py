@@ -385,7 +385,7 @@ def run(
     out_file: Optional[Path] = typer.Option(None, "--out", help="Also write the per-image results as they are computed: CSV (path, label, prediction, correct, confidence, abstain, out_of_distribution, ood_score, p_<class>, spikes_<class>) or, for a .jsonl name, JSON Lines with every field. An interrupted run keeps what was written."),
     resume: bool = typer.Option(False, "--resume", help="Continue the --out file of an interrupted run: skip the images it already holds, then report on all."),
 ) -> None:
-    """Classify images: predicted class, output spikes per class and spikes per layer for each image; with a calibrated model, probabilities, confidence, abstention and the out-of-distribution warning."""
+    """Classify images: predicted class, output spikes per class (a graded model: its class scores) and spikes or messages per layer for each image; with a calibrated model, probabilities, confidence, abstention and the out-of-distribution warning."""
     from hw_targets.backends import check_backend
 
     backend = backend.value
@@ -666,7 +666,7 @@ def calibrate(
     backend: EvaluateBackend = typer.Option(EvaluateBackend.torch, "--backend", "-b", help="torch or sim: identical counts, so identical calibrations; " + SPEED_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
 ) -> None:
-    """Fit probabilities (a temperature on the output spike counts), an abstention threshold and an out-of-distribution warning; write them into a copy of the model."""
+    """Fit probabilities (a temperature on the output spike counts, or a graded model's class scores), an abstention threshold and an out-of-distribution warning; write them into a copy of the model."""
     with _Bars() as bars:
         report = api.calibrate(model_file, data_dir, split, out_file, target_accuracy, ood_quantile, backend.value,
                                progress=bars)
@@ -754,7 +754,7 @@ def explain(
     class_name: Optional[str] = typer.Option(None, "--class", help="Explain this class instead of the predicted one."),
     exposure: bool = typer.Option(False, "--normalize-exposure", help=EXPOSURE_HELP),
 ) -> None:
-    """Grad-CAM through the surrogate gradients: where the network looked for the predicted class."""
+    """Grad-CAM through the surrogate gradients (a graded model: straight through its rounding): where the network looked for the predicted class."""
     from lava_allnet.data.images import load_image, normalize_exposure
     from lava_allnet.evaluation import grad_cam, save_cam_png
     from netx.export import network_from_spec
