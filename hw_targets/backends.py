@@ -168,6 +168,11 @@ def get_backend(name: str, spec: nf.NetworkSpec, workers: int = 1, fast: bool = 
     if name == "sim":
         return SimBackend(spec, fast=fast, workers=workers)
     if name == "sim-float":
+        if spec.graded:
+            from lava_allnet.errors import AllnetError
+
+            raise AllnetError("backend 'sim-float': a graded model is integer arithmetic throughout; use 'sim' "
+                              "(bit-accurate) or 'torch'")
         return SimBackend(spec, float_mode=True, fast=fast, workers=workers)
     check_backend(name)
     return Loihi2Backend(spec)

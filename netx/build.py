@@ -34,6 +34,7 @@ from lava.proc.prodneuron.process import ProdNeuron
 from lava.proc.sparse.process import Sparse
 
 from lava_allnet import fixed_point as fx
+from lava_allnet.errors import AllnetError
 from netx import format as nf
 from netx.lava_procs.graded import GradedNeuron
 from netx.lava_procs.se_gate import SEGate
@@ -185,7 +186,8 @@ def build(
     if fused_se and float_mode:
         raise ValueError("fused_se: the fused SE gate is fixed point")
     if spec.graded and float_mode:
-        raise ValueError("a graded network is integer arithmetic: run it on the fixed-point simulator")
+        raise AllnetError("a graded model is integer arithmetic throughout: the floating-point simulator does not "
+                          "run it (use the fixed-point simulator, 'sim')")
     b = _Builder(spec, spec.time_steps, reset, float_mode)
     c, h, w = spec.input.shape
     src = b.add(ImageSource(path=str(frames_path), shape=(w, h, c), num_samples=num_samples, steps=spec.time_steps,

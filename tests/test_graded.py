@@ -217,3 +217,11 @@ def test_graded_recipe_errors_name_the_key(synth_dir, tmp_path, sets, message):
     path.write_text(GRADED_RECIPE.format(root=synth_dir))
     with pytest.raises(AllnetError, match=message.replace("(", r"\(").replace(".", r"\.")):
         recipe.load(path, sets)
+
+
+def test_the_float_simulator_refuses_a_graded_model_in_one_line(graded_file, synth_images):
+    img = str(synth_images[1][0])
+    for args in (["run", str(graded_file), img, "--backend", "sim-float"], ["verify", str(graded_file), img, "--sim-float"]):
+        r = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and "graded model is integer" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
