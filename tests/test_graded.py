@@ -223,5 +223,5 @@ def test_the_float_simulator_refuses_a_graded_model_in_one_line(graded_file, syn
     img = str(synth_images[1][0])
     for args in (["run", str(graded_file), img, "--backend", "sim-float"], ["verify", str(graded_file), img, "--sim-float"]):
         r = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=300)
-        assert r.returncode == 2 and r.stderr.startswith("error: ") and "graded model is integer" in r.stderr, r.stderr
+        assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and "graded model is integer" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
