@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Callable
 
 import numpy as np
 import torch
@@ -59,38 +58,6 @@ def calibrate(teacher, x: torch.Tensor, threshold: float) -> Quant:
         step = float(torch.quantile(a.flatten()[::7], 0.999)) / 255
         out.append((step, max(threshold * float(a[a > 0].mean()), step / 2)))
     return out
-
-
-def fine_tune(teacher, frontend: FrontEnd, images: torch.Tensor, labels: torch.Tensor, quant: Quant, epochs: int,
-              lr: float, photometric: augment.Photometric, seed: int = 0, batch_size: int = 16,
-              log: Callable[[str], None] = print) -> list[dict]:
-    """Train the teacher in place through the held quantiser (Adam, one-cycle), under flips and
-    rotations and the photometric augmentation; returns per-epoch {loss, accuracy} on the batches."""
-    opt = torch.optim.Adam(teacher.parameters(), lr=lr)
-    steps = (len(images) + batch_size - 1) // batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(1, epochs * steps))
-    history = []
-    for epoch in range(epochs):
-        teacher.train()
-        g = torch.Generator().manual_seed(seed * 1000 + epoch)
-        perm = torch.randperm(len(images), generator=g)
-        total = correct = 0.0
-        for b in range(steps):
-            idx = perm[b * batch_size:(b + 1) * batch_size]
-            x = photometric(augment.augment_batch(images[idx], g, strength=0.0), g)
-            logits, _ = forward(teacher, torch.from_numpy(frontend.apply(x.numpy())), quant)
-            loss = F.cross_entropy(logits, labels[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-            correct += float((logits.argmax(1) == labels[idx]).sum())
-        history.append({"epoch": epoch + 1, "loss": total / len(images), "accuracy": correct / len(images)})
-        log(f"graded fine-tune epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f}, "
-            f"batch accuracy {history[-1]['accuracy']:.3f}")
-    teacher.eval()
-    return history
 
 
 def _folded(teacher) -> list[tuple[torch.nn.Module, int, int]]:
