@@ -154,7 +154,7 @@ class _StageCountersModelBase(PyLoihiProcessModel):
             if w is not None:
                 self.weighted[i, n, j] += int(w[nz].sum())
             if i == self._per_neuron:  # spike counts, or a graded read-out's message values
-                self.neurons[n] += msg.reshape(-1)
+                self.neurons[n] += msg.reshape(-1).astype(np.int64)
 
 
 def create_recordings(record_dir: str, shapes: list[tuple[int, ...]], num_samples: int, steps: int) -> list[str]:
