@@ -197,6 +197,11 @@ def train(
             raise AllnetError(f"{resume}: a single-stage run directory has no recipe.toml to print")
         sys.stdout.write(rc.to_toml(resolved))
         return
+    graded = [st["name"] for st in (resolved or {}).get("stages", []) if st["model"]["family"] == "graded"]
+    if graded and (nproc > 1 or distributed.launched()):
+        raise AllnetError(f"stage {graded[0]!r} is graded: a graded stage trains in one process (its batch norm takes "
+                          "each batch's own statistics, which data-parallel ranks would split); run without --nproc "
+                          "or torchrun")
     if nproc > 1:
         args = (["--resume", str(resume)] if resume is not None else
                 ["--recipe", str(recipe), *[a for s in sets for a in ("--set", s)], "--out", str(run_dir)])

@@ -227,3 +227,20 @@ def test_the_float_simulator_refuses_a_graded_model_in_one_line(graded_file, syn
         r = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and "graded model is integer" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_graded_recipe_is_refused_for_data_parallel_training_and_soups(synth_dir, tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(GRADED_RECIPE.format(root=synth_dir))
+    r = subprocess.run([EXE, "train", "--recipe", str(path), "--nproc", "2", "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "a graded stage trains in one process" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+    from lava_allnet.errors import AllnetError
+    from training import recipe
+    from training.soup import soup
+
+    for name in ("one", "two"):
+        recipe.run(recipe.load(path, ["schedule.epochs=1"]), tmp_path / name, show_progress=False)
+    with pytest.raises(AllnetError, match="a graded run"):
+        soup([tmp_path / "one", tmp_path / "two"], tmp_path / "soup")

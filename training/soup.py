@@ -28,6 +28,9 @@ SPLIT_KEYS = ("train", "val", "test")
 
 def _read_run(run_dir: Path) -> dict:
     ck, cfg = read_best(run_dir)
+    if ck.get("graded"):
+        raise AllnetError(f"{run_dir}: a graded run (its message steps are calibrated per run, so weights from "
+                          "several runs do not average into one network); soup takes spiking runs")
     try:
         split = None
         if (run_dir / "split.json").is_file():

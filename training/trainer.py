@@ -633,6 +633,10 @@ def train(
     if train_cfg.family == "graded":
         from training.graded import GradedTrainer
 
+        if distributed.get() is not None:
+            raise AllnetError("a graded stage trains in one process (its batch norm takes each batch's own "
+                              "statistics, which data-parallel ranks would split); run it without --nproc or torchrun")
+
         trainer: Trainer = GradedTrainer(run_dir, model_cfg, train_cfg, data, dev, console, resume, fast, show_progress)
     else:
         trainer = Trainer(run_dir, model_cfg, train_cfg, data, dev, console, resume, fast, show_progress)
