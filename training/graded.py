@@ -22,13 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from lava_allnet.config import ModelConfig
 from lava_allnet.frontend import FrontEnd
-from lava_allnet.graded import STATE_LIMIT, GradedLayer, GradedNetwork
-
-LEVELS = 127  # weight levels a side: Loihi's 8-bit weights are even mantissas 2k, |k| <= 127
+from lava_allnet.graded import GradedLayer, GradedNetwork
 from training import augment
+from training.checkpoint import load_torch, save_json, save_torch
+from training.distill import Teacher
 from training.trainer import Trainer, _gen
 
+LEVELS = 127  # weight levels a side: Loihi's 8-bit weights are even mantissas 2k, |k| <= 127
 Quant = list[tuple[float, float]]  # per hidden layer: (message step, threshold), in the teacher's units
 
 
@@ -81,8 +83,8 @@ def integer_network(teacher, quant: Quant, class_names: tuple[str, ...], input_s
     8-bit mantissas (w_step = max|W| / 127); the accumulator's unit u = w_step / 2 · s_in; the shift the power of two
     nearest step_k / u (so the message step becomes u · 2**shift, within √2 of the calibrated one);
     the bias b / u rounded, plus half a message step (the floor of the shift then rounds to nearest);
-    vth the calibrated threshold in message steps (at least 1). The read-out keeps shift 0 unless its
-    accumulator would leave 24 bits on a full-scale input.
+    vth the calibrated threshold in message steps (at least 1). The read-out keeps shift 0: its
+    class scores are its accumulators. (``GradedLayer`` refuses a bias outside the 24-bit state.)
     """
     folded = _folded(teacher)
     if len(folded) != len(quant) + 1:
@@ -106,10 +108,13 @@ def integer_network(teacher, quant: Quant, class_names: tuple[str, ...], input_s
         name = "fc" if last else f"conv{k + 1}"
         layers.append(GradedLayer(name, "dense" if last else "conv", w_int, bias, shift, vth, stride, padding))
         s_in = unit * 2**shift
-    net = GradedNetwork(layers, input_shape, class_names, frontend)
-    if any(abs(int(b)) >= STATE_LIMIT for l in layers for b in l.bias):
-        raise ValueError("a bias leaves the 24-bit state")
-    return net
+    return GradedNetwork(layers, input_shape, class_names, frontend)
+
+
+def integer_of(teacher, quant: Quant, cfg: ModelConfig) -> GradedNetwork:
+    """:func:`integer_network` with the classes, input shape and front end of a model config."""
+    return integer_network(teacher, [tuple(q) for q in quant], tuple(cfg.class_names),
+                           (cfg.in_channels, cfg.input_size, cfg.input_size), FrontEnd.from_json(cfg.frontend))
 
 
 # ------------------------------------------------------------------ the recipe stage (model.family = "graded")
@@ -135,8 +140,6 @@ class GradedTrainer(Trainer):
         self.sched = torch.optim.lr_scheduler.OneCycleLR(
             self.opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * self.batches_per_epoch))
         if self.resuming and self.ckpt_path.exists():
-            from training.checkpoint import load_torch
-
             ck = load_torch(self.ckpt_path)
             self.net.load_state_dict(ck["model"])
             self.opt.load_state_dict(ck["optimizer"])
@@ -148,8 +151,6 @@ class GradedTrainer(Trainer):
                 f"conv{k} step {s:.4f} threshold {t:.3f}" for k, (s, t) in enumerate(self.quant, start=1)))
 
     def checkpoint(self) -> None:
-        from training.checkpoint import save_torch
-
         save_torch({"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
                     "scheduler": self.sched.state_dict(), "state": self.state, "quant": self.quant}, self.ckpt_path)
 
@@ -185,17 +186,12 @@ class GradedTrainer(Trainer):
                 return True
         return False
 
-    def integer(self) -> GradedNetwork:
-        return integer_network(self.net, self.quant, tuple(self.model_cfg.class_names),
-                               (self.model_cfg.in_channels, self.model_cfg.input_size, self.model_cfg.input_size),
-                               FrontEnd.from_json(self.model_cfg.frontend))
-
     @torch.no_grad()
     def validate(self, model=None) -> dict:
         """The integer network's validation accuracy; the quantised model's cross-entropy."""
         self.net.eval()
         idx = self.val_idx
-        net = self.integer()
+        net = integer_of(self.net, self.quant, self.model_cfg)
         correct, loss_sum = 0, 0.0
         for i in range(0, len(idx), 64):
             x = self.images[idx[i:i + 64]].to(self.device)
@@ -206,8 +202,6 @@ class GradedTrainer(Trainer):
         return {"accuracy": correct / n, "loss": loss_sum / n}
 
     def end_epoch(self) -> dict:
-        from training.checkpoint import save_json, save_torch
-
         state, part = self.state, self.state["partial"]
         val = self.validate()
         row = {"epoch": state["epoch"] + 1, "train_loss": part["loss"] / max(1, part["seen"]),
@@ -234,12 +228,8 @@ class GradedTrainer(Trainer):
                 "skipped_images": [str(p) for p, _ in self.data.skipped]}
 
 
-def load_best(ck: dict, cfg) -> GradedNetwork:
+def load_best(ck: dict, cfg: ModelConfig) -> GradedNetwork:
     """The integer network of a graded stage's ``best.pt`` (see :class:`GradedTrainer`)."""
-    from training.distill import Teacher
-
     teacher = Teacher(cfg)
     teacher.load_state_dict(ck["model"])
-    teacher.eval()
-    return integer_network(teacher, [tuple(q) for q in ck["quant"]], tuple(cfg.class_names),
-                           (cfg.in_channels, cfg.input_size, cfg.input_size), FrontEnd.from_json(cfg.frontend))
+    return integer_of(teacher.eval(), ck["quant"], cfg)
