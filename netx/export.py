@@ -88,8 +88,8 @@ def spec_from_network(net: Network) -> nf.NetworkSpec:
     return nf.NetworkSpec(layers, net.class_names, net.time_steps, net.population, config, frontend=net.frontend)
 
 
-def spec_from_graded(net: GradedNetwork, model_config: dict | None = None) -> nf.NetworkSpec:
-    """The file description of a graded network (format version 4)."""
+def spec_from_graded(net: GradedNetwork) -> nf.NetworkSpec:
+    """The file description of a graded network (format version 4; its training config, if it has one)."""
     c, h, w = net.input_shape
     layers: list[nf.LayerSpec] = [nf.InputSpec((c, h, w), 8, send_once=True)]
     shape: tuple[int, ...] = (c, h, w)
@@ -110,7 +110,8 @@ def spec_from_graded(net: GradedNetwork, model_config: dict | None = None) -> nf
             layers.append(nf.DenseSpec((weight.shape[0],), weight, neuron, bits, name=l.name, bias=bias))
             shape = (weight.shape[0],)
         bits = 24  # graded messages: Loihi 2's 24-bit payload
-    return nf.NetworkSpec(layers, net.class_names, 1, 1, model_config, frontend=net.frontend)
+    config = net.config.to_dict() if getattr(net, "config", None) is not None else None
+    return nf.NetworkSpec(layers, net.class_names, 1, 1, config, frontend=net.frontend)
 
 
 def graded_from_spec(spec: nf.NetworkSpec) -> GradedNetwork:

@@ -228,7 +228,7 @@ def test_the_float_simulator_refuses_a_graded_model_in_one_line(graded_file, syn
         assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_a_graded_recipe_is_refused_for_data_parallel_training_and_soups(synth_dir, tmp_path):
+def test_a_graded_model_is_refused_for_data_parallel_training_soups_and_spiking_inits(synth_dir, tmp_path):
     path = tmp_path / "g.toml"
     path.write_text(GRADED_RECIPE.format(root=synth_dir))
     r = subprocess.run([EXE, "train", "--recipe", str(path), "--nproc", "2", "--out", str(tmp_path / "run")],
@@ -243,3 +243,9 @@ def test_a_graded_recipe_is_refused_for_data_parallel_training_and_soups(synth_d
         recipe.run(recipe.load(path, ["schedule.epochs=1"]), tmp_path / name, show_progress=False)
     with pytest.raises(AllnetError, match="a graded run"):
         soup([tmp_path / "one", tmp_path / "two"], tmp_path / "soup")
+    # nor can a spiking stage start from a graded model, file or checkpoint
+    assert nf.read(tmp_path / "one" / "model.net").model_config["name"] == "neurallnet-demo"
+    for init in (tmp_path / "one" / "model.net", tmp_path / "one" / "1-train" / "best.pt"):
+        sets = ["model.family=spiking", f"schedule.init={json.dumps(str(init))}"]
+        with pytest.raises(AllnetError, match="a spiking stage cannot start from it"):
+            recipe.run(recipe.load(path, sets), tmp_path / f"s{init.suffix}", show_progress=False)

@@ -112,9 +112,12 @@ def integer_network(teacher, quant: Quant, class_names: tuple[str, ...], input_s
 
 
 def integer_of(teacher, quant: Quant, cfg: ModelConfig) -> GradedNetwork:
-    """:func:`integer_network` with the classes, input shape and front end of a model config."""
-    return integer_network(teacher, [tuple(q) for q in quant], tuple(cfg.class_names),
-                           (cfg.in_channels, cfg.input_size, cfg.input_size), FrontEnd.from_json(cfg.frontend))
+    """:func:`integer_network` with the classes, input shape and front end of a model config (kept as
+    ``config``, which the model file records)."""
+    net = integer_network(teacher, [tuple(q) for q in quant], tuple(cfg.class_names),
+                          (cfg.in_channels, cfg.input_size, cfg.input_size), FrontEnd.from_json(cfg.frontend))
+    net.config = cfg
+    return net
 
 
 # ------------------------------------------------------------------ the recipe stage (model.family = "graded")

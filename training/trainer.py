@@ -167,6 +167,8 @@ def initial_weights(path: Path, model_cfg: ModelConfig, console=None) -> dict[st
         from netx.export import network_from_spec
 
         spec = nf.read(path)
+        if spec.graded:
+            raise AllnetError(f"{path}: a graded model; a spiking stage cannot start from it")
         if spec.model_config:
             # shapes are checked by load_state_dict; name the config fields that differ (e.g. T)
             ours, theirs = json.loads(json.dumps(model_cfg.to_dict())), spec.model_config  # tuples → lists
@@ -177,6 +179,8 @@ def initial_weights(path: Path, model_cfg: ModelConfig, console=None) -> dict[st
         thresholds = {l.name: l.neuron.threshold for l in spec.layers if hasattr(l, "neuron")}
         return rescale_to_gains(init.state_dict(), thresholds, model_cfg, console)
     ck = load_torch(path)
+    if ck.get("graded"):
+        raise AllnetError(f"{path}: a graded stage's checkpoint; a spiking stage cannot start from it")
     if "config" in ck:  # best.pt
         init_cfg = ModelConfig.from_dict(ck["config"])
     elif (path.parent / "config.json").is_file():  # a checkpoint.pt: its run's config
@@ -326,6 +330,8 @@ class Trainer:
         if cfg.init_from and not self.resuming:
             try:
                 self.net.load_state_dict(initial_weights(Path(cfg.init_from), self.model_cfg, self.console))
+            except AllnetError:
+                raise
             except Exception as exc:
                 raise AllnetError(f"{cfg.init_from}: cannot start from this checkpoint ({type(exc).__name__}: {exc})") from exc
             self.console.print(f"starting from {cfg.init_from}")
