@@ -8,6 +8,13 @@ per image (Reinhard in RGB to the training average), and the same images from ``
 Test images are never read.
 
     python research/probe_frontend.py --frontend anchor --augment robust --epochs 8
+
+``--frontend dark-reinhard`` (research only, not a product front end): Reinhard's per-channel mean and
+std equalisation taken over each channel's darkest ``--dark`` percent of pixels (the cells, which do
+not clip until far brighter exposures than the background), then, with ``--clip``, every output
+above a fixed ceiling set to it: the level the camera's 255 reaches in the normalised image at gain
+``--clip`` (the 10th percentile over the training images), so the clipped background looks alike at
+every gain up to that one. ``--augment v2`` is the v2 recipe's augmentation.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -33,9 +41,40 @@ AUGMENTS = {
                                   blur=1.2, occlusion=0.15, background=0.5),
     "exposure-bg": augment.Photometric(gain=(0.5, 1.4), background=0.5),
     "exposure": augment.Photometric(gain=(0.5, 1.4)),
+    "v2": augment.Photometric(gain=(0.5, 1.4), contrast=0.1, stain=0.05, noise=8.0, blur=1.0, occlusion=0.15),
     "robust-nohue": augment.Photometric(gain=(0.5, 1.4), gamma=(0.8, 1.25), contrast=0.2, stain=0.1, noise=10.0,
                                         blur=1.2, occlusion=0.15, background=0.5),
 }
+
+
+class DarkReinhard:
+    """The research front end of ``--frontend dark-reinhard`` (module doc); numpy, float, not integer-exact."""
+
+    def __init__(self, dark: float = 20.0, clip_gain: float = 0.0) -> None:
+        self.dark, self.clip_gain = dark, clip_gain
+        self.ref = np.zeros(6)
+        self.ceiling = np.full(3, 255.0)
+
+    def _stats(self, x: np.ndarray) -> np.ndarray:
+        v = np.sort(x.reshape(len(x), x.shape[1], -1).astype(np.float64), axis=-1)
+        v = v[..., : max(2, int(v.shape[-1] * self.dark / 100))]
+        return np.concatenate([v.mean(-1), np.maximum(v.std(-1), 1.0)], axis=1)
+
+    def fit(self, x: np.ndarray) -> "DarkReinhard":
+        st = self._stats(x)
+        self.ref = st.mean(0)
+        if self.clip_gain:
+            rm, rs = self.ref[:3], self.ref[3:]
+            top = (255.0 / self.clip_gain - st[:, :3]) * rs / st[:, 3:] + rm  # where 255 lands at that gain
+            self.ceiling = np.percentile(top, 10, axis=0)
+        return self
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        st = self._stats(x)
+        rm, rs = self.ref[:3], self.ref[3:]
+        y = (x.astype(np.float64) - st[:, :3, None, None]) * (rs / st[:, 3:])[:, :, None, None] + rm[None, :, None, None]
+        y = np.minimum(y, self.ceiling[None, :, None, None])
+        return np.clip(np.round(y), 0, 255).astype(np.uint8)
 
 
 def load(folder: str, idx, ds_paths, size=128):
@@ -58,6 +97,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dark", type=float, default=20.0, help="dark-reinhard: the darkest percent of pixels it measures")
+    ap.add_argument("--clip", type=float, default=0.0, help="dark-reinhard: the gain whose clipping it imitates (0: none)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = di.scan_image_folder(DATA / "original")
@@ -65,7 +106,7 @@ def main() -> None:
     xtr, xva = load("original", split["train"], ds.paths), load("original", split["val"], ds.paths)
     ytr, yva = torch.as_tensor(ds.labels[split["train"]]), torch.as_tensor(ds.labels[split["val"]])
     xseg = load("segmented", split["val"], ds.paths)
-    fe = FrontEnd(args.frontend).fit(xtr.numpy())
+    fe = (DarkReinhard(args.dark, args.clip) if args.frontend == "dark-reinhard" else FrontEnd(args.frontend)).fit(xtr.numpy())
     equaliser = FrontEnd("reinhard").fit(xtr.numpy())
     cfg = get_model_config("neurallnet")
     torch.manual_seed(args.seed)
@@ -92,9 +133,10 @@ def main() -> None:
             sched.step()
     gain = lambda x, k: (x.float() * k).round().clamp(0, 255).to(torch.uint8)  # noqa: E731
     res = {
-        "frontend": args.frontend, "augment": args.augment, "epochs": args.epochs, "seconds": round(time.time() - t0),
+        "frontend": args.frontend + (f" dark {args.dark:g} clip {args.clip:g}" if args.frontend == "dark-reinhard" else ""),
+        "augment": args.augment, "epochs": args.epochs, "seconds": round(time.time() - t0),
         "val_clean": accuracy(net, fe, xva, yva),
-        **{f"val_gain_{k}": accuracy(net, fe, gain(xva, k), yva) for k in (0.5, 0.7, 1.3)},
+        **{f"val_gain_{k}": accuracy(net, fe, gain(xva, k), yva) for k in (0.5, 0.7, 1.3, 1.4)},
         "val_equalised": accuracy(net, fe, torch.from_numpy(equaliser.apply(xva.numpy())), yva),
         "val_segmented": accuracy(net, fe, xseg, yva),
     }
