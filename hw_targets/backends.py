@@ -127,10 +127,19 @@ LOIHI2_MISSING = (
 )
 
 
-def check_backend(name: str) -> None:
-    """Fail before any work when a backend is unknown or cannot run here."""
+GRADED_FLOAT = ("backend 'sim-float': a graded model is integer arithmetic throughout; use 'sim' (bit-accurate) "
+                "or 'torch'")
+GRADED_LOIHI2 = ("backend 'loihi2': a graded model's neuron (netx.lava_procs.graded.GradedNeuron) has a CPU process "
+                 "model only; on the chip it needs a Loihi 2 neuron microcode program, which lava-allnet does not have "
+                 "yet. Use '--backend sim' (bit-accurate) and 'lava-allnet map MODEL.net --target loihi2'")
+
+
+def check_backend(name: str, spec: nf.NetworkSpec | None = None) -> None:
+    """Fail before any work when a backend is unknown or cannot run here (or cannot run ``spec``)."""
     if name not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if spec is not None and spec.graded and name in ("sim-float", "loihi2"):
+        raise BackendUnavailable(GRADED_FLOAT if name == "sim-float" else GRADED_LOIHI2)
     if name == "loihi2" and not loihi2_available():
         raise BackendUnavailable(LOIHI2_MISSING)
 
@@ -142,7 +151,7 @@ class Loihi2Backend(Backend):
 
     def __init__(self, spec: nf.NetworkSpec) -> None:
         super().__init__(spec)
-        check_backend(self.name)
+        check_backend(self.name, spec)
 
     def run(self, images, fanouts=None, progress=None) -> RawRun:  # pragma: no cover - needs hardware
         from hw_targets import sim
@@ -163,16 +172,11 @@ def loihi2_available() -> bool:
 
 
 def get_backend(name: str, spec: nf.NetworkSpec, workers: int = 1, fast: bool = True) -> Backend:
+    check_backend(name, spec)
     if name == "torch":
         return TorchBackend(spec)
     if name == "sim":
         return SimBackend(spec, fast=fast, workers=workers)
     if name == "sim-float":
-        if spec.graded:
-            from lava_allnet.errors import AllnetError
-
-            raise AllnetError("backend 'sim-float': a graded model is integer arithmetic throughout; use 'sim' "
-                              "(bit-accurate) or 'torch'")
         return SimBackend(spec, float_mode=True, fast=fast, workers=workers)
-    check_backend(name)
     return Loihi2Backend(spec)

@@ -143,7 +143,7 @@ class Model:
         from lava_allnet.results_file import ResultsFile
 
         backend = _choice("backend", backend, RUN_BACKENDS)
-        check_backend(backend)
+        check_backend(backend, self.spec)
         if resume and out is None:
             raise AllnetError("resume needs the results file (out) of the run to continue")
         entries = self.entries(items)
@@ -391,8 +391,8 @@ def profile_run(model_or_path: Model | PathLike | None, paths: Iterable[PathLike
 
     backend = _choice("backend", backend, PROFILE_BACKENDS)
     target = _choice("target", target, TARGETS)
-    check_backend(backend)
     model = _model(model_or_path)
+    check_backend(backend, model.spec)
     tgt = hp.load_target(target)
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -486,9 +486,9 @@ def robustness(model_or_path: Model | PathLike | None, data_dir: PathLike, split
     from lava_allnet.result import make_results
 
     backend = _choice("backend", backend, ROBUSTNESS_BACKENDS)
-    check_backend(backend)
     model = _model(model_or_path)
     spec = model.spec
+    check_backend(backend, spec)
     entries = dataset_entries(spec, data_dir, split, subset, limit)
     be = get_backend(backend, spec)
 

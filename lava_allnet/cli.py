@@ -399,9 +399,9 @@ def run(
         raise AllnetError("no images given (usage: lava-allnet run [MODEL.net] PATH...)")
     if resume and out_file is None:
         raise AllnetError("--resume continues the results file given with --out: give --out FILE")
-    check_backend(backend)
     m = api.Model(model_path)
     spec = m.spec
+    check_backend(backend, spec)
     with _Bars() as bars:
         result = m.run(inputs, backend, workers=workers, strict=strict, normalize_exposure=exposure, progress=bars,
                        out=out_file, resume=resume, fast=not stock)

@@ -220,11 +220,13 @@ def test_graded_recipe_errors_name_the_key(synth_dir, tmp_path, sets, message):
         recipe.load(path, sets)
 
 
-def test_the_float_simulator_refuses_a_graded_model_in_one_line(graded_file, synth_images):
+def test_the_float_simulator_and_loihi2_refuse_a_graded_model_in_one_line(graded_file, synth_images):
     img = str(synth_images[1][0])
-    for args in (["run", str(graded_file), img, "--backend", "sim-float"], ["verify", str(graded_file), img, "--sim-float"]):
+    for args, says in ((["run", str(graded_file), img, "--backend", "sim-float"], "graded model is integer"),
+                       (["verify", str(graded_file), img, "--sim-float"], "graded model is integer"),
+                       (["run", str(graded_file), img, "--backend", "loihi2"], "needs a Loihi 2 neuron microcode")):
         r = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=300)
-        assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and "graded model is integer" in r.stderr, r.stderr
+        assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and says in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
 
 
