@@ -127,8 +127,6 @@ LOIHI2_MISSING = (
 )
 
 
-GRADED_FLOAT = ("backend 'sim-float': a graded model is integer arithmetic throughout; use 'sim' (bit-accurate) "
-                "or 'torch'")
 GRADED_LOIHI2 = ("backend 'loihi2': a graded model's neuron (netx.lava_procs.graded.GradedNeuron) has a CPU process "
                  "model only; on the chip it needs a Loihi 2 neuron microcode program, which lava-allnet does not have "
                  "yet. Use '--backend sim' (bit-accurate) and 'lava-allnet map MODEL.net --target loihi2'")
@@ -139,7 +137,7 @@ def check_backend(name: str, spec: nf.NetworkSpec | None = None) -> None:
     if name not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if spec is not None and spec.graded and name in ("sim-float", "loihi2"):
-        raise BackendUnavailable(GRADED_FLOAT if name == "sim-float" else GRADED_LOIHI2)
+        raise BackendUnavailable(f"backend 'sim-float': {nf.GRADED_NO_FLOAT}" if name == "sim-float" else GRADED_LOIHI2)
     if name == "loihi2" and not loihi2_available():
         raise BackendUnavailable(LOIHI2_MISSING)
 

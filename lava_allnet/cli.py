@@ -199,9 +199,9 @@ def train(
         return
     graded = [st["name"] for st in (resolved or {}).get("stages", []) if st["model"]["family"] == "graded"]
     if graded and (nproc > 1 or distributed.launched()):
-        raise AllnetError(f"stage {graded[0]!r} is graded: a graded stage trains in one process (its batch norm takes "
-                          "each batch's own statistics, which data-parallel ranks would split); run without --nproc "
-                          "or torchrun")
+        from training.graded import ONE_PROCESS
+
+        raise AllnetError(f"stage {graded[0]!r} is graded: {ONE_PROCESS}")
     if nproc > 1:
         args = (["--resume", str(resume)] if resume is not None else
                 ["--recipe", str(recipe), *[a for s in sets for a in ("--set", s)], "--out", str(run_dir)])

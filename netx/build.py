@@ -186,8 +186,7 @@ def build(
     if fused_se and float_mode:
         raise ValueError("fused_se: the fused SE gate is fixed point")
     if spec.graded and float_mode:
-        raise AllnetError("a graded model is integer arithmetic throughout: the floating-point simulator does not "
-                          "run it (use the fixed-point simulator, 'sim')")
+        raise AllnetError(nf.GRADED_NO_FLOAT)
     b = _Builder(spec, spec.time_steps, reset, float_mode)
     c, h, w = spec.input.shape
     src = b.add(ImageSource(path=str(frames_path), shape=(w, h, c), num_samples=num_samples, steps=spec.time_steps,

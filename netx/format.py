@@ -82,6 +82,8 @@ class GradedNeuronSpec:
 
 
 GRADED_BIAS_LIMIT = 1 << 23  # a graded layer's bias is a 24-bit signed accumulator value
+GRADED_NO_FLOAT = ("a graded model is integer arithmetic throughout: the floating-point simulator does not run it "
+                   "(use the fixed-point simulator 'sim', or 'torch')")
 
 
 @dataclass

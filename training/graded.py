@@ -25,12 +25,13 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from lava_allnet.config import ModelConfig
 from lava_allnet.frontend import FrontEnd
 from lava_allnet.graded import GradedLayer, GradedNetwork
-from training import augment
 from training.checkpoint import load_torch, save_json, save_torch
 from training.distill import Teacher
 from training.trainer import Trainer, _gen
 
 LEVELS = 127  # weight levels a side: Loihi's 8-bit weights are even mantissas 2k, |k| <= 127
+ONE_PROCESS = ("a graded stage trains in one process (its batch norm takes each batch's own statistics, which "
+               "data-parallel ranks would split); run it without --nproc or torchrun")
 Quant = list[tuple[float, float]]  # per hidden layer: (message step, threshold), in the teacher's units
 
 
@@ -161,17 +162,13 @@ class GradedTrainer(Trainer):
         """One whole epoch (a killed epoch is redone from its start on resume)."""
         cfg, dev, state = self.cfg, self.device, self.state
         epoch, bs = state["epoch"], cfg.batch_size
-        perm = self.train_idx[torch.randperm(len(self.train_idx), generator=_gen(cfg.seed, epoch))]
+        perm = self.epoch_order(epoch)
         self.net.train()
         self.t_epoch = time.perf_counter()
         part = state["partial"] = {"loss": 0.0, "correct": 0, "seen": 0}
         for b in range(self.batches_per_epoch):
             idx = perm[b * bs:(b + 1) * bs]
-            x = self.data.images[idx]
-            gen = _gen(cfg.seed, epoch, b)
-            if cfg.augment:
-                x = augment.augment_batch(x, gen, strength=cfg.color_jitter)
-            x = self.prepare(x, gen).to(dev)
+            x = self.batch_images(idx, epoch, b).to(dev)
             y = self.data.labels[idx].to(dev)
             logits, _ = forward(self.net, x, self.quant)
             loss = F.cross_entropy(logits, y)

@@ -308,6 +308,19 @@ class Trainer:
         self.state: dict[str, Any] = {"epoch": 0, "batch": 0, "history": [], "best": None,
                                       "partial": {"loss": 0.0, "correct": 0, "seen": 0}}
 
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The training images' order in ``epoch`` (seeded: a resumed run repeats it)."""
+        return self.train_idx[torch.randperm(len(self.train_idx), generator=_gen(self.cfg.seed, epoch))]
+
+    def batch_images(self, idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
+        """Batch ``b`` of ``epoch``: the images ``idx`` flipped and rotated, then :meth:`prepare`d, with
+        the batch's own seeded generator."""
+        x = self.data.images[idx]
+        gen = _gen(self.cfg.seed, epoch, b)
+        if self.cfg.augment:
+            x = augment.augment_batch(x, gen, strength=self.cfg.color_jitter)
+        return self.prepare(x, gen) if self.prepares else x
+
     def prepare(self, images: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         """uint8 images after the flips → photometric augmentation (with ``gen``) → front end."""
         if gen is not None and self.photometric.active:
@@ -417,7 +430,7 @@ class Trainer:
         ``CHECKPOINT_EVERY_S``. Returns True when stopped early by ``stop_after_batches`` (tests)."""
         cfg, dev, net, state = self.cfg, self.device, self.net, self.state
         epoch, bs = state["epoch"], cfg.batch_size
-        perm = self.train_idx[torch.randperm(len(self.train_idx), generator=_gen(cfg.seed, epoch))]
+        perm = self.epoch_order(epoch)
         net.train()
         self.t_epoch = time.perf_counter()
         seen_this_run = 0
@@ -425,12 +438,7 @@ class Trainer:
         last_ckpt = time.monotonic()
         for b in range(state["batch"], self.batches_per_epoch):
             idx = perm[b * bs : (b + 1) * bs]
-            x = self.data.images[idx]
-            gen = _gen(cfg.seed, epoch, b)
-            if cfg.augment:
-                x = augment.augment_batch(x, gen, strength=cfg.color_jitter)
-            if self.prepares:
-                x = self.prepare(x, gen)
+            x = self.batch_images(idx, epoch, b)
             y, share = self.data.labels[idx], 1.0
             if self.dist is not None:
                 # the global batch, augmented as one process would, and this rank's slice of it
@@ -640,8 +648,9 @@ def train(
         from training.graded import GradedTrainer
 
         if distributed.get() is not None:
-            raise AllnetError("a graded stage trains in one process (its batch norm takes each batch's own "
-                              "statistics, which data-parallel ranks would split); run it without --nproc or torchrun")
+            from training.graded import ONE_PROCESS
+
+            raise AllnetError(ONE_PROCESS)
 
         trainer: Trainer = GradedTrainer(run_dir, model_cfg, train_cfg, data, dev, console, resume, fast, show_progress)
     else:
