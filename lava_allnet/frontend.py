@@ -16,10 +16,6 @@ command applies it without a flag.
 - ``stretch``: each channel's ``percentile``-th and (100 - ``percentile``)-th percentiles over the
   same pixels mapped to the reference's: undoes any per-channel gain and offset (Reinhard's
   equalisation included) while the statistics' pixels do not clip.
-
-``median`` (3 or 5; 0: off) first replaces each pixel of each channel by the median of its
-``median`` × ``median`` neighbourhood (edges repeated): isolated dead or hot pixels (impulse noise)
-are removed before the statistics and the map see them; edges wider than half the window stay.
 """
 from __future__ import annotations
 
@@ -37,18 +33,10 @@ class FrontEnd:
     name: str = "none"
     reference: list[float] = field(default_factory=list)  # per-channel reference statistics (fitted)
     percentile: float = 5.0  # anchor
-    median: int = 0  # side of the median filter applied first (0: none)
 
     def __post_init__(self) -> None:
         if self.name not in NAMES:
             raise ValueError(f"front end {self.name!r}: one of {', '.join(NAMES)}")
-        if self.median not in (0, 3, 5):
-            raise ValueError(f"front end median {self.median}: 0 (off), 3 or 5")
-
-    @property
-    def active(self) -> bool:
-        """It changes images (a colour map or a median filter)."""
-        return self.name != "none" or bool(self.median)
 
     # --------------------------------------------------------------- statistics
     def _stats(self, images: np.ndarray) -> np.ndarray:
@@ -72,18 +60,10 @@ class FrontEnd:
             return out
         return np.zeros((len(x), 0))
 
-    def denoise(self, images: np.ndarray) -> np.ndarray:
-        """The median filter (the identity when ``median`` is 0): (N, C, H, W) uint8 → the same."""
-        if not self.median:
-            return images
-        from scipy.ndimage import median_filter
-
-        return median_filter(images, size=(1, 1, self.median, self.median), mode="nearest")
-
     def fit(self, images: np.ndarray) -> "FrontEnd":
-        """Reference statistics: the mean of the training images' own (per channel), after the median."""
+        """Reference statistics: the mean of the training images' own (per channel)."""
         if self.name != "none":
-            self.reference = [round(float(v), 4) for v in self._stats(self.denoise(images)).mean(0)]
+            self.reference = [round(float(v), 4) for v in self._stats(images).mean(0)]
         return self
 
     # --------------------------------------------------------------- the map
@@ -116,10 +96,7 @@ class FrontEnd:
     def apply(self, images: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) uint8 → uint8 of the same shape."""
         images = np.asarray(images)
-        if not self.active or len(images) == 0:
-            return images
-        images = self.denoise(images)
-        if self.name == "none":
+        if self.name == "none" or len(images) == 0:
             return images
         g, o = self.coefficients(images)
         y = images.astype(np.int64) * g[:, :, None, None] + o[:, :, None, None] + (1 << (SHIFT - 1))
@@ -132,7 +109,7 @@ class FrontEnd:
         """"" for none (what ``ModelConfig.frontend`` holds), else the JSON of :meth:`to_dict`."""
         import json
 
-        return json.dumps(self.to_dict(), sort_keys=True) if self.active else ""
+        return "" if self.name == "none" else json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "FrontEnd":
@@ -142,7 +119,7 @@ class FrontEnd:
 
     def apply_torch(self, images):
         """:meth:`apply` on a uint8 torch tensor (on any device); returns a tensor there."""
-        if not self.active:
+        if self.name == "none":
             return images
         import torch
 
@@ -152,15 +129,12 @@ class FrontEnd:
     def from_dict(cls, d: dict | None) -> "FrontEnd":
         if not d:
             return cls()
-        known = {"name", "reference", "percentile", "median"}
+        known = {"name", "reference", "percentile"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"front end: unknown fields {sorted(unknown)}")
-        median = d.get("median", 0)
-        if isinstance(median, bool) or not isinstance(median, int):
-            raise ValueError(f"front end median {median!r}: an integer")
         return cls(name=str(d.get("name", "none")), reference=[float(v) for v in d.get("reference", [])],
-                   percentile=float(d.get("percentile", 5.0)), median=median)
+                   percentile=float(d.get("percentile", 5.0)))
 
 
 def _percentile(v: np.ndarray, q: float) -> float:

@@ -621,7 +621,7 @@ def write(spec: NetworkSpec, path: str | os.PathLike) -> None:
         f.attrs["class_names"] = np.bytes_(json.dumps(list(spec.class_names)).encode())
         f.attrs["time_steps"] = int(spec.time_steps)
         f.attrs["population"] = int(spec.population)
-        if spec.frontend.active:
+        if spec.frontend.name != "none":
             f.attrs["frontend"] = np.bytes_(json.dumps(spec.frontend.to_dict(), sort_keys=True).encode())
         if spec.calibration is not None:
             f.attrs["calibration"] = np.bytes_(json.dumps(spec.calibration.to_dict(), sort_keys=True).encode())
@@ -665,7 +665,7 @@ def required_version(spec: "NetworkSpec") -> int:
         return 4
     if spec.calibration is not None:
         return 3
-    return 2 if spec.input.send_once or spec.frontend.active else 1
+    return 2 if spec.input.send_once or spec.frontend.name != "none" else 1
 
 
 def _write_layer(g: h5py.Group, layer: LayerSpec) -> None:

@@ -52,25 +52,6 @@ def test_an_unknown_or_unfitted_front_end_is_refused(synth_images):
         FrontEnd("anchor").apply(synth_images[0][:1])
 
 
-def test_the_median_removes_impulse_noise_first_and_is_stored_with_the_front_end(synth_images, tmp_path):
-    images = synth_images[0][:4]
-    noisy = images.copy()
-    rng = np.random.default_rng(1)
-    hit = rng.random(noisy.shape[:1] + noisy.shape[2:]) < 0.03  # 3% of pixels, all channels: salt or pepper
-    noisy.transpose(0, 2, 3, 1)[hit] = np.where(rng.random((int(hit.sum()), 1)) < 0.5, 0, 255)
-    plain, med = FrontEnd("reinhard").fit(images), FrontEnd("reinhard", median=3).fit(images)
-    err = lambda fe: np.abs(fe.apply(noisy).astype(int) - fe.apply(images).astype(int)).mean()  # noqa: E731
-    assert err(med) < err(plain) / 4  # most of the impulses are gone before the statistics see them
-    alone = FrontEnd(median=3)
-    assert alone.active and not FrontEnd().active and alone.apply(images).dtype == np.uint8
-    from scipy.ndimage import median_filter
-
-    assert np.array_equal(alone.apply(images), median_filter(images, size=(1, 1, 3, 3), mode="nearest"))
-    assert FrontEnd.from_json(med.to_json()) == med and FrontEnd.from_json(alone.to_json()) == alone
-    with pytest.raises(ValueError, match="median 4: 0 .off., 3 or 5"):
-        FrontEnd("reinhard", median=4)
-
-
 def test_the_model_file_carries_the_front_end_and_every_backend_applies_it(se_model_file, synth_images, tmp_path):
     from hw_targets.inference import Inputs, run_backend
 

@@ -111,8 +111,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                  'a high percentile of each channel mapped to the training images\' average)'),
         "percentile": Key(float, 5.0, "anchor: the percentile of the non-black, unsaturated pixels (the nuclei); stretch: "
                                       "this one and 100 minus it"),
-        "median": Key(int, 0, "a median filter of this side (3 or 5; 0: off) applied first, before the colour map: "
-                              "removes isolated dead or hot pixels (impulse noise)"),
     },
     "losses": {
         "logit_scale": Key(float, 10.0, "cross-entropy logits = logit_scale x output spike rate per class"),
@@ -314,14 +312,13 @@ def model_config(stage: dict[str, Any], where: str = "recipe"):
             raise AllnetError(f"{where}: model.threshold {m['threshold']}: must be above 0 (0: the config's)")
         overrides["neuron"] = dataclasses.replace(MODELS[m["name"]].neuron, threshold=m["threshold"])
     fe = stage.get("frontend", {"name": "none"})
-    if fe["name"] != "none" or fe.get("median"):
+    if fe["name"] != "none":
         from lava_allnet.frontend import FrontEnd
 
         try:
-            overrides["frontend"] = FrontEnd(fe["name"], percentile=fe["percentile"], median=fe.get("median", 0)).to_json()
+            overrides["frontend"] = FrontEnd(fe["name"], percentile=fe["percentile"]).to_json()
         except ValueError as exc:
-            key = "median" if "median" in str(exc) else "name"
-            raise AllnetError(f"{where}: frontend.{key} {fe[key]!r}: {exc}") from exc
+            raise AllnetError(f"{where}: frontend.name {fe['name']!r}: {exc}") from exc
     try:
         return get_model_config(m["name"], **overrides)
     except ValueError as exc:
