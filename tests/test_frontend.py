@@ -45,6 +45,19 @@ def test_stretch_undoes_a_per_channel_gain_and_offset():
     assert np.abs(fe.apply(y).astype(int) - fe.apply(x).astype(int)).mean() < 1.5
 
 
+def test_reinhard_bounds_its_offset_so_a_clipped_flat_channel_lands_near_white():
+    fe = FrontEnd("reinhard", reference=[200.0, 200.0, 239.0, 30.0, 30.0, 11.0])
+    rng = np.random.default_rng(0)
+    img = rng.integers(120, 250, size=(1, 3, 32, 32)).astype(np.uint8)
+    img[0, 2] = np.where(rng.random((32, 32)) < 0.05, 240, 255)  # blue clipped: std about 3
+    out = fe.apply(img).astype(np.float64)
+    for c in (0, 1):  # offsets within ±256: Reinhard exactly (to rounding)
+        assert abs(out[0, c].mean() - 200) < 1 and abs(out[0, c].std() - 30) < 1
+    g, o = fe.coefficients(img)
+    assert o[0, 2] == -256 << 12  # blue needs about -615 grey levels: bounded (module doc)
+    assert out[0, 2].mean() > 250
+
+
 def test_an_unknown_or_unfitted_front_end_is_refused(synth_images):
     with pytest.raises(ValueError, match="one of none, reinhard, anchor, stretch"):
         FrontEnd("grey")
