@@ -18,13 +18,7 @@ $LA evaluate "$MODEL" "$OUT/equalised" --backend torch --json > "$OUT/equalised.
 $LA evaluate "$MODEL" $DATA/segmented --split $SPLIT --subset test --backend sim --json > "$OUT/segmented.json"
 $LA robustness "$MODEL" $DATA/original --split $SPLIT --subset test --out "$OUT/robustness" --json > "$OUT/robustness.json"
 $PY research/gradcam_ratio.py "$MODEL" > "$OUT/gradcam.txt"
-$PY - "$SPLIT" "$OUT/test-files.txt" <<'EOF'
-import json, sys
-from pathlib import Path
-split = json.load(open(sys.argv[1]))
-root = Path(split["root"]).resolve()  # relative to the project root (the cwd)
-Path(sys.argv[2]).write_text("".join(f"{root / p}\n" for p in split["test"]))
-EOF
+$PY research/split_files.py test "$OUT/test-files.txt" $SPLIT
 mapfile -t FILES < "$OUT/test-files.txt"
 $LA profile "$MODEL" "${FILES[@]}" --backend torch --json > "$OUT/profile.json"
 $PY - "$OUT" <<'EOF'

@@ -12,13 +12,7 @@ DATA=../shared/data/all-aria; SPLIT=models/neurallnet-aria.split.json
 PY=${PYTHON:-python}; LA="$PY -m lava_allnet"
 mkdir -p "$OUT"
 $LA robustness "$MODEL" $DATA/original --split $SPLIT --subset val --out "$OUT/robustness" --json > "$OUT/robustness.json"
-$PY - "$SPLIT" "$OUT/val-files.txt" <<'PYEOF'
-import json, sys
-from pathlib import Path
-split = json.load(open(sys.argv[1]))
-root = Path(split["root"]).resolve()
-Path(sys.argv[2]).write_text("".join(f"{root / p}\n" for p in split["val"]))
-PYEOF
+$PY research/split_files.py val "$OUT/val-files.txt" $SPLIT
 mapfile -t FILES < "$OUT/val-files.txt"
 $LA profile "$MODEL" "${FILES[@]}" --backend torch --json > "$OUT/profile.json"
 $PY - "$OUT" <<'PYEOF'
