@@ -16,7 +16,7 @@ above a fixed ceiling set to it: the level the camera's 255 reaches in the norma
 ``--clip`` (the 10th percentile over the training images), so the clipped background looks alike at
 every gain up to that one. ``--frontend reinhard-exact`` (research only): the product's Reinhard
 without its offset bound of ±256 grey levels (``lava_allnet.frontend``), so a channel that clipped
-flat lands on the reference mean, not near white (``research/saturation_probe.py``). ``--augment
+flat lands on the reference mean, not near white (``saturation_probe.Variant("reinhard")``). ``--augment
 v2`` is the v2 recipe's augmentation.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from lava_allnet.config import get_model_config
 from lava_allnet.data import images as di
 from lava_allnet.frontend import FrontEnd
+from saturation_probe import Variant
 from training import augment
 from training.distill import Teacher
 
@@ -80,25 +81,6 @@ class DarkReinhard:
         return np.clip(np.round(y), 0, 255).astype(np.uint8)
 
 
-class ExactReinhard:
-    """The research front end of ``--frontend reinhard-exact`` (module doc); numpy, float."""
-
-    def fit(self, x: np.ndarray) -> "ExactReinhard":
-        self.ref = self._stats(x).mean(0)
-        return self
-
-    @staticmethod
-    def _stats(x: np.ndarray) -> np.ndarray:
-        f = x.reshape(len(x), x.shape[1], -1).astype(np.float64)
-        return np.concatenate([f.mean(-1), f.std(-1)], axis=1)
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        st = self._stats(x)
-        gain = np.minimum(self.ref[3:] / np.maximum(st[:, 3:], 1.0), 64.0)  # the product's gain bound
-        y = (x.astype(np.float64) - st[:, :3, None, None]) * gain[:, :, None, None] + self.ref[None, :3, None, None]
-        return np.clip(np.round(y), 0, 255).astype(np.uint8)
-
-
 def load(folder: str, idx, ds_paths, size=128):
     paths = [Path(str(ds_paths[i]).replace("/original/", f"/{folder}/")) for i in idx]
     return torch.from_numpy(di.load_images(paths, size).images)
@@ -128,8 +110,10 @@ def main() -> None:
     xtr, xva = load("original", split["train"], ds.paths), load("original", split["val"], ds.paths)
     ytr, yva = torch.as_tensor(ds.labels[split["train"]]), torch.as_tensor(ds.labels[split["val"]])
     xseg = load("segmented", split["val"], ds.paths)
-    fe = (DarkReinhard(args.dark, args.clip) if args.frontend == "dark-reinhard" else ExactReinhard()
-          if args.frontend == "reinhard-exact" else FrontEnd(args.frontend)).fit(xtr.numpy())
+    if args.frontend == "reinhard-exact":
+        fe = Variant("reinhard", xtr.numpy())
+    else:
+        fe = (DarkReinhard(args.dark, args.clip) if args.frontend == "dark-reinhard" else FrontEnd(args.frontend)).fit(xtr.numpy())
     equaliser = FrontEnd("reinhard").fit(xtr.numpy())
     cfg = get_model_config("neurallnet")
     torch.manual_seed(args.seed)

@@ -73,6 +73,8 @@ class Variant:
         y = x.astype(np.float64) * gain[:, :, None, None] + offset[:, :, None, None]
         return np.clip(np.round(y), 0, 255).astype(np.uint8)
 
+    apply = __call__
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
