@@ -93,8 +93,9 @@ def main() -> None:
     cells = cell_mask(torch.from_numpy(x)).numpy()[:, 0]  # (N, H, W)
     out = {"images": int(len(x))}
     product = FrontEnd("reinhard").fit(x)
+    gained = {g: np.clip(np.round(x * g), 0, 255).astype(np.uint8) for g in GAINS}
     for g in (1.0, *GAINS):
-        xg = np.clip(np.round(x * g), 0, 255).astype(np.uint8)
+        xg = gained.get(g, x)
         _, o = product.coefficients(xg)
         out[f"clipping at gain {g}"] = {  # per channel: share of pixels at 255; share of images at the offset bound
             "pixels_at_255": [round(float(v), 3) for v in (xg == 255).mean((0, 2, 3))],
@@ -107,11 +108,12 @@ def main() -> None:
             make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)), features(base), y,
             cv=StratifiedKFold(5, shuffle=True, random_state=0)).mean()), 3)}
         for g in GAINS:
-            moved = np.abs(fe(np.clip(np.round(x * g), 0, 255).astype(np.uint8)).astype(int) - base.astype(int))
+            yg = fe(gained[g])
+            moved = np.abs(yg.astype(int) - base.astype(int))
             m = moved.mean(1)  # (N, H, W), over channels
             row[f"gain {g}"] = {"cells": round(float(m[cells].mean()), 1), "rest": round(float(m[~cells].mean()), 1),
                                 "blue_cells": round(float(moved[:, 2][cells].mean()), 1),
-                                "blue_mean": round(float(fe(np.clip(np.round(x * g), 0, 255).astype(np.uint8))[:, 2].mean()), 1)}
+                                "blue_mean": round(float(yg[:, 2].mean()), 1)}
         out[name] = row
         print(name, json.dumps(row))
     print(json.dumps(out))
