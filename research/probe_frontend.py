@@ -81,6 +81,20 @@ class DarkReinhard:
         return np.clip(np.round(y), 0, 255).astype(np.uint8)
 
 
+class Median:
+    """``--median K``: a K x K median filter per channel (edges repeated), then the front end ``fe``."""
+
+    def __init__(self, k: int, fe=None) -> None:
+        self.k, self.fe = k, fe
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        if self.k:
+            from scipy.ndimage import median_filter
+
+            x = median_filter(x, size=(1, 1, self.k, self.k), mode="nearest")
+        return self.fe.apply(x) if self.fe is not None else x
+
+
 def load(folder: str, idx, ds_paths, size=128):
     paths = [Path(str(ds_paths[i]).replace("/original/", f"/{folder}/")) for i in idx]
     return torch.from_numpy(di.load_images(paths, size).images)
@@ -102,6 +116,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dark", type=float, default=20.0, help="dark-reinhard: the darkest percent of pixels it measures")
+    ap.add_argument("--median", type=int, default=0, help="a median filter of this side before the front end "
+                                                               "(as the product's frontend.median at 13df811; 0: none)")
     ap.add_argument("--clip", type=float, default=0.0, help="dark-reinhard: the gain whose clipping it imitates (0: none)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -110,10 +126,13 @@ def main() -> None:
     xtr, xva = load("original", split["train"], ds.paths), load("original", split["val"], ds.paths)
     ytr, yva = torch.as_tensor(ds.labels[split["train"]]), torch.as_tensor(ds.labels[split["val"]])
     xseg = load("segmented", split["val"], ds.paths)
+    fit_on = Median(args.median).apply(xtr.numpy())
     if args.frontend == "reinhard-exact":
-        fe = Variant("reinhard", xtr.numpy())
+        fe = Variant("reinhard", fit_on)
     else:
-        fe = (DarkReinhard(args.dark, args.clip) if args.frontend == "dark-reinhard" else FrontEnd(args.frontend)).fit(xtr.numpy())
+        fe = (DarkReinhard(args.dark, args.clip) if args.frontend == "dark-reinhard" else FrontEnd(args.frontend)).fit(fit_on)
+    if args.median:
+        fe = Median(args.median, fe)
     equaliser = FrontEnd("reinhard").fit(xtr.numpy())
     cfg = get_model_config("neurallnet")
     torch.manual_seed(args.seed)
@@ -140,7 +159,8 @@ def main() -> None:
             sched.step()
     gain = lambda x, k: (x.float() * k).round().clamp(0, 255).to(torch.uint8)  # noqa: E731
     res = {
-        "frontend": args.frontend + (f" dark {args.dark:g} clip {args.clip:g}" if args.frontend == "dark-reinhard" else ""),
+        "frontend": args.frontend + (f" dark {args.dark:g} clip {args.clip:g}" if args.frontend == "dark-reinhard" else "")
+        + (f" median {args.median}" if args.median else ""),
         "augment": args.augment, "epochs": args.epochs, "seconds": round(time.time() - t0),
         "val_clean": accuracy(net, fe, xva, yva),
         **{f"val_gain_{k}": accuracy(net, fe, gain(xva, k), yva) for k in (0.5, 0.7, 1.3, 1.4)},
