@@ -3,11 +3,12 @@
 A front end is fitted once on training images (its reference statistics) and then applied per
 image, with integer arithmetic: per channel, an affine map ``y = (x * gain + offset) >> 12``
 (rounded, clipped to 0..255) whose integer gain and offset come from the image's own statistics
-and the reference, the gain bounded to 0..64 and the offset to ±256 grey levels. The bounds are
-part of the map every stored model was trained with: a nearly flat channel (one that clipped at
-255, as most of the blue channel does from an exposure gain of about 1.2) needs a larger offset,
-and its output lands near 255 instead of on the reference mean (``research/saturation_probe.py``). The same uint8 image gives the same uint8 result on every machine, and both
-backends see exactly what the other sees. Stored in the model file (``netx.format``), so every
+and the reference, the gain bounded to 0..``GAIN_BOUND`` and the offset to ±``OFFSET_BOUND`` grey
+levels. The bounds are part of the map every stored model was trained with: a nearly flat channel
+(one that clipped at 255, as most of the blue channel does from an exposure gain of about 1.2)
+needs a larger offset, and its output lands near 255 instead of on the reference mean
+(``research/saturation_probe.py``). The same uint8 image gives the same uint8 result on every
+machine, and both backends see exactly what the other sees. Stored in the model file (``netx.format``), so every
 command applies it without a flag.
 
 - ``none``: the identity.
@@ -28,6 +29,7 @@ import numpy as np
 
 SHIFT = 12  # fixed-point bits of the per-image gain and offset
 NAMES = ("none", "reinhard", "anchor", "stretch")
+GAIN_BOUND, OFFSET_BOUND = 64, 256  # of the per-channel map, in units of 1 and of grey levels (module doc)
 BLACK, SATURATED = 16, 250  # pixels excluded from the anchor's statistics (segmented backgrounds, clipping)
 
 
@@ -92,8 +94,8 @@ class FrontEnd:
             lo, hi = st[:, :c], np.maximum(st[:, c:], st[:, :c] + 1.0)
             gain = (ref[c:] - ref[:c]) / (hi - lo)
             offset = ref[:c] - gain * lo
-        g = np.clip(np.round(gain * one), 0, 64 * one).astype(np.int64)
-        o = np.clip(np.round(offset * one), -256 * one, 256 * one).astype(np.int64)  # see the module doc
+        g = np.clip(np.round(gain * one), 0, GAIN_BOUND * one).astype(np.int64)
+        o = np.clip(np.round(offset * one), -OFFSET_BOUND * one, OFFSET_BOUND * one).astype(np.int64)
         return g, o
 
     def apply(self, images: np.ndarray) -> np.ndarray:

@@ -50,23 +50,24 @@ def main() -> None:
               "test_coverage": float(accepted.mean()),
               "test_accepted_accuracy": float(np.mean(pred[accepted] == labels[accepted])) if accepted.any() else None,
               "test_flagged": float(np.mean([r["out_of_distribution"] for r in ind]))}
-    for name, rows in (("segmented", out_seg), ("synthetic", syn)):
+    def against(rows) -> dict:
+        """AUROC of ood_score, these rows against the clean test images, and the share flagged."""
         s_out = np.asarray([r["ood_score"] for r in rows])
         y = np.r_[np.zeros(len(s_in)), np.ones(len(s_out))]
-        report[name] = {"images": len(rows), "auroc": float(roc_auc_score(y, np.r_[s_in, s_out])),
-                        "flagged": float(np.mean([r["out_of_distribution"] for r in rows]))}
+        return {"images": len(rows), "auroc": float(roc_auc_score(y, np.r_[s_in, s_out])),
+                "flagged": float(np.mean([r["out_of_distribution"] for r in rows]))}
+
+    for name, rows in (("segmented", out_seg), ("synthetic", syn)):
+        report[name] = against(rows)
     for g in [float(v) for v in args.gains.split(",") if v]:
         rows = model.predict(np.clip(np.round(test.images.astype(np.float64) * g), 0, 255).astype(np.uint8),
                              backend="torch")
-        s_out = np.asarray([r["ood_score"] for r in rows])
-        flagged = np.asarray([r["out_of_distribution"] for r in rows])
         ok = np.asarray([r["predicted_index"] for r in rows]) == labels
-        kept = ~flagged & ~np.asarray([r["abstain"] for r in rows])
+        kept = ~np.asarray([r["out_of_distribution"] or r["abstain"] for r in rows])
         report[f"gain {g:g}"] = {
-            "auroc": float(roc_auc_score(np.r_[np.zeros(len(s_in)), np.ones(len(s_out))], np.r_[s_in, s_out])),
-            "flagged": float(flagged.mean()), "accuracy": float(ok.mean()), "kept": float(kept.mean()),
-            "kept_accuracy": float(ok[kept].mean()) if kept.any() else None, "wrong_flagged_or_abstained": int((~ok & ~kept).sum()),
-            "wrong": int((~ok).sum())}
+            **against(rows), "accuracy": float(ok.mean()), "kept": float(kept.mean()),
+            "kept_accuracy": float(ok[kept].mean()) if kept.any() else None,
+            "wrong_flagged_or_abstained": int((~ok & ~kept).sum()), "wrong": int((~ok).sum())}
     print(json.dumps(report, indent=2))
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from sklearn.preprocessing import StandardScaler
 
 from colour_baseline import features
 from lava_allnet.data import images as di
-from lava_allnet.frontend import FrontEnd
+from lava_allnet.frontend import OFFSET_BOUND, SHIFT, FrontEnd
 from training.augment import cell_mask
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +99,7 @@ def main() -> None:
         _, o = product.coefficients(xg)
         out[f"clipping at gain {g}"] = {  # per channel: share of pixels at 255; share of images at the offset bound
             "pixels_at_255": [round(float(v), 3) for v in (xg == 255).mean((0, 2, 3))],
-            "images_at_offset_bound": [round(float(v), 3) for v in (np.abs(o) == 256 << 12).mean(0)]}
+            "images_at_offset_bound": [round(float(v), 3) for v in (np.abs(o) == OFFSET_BOUND << SHIFT).mean(0)]}
         print(f"gain {g}", json.dumps(out[f"clipping at gain {g}"]))
     for name in VARIANTS:
         fe = product.apply if name == "product" else Variant(name, x)
