@@ -3,11 +3,14 @@
 A front end is fitted once on training images (its reference statistics) and then applied per
 image, with integer arithmetic: per channel, an affine map ``y = (x * gain + offset) >> 12``
 (rounded, clipped to 0..255) whose integer gain and offset come from the image's own statistics
-and the reference, the gain bounded to 0..``GAIN_BOUND`` and the offset to ±``OFFSET_BOUND`` grey
-levels. The bounds are part of the map every stored model was trained with: a nearly flat channel
-(one that clipped at 255, as most of the blue channel does from an exposure gain of about 1.2)
-needs a larger offset, and its output lands near 255 instead of on the reference mean
-(``research/saturation_probe.py``). The same uint8 image gives the same uint8 result on every
+and the reference, the gain bounded to 0..``GAIN_BOUND`` and the offset to ±``offset_bound`` grey
+levels. The offset bound is part of the map a model was trained with. Its default, ``OFFSET_BOUND``
+(256), is the map of every model stored before format version 5: there a nearly flat channel (one
+that clipped at 255, as most of the blue channel does from an exposure gain of about 1.2) needs a
+larger offset, and its output lands near 255 instead of on the reference mean
+(``research/saturation_probe.py``). ``EXACT_OFFSET_BOUND`` never binds (no offset that the gain
+bound allows reaches it), so the map is exact Reinhard up to rounding; a bound other than the
+default is stored in the model file (format version 5). The same uint8 image gives the same uint8 result on every
 machine, and both backends see exactly what the other sees. Stored in the model file (``netx.format``), so every
 command applies it without a flag.
 
@@ -30,6 +33,8 @@ import numpy as np
 SHIFT = 12  # fixed-point bits of the per-image gain and offset
 NAMES = ("none", "reinhard", "anchor", "stretch")
 GAIN_BOUND, OFFSET_BOUND = 64, 256  # of the per-channel map, in units of 1 and of grey levels (module doc)
+# |offset| = |reference mean - gain x mean| <= 255 + GAIN_BOUND x 255 < this: a bound that never binds
+EXACT_OFFSET_BOUND = (GAIN_BOUND + 1) * 256
 BLACK, SATURATED = 16, 250  # pixels excluded from the anchor's statistics (segmented backgrounds, clipping)
 
 
@@ -38,10 +43,22 @@ class FrontEnd:
     name: str = "none"
     reference: list[float] = field(default_factory=list)  # per-channel reference statistics (fitted)
     percentile: float = 5.0  # anchor
+    offset_bound: int = OFFSET_BOUND  # grey levels (module doc); stored only when not the default
 
     def __post_init__(self) -> None:
         if self.name not in NAMES:
             raise ValueError(f"front end {self.name!r}: one of {', '.join(NAMES)}")
+        b = self.offset_bound
+        if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or not 1 <= b <= EXACT_OFFSET_BOUND:
+            raise ValueError(f"front end offset bound {b!r}: an integer in 1..{EXACT_OFFSET_BOUND} "
+                             f"(grey levels; {OFFSET_BOUND}: the map before format version 5, "
+                             f"{EXACT_OFFSET_BOUND}: never binds)")
+        self.offset_bound = int(b)
+
+    @property
+    def exact_offset(self) -> bool:
+        """The offset bound never binds: Reinhard is exact up to rounding."""
+        return self.offset_bound >= EXACT_OFFSET_BOUND
 
     # --------------------------------------------------------------- statistics
     def _stats(self, images: np.ndarray) -> np.ndarray:
@@ -95,7 +112,7 @@ class FrontEnd:
             gain = (ref[c:] - ref[:c]) / (hi - lo)
             offset = ref[:c] - gain * lo
         g = np.clip(np.round(gain * one), 0, GAIN_BOUND * one).astype(np.int64)
-        o = np.clip(np.round(offset * one), -OFFSET_BOUND * one, OFFSET_BOUND * one).astype(np.int64)
+        o = np.clip(np.round(offset * one), -self.offset_bound * one, self.offset_bound * one).astype(np.int64)
         return g, o
 
     def apply(self, images: np.ndarray) -> np.ndarray:
@@ -108,7 +125,11 @@ class FrontEnd:
         return np.clip(y >> SHIFT, 0, 255).astype(np.uint8)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The stored fields; ``offset_bound`` only when it is not the default (files before version 5)."""
+        d = asdict(self)
+        if d["offset_bound"] == OFFSET_BOUND:
+            del d["offset_bound"]
+        return d
 
     def to_json(self) -> str:
         """"" for none (what ``ModelConfig.frontend`` holds), else the JSON of :meth:`to_dict`."""
@@ -134,12 +155,12 @@ class FrontEnd:
     def from_dict(cls, d: dict | None) -> "FrontEnd":
         if not d:
             return cls()
-        known = {"name", "reference", "percentile"}
+        known = {"name", "reference", "percentile", "offset_bound"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"front end: unknown fields {sorted(unknown)}")
         return cls(name=str(d.get("name", "none")), reference=[float(v) for v in d.get("reference", [])],
-                   percentile=float(d.get("percentile", 5.0)))
+                   percentile=float(d.get("percentile", 5.0)), offset_bound=d.get("offset_bound", OFFSET_BOUND))
 
 
 def _percentile(v: np.ndarray, q: float) -> float:

@@ -3,10 +3,11 @@
 Layout (NetX-compatible where NetX has the layer; field names as lava-dl's
 ``export_hdf5`` writes them)::
 
-    /                attrs: format="lava-allnet-netx", format_version=1, 2, 3 or 4,
+    /                attrs: format="lava-allnet-netx", format_version=1 to 5,
                             class_names (JSON), time_steps, population,
                             model_config (JSON, optional: the training config),
-                            frontend (JSON, version 2), calibration (JSON, version 3)
+                            frontend (JSON, version 2; its offset_bound, version 5),
+                            calibration (JSON, version 3)
     /layer/0         type="input"   shape=(C,H,W) messageBits pixelShift
     /layer/i         type="conv"    shape=(C,H,W) inChannels outChannels kernelSize(2)
                                     stride(2) padding(2) dilation(2) groups
@@ -46,8 +47,8 @@ from lava_allnet.frontend import FrontEnd
 from lava_allnet.errors import ModelFileError
 
 FORMAT_NAME = "lava-allnet-netx"
-FORMAT_VERSION = 4  # the newest version this lava-allnet writes when a file needs it; it reads 1 to 4
-READ_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5  # the newest version this lava-allnet writes when a file needs it; it reads 1 to 5
+READ_VERSIONS = (1, 2, 3, 4, 5)
 # version 2 adds: the input layer's sendOnce (the image is sent at the first step of each window only,
 # into a first layer whose current holds it) and the root attribute frontend (JSON: the input front
 # end every backend applies before encoding, lava_allnet.frontend); a file without version-2 fields
@@ -55,6 +56,8 @@ READ_VERSIONS = (1, 2, 3, 4)
 # abstention threshold and out-of-distribution reference, lava_allnet.calibration); a file is written
 # with the lowest version its fields need. Version 4 adds graded neurons (neuron type "GRADED": shift,
 # vth, relu; the layer's bias added to the accumulator as is): a graded network, lava_allnet.graded.
+# Version 5 adds the front end's offset_bound (grey levels; absent: 256, the bound of every earlier
+# file), so a front end can be exact Reinhard (lava_allnet.frontend.EXACT_OFFSET_BOUND).
 LAYER_TYPES = ("input", "conv", "se", "flatten", "dense")
 
 
@@ -411,7 +414,10 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
         if version < 2:
             raise ModelFileError("root attribute 'frontend' needs format version 2")
         try:
-            frontend = FrontEnd.from_dict(json.loads(_attr(f, "frontend")))
+            fields = json.loads(_attr(f, "frontend"))
+            if isinstance(fields, dict) and "offset_bound" in fields and version < 5:
+                raise ModelFileError("front-end field 'offset_bound' needs format version 5")
+            frontend = FrontEnd.from_dict(fields)
             if frontend.name != "none" and len(frontend.reference) not in (3, 6):
                 raise ValueError(f"front end {frontend.name!r}: {len(frontend.reference)} reference values")
         except (ValueError, TypeError) as exc:
@@ -661,6 +667,8 @@ def _neuron(g: h5py.Group, n: NeuronSpec | GradedNeuronSpec) -> None:
 
 def required_version(spec: "NetworkSpec") -> int:
     """The oldest format version that holds this network (version-1 readers can load it then)."""
+    if "offset_bound" in spec.frontend.to_dict():
+        return 5
     if spec.graded:
         return 4
     if spec.calibration is not None:

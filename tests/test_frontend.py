@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lava_allnet.frontend import SHIFT, FrontEnd
+from lava_allnet.frontend import EXACT_OFFSET_BOUND, OFFSET_BOUND, SHIFT, FrontEnd
 from netx import format as nf
 
 EXE = str(Path(sys.executable).parent / "lava-allnet")
@@ -56,6 +56,41 @@ def test_reinhard_bounds_its_offset_so_a_clipped_flat_channel_lands_near_white()
     _, o = fe.coefficients(img)
     assert o[0, 2] == -256 << SHIFT  # blue needs about -615 grey levels: bounded (module doc)
     assert out[0, 2].mean() > 250
+    # the exact offset (format version 5) sets blue's mean and std to the reference's too, and leaves
+    # the channels whose offsets were within the bound as they were
+    exact = FrontEnd("reinhard", reference=fe.reference, offset_bound=EXACT_OFFSET_BOUND)
+    _, oe = exact.coefficients(img)
+    assert exact.exact_offset and not fe.exact_offset and oe[0, 2] < -500 << SHIFT
+    out_e = exact.apply(img).astype(np.float64)
+    assert np.array_equal(out_e[0, :2], out[0, :2])
+    assert abs(out_e[0, 2].mean() - 239) < 1 and abs(out_e[0, 2].std() - 11) < 1
+
+
+def test_an_offset_bound_is_stored_in_format_version_5_and_refused_in_an_older_file(se_model_file, tmp_path):
+    import dataclasses
+
+    import h5py
+
+    from lava_allnet.errors import ModelFileError
+
+    ref = [200.0, 200.0, 239.0, 30.0, 30.0, 11.0]
+    plain = nf.read(se_model_file)
+    # the default bound is not stored: such a file is what it was before version 5
+    assert "offset_bound" not in FrontEnd("reinhard", reference=ref).to_dict()
+    nf.write(dataclasses.replace(plain, frontend=FrontEnd("reinhard", reference=ref)), tmp_path / "old.net")
+    assert nf.read(tmp_path / "old.net").format_version == 2
+    exact = FrontEnd("reinhard", reference=ref, offset_bound=EXACT_OFFSET_BOUND)
+    nf.write(dataclasses.replace(plain, frontend=exact), tmp_path / "exact.net")
+    spec = nf.read(tmp_path / "exact.net")
+    assert spec.format_version == 5 and spec.frontend == exact and FrontEnd.from_json(exact.to_json()) == exact
+    with h5py.File(tmp_path / "exact.net", "r+") as f:
+        f.attrs["format_version"] = 4
+    with pytest.raises(ModelFileError, match="'offset_bound' needs format version 5"):
+        nf.read(tmp_path / "exact.net")
+    for bad in (0, EXACT_OFFSET_BOUND + 1, 2.5, True):
+        with pytest.raises(ValueError, match="offset bound"):
+            FrontEnd("reinhard", reference=ref, offset_bound=bad)
+    assert FrontEnd("reinhard").offset_bound == OFFSET_BOUND
 
 
 def test_an_unknown_or_unfitted_front_end_is_refused(synth_images):

@@ -26,6 +26,7 @@ from typing import Any
 
 from lava_allnet.config import MODELS, get_model_config
 from lava_allnet.errors import AllnetError
+from lava_allnet.frontend import EXACT_OFFSET_BOUND, OFFSET_BOUND
 
 
 class Ints:
@@ -111,6 +112,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                  'a high percentile of each channel mapped to the training images\' average)'),
         "percentile": Key(float, 5.0, "anchor: the percentile of the non-black, unsaturated pixels (the nuclei); stretch: "
                                       "this one and 100 minus it"),
+        "offset_bound": Key(int, OFFSET_BOUND, f"bound of each channel's offset, in grey levels: {OFFSET_BOUND} is the "
+                                               "map of every model before format version 5 (a channel that clipped flat "
+                                               f"lands near white); {EXACT_OFFSET_BOUND} never binds (exact Reinhard; "
+                                               "the model file needs version 5)"),
     },
     "losses": {
         "logit_scale": Key(float, 10.0, "cross-entropy logits = logit_scale x output spike rate per class"),
@@ -316,9 +321,11 @@ def model_config(stage: dict[str, Any], where: str = "recipe"):
         from lava_allnet.frontend import FrontEnd
 
         try:
-            overrides["frontend"] = FrontEnd(fe["name"], percentile=fe["percentile"]).to_json()
+            overrides["frontend"] = FrontEnd(fe["name"], percentile=fe["percentile"],
+                                             offset_bound=fe.get("offset_bound", OFFSET_BOUND)).to_json()
         except ValueError as exc:
-            raise AllnetError(f"{where}: frontend.name {fe['name']!r}: {exc}") from exc
+            key = "offset_bound" if "offset bound" in str(exc) else "name"
+            raise AllnetError(f"{where}: frontend.{key} {fe[key]!r}: {exc}") from exc
     try:
         return get_model_config(m["name"], **overrides)
     except ValueError as exc:
