@@ -572,9 +572,6 @@ def report(model_or_path: Model | PathLike | None, data_dir: PathLike, out_dir: 
                          progress=progress)
     stats = totals(layer_stats(spec))
     cal = spec.calibration
-    fe = spec.frontend
-    fe_text = (fe.name + (" (exact offset)" if fe.exact_offset else "")
-               + (f" after a {fe.median}x{fe.median} median filter" if fe.median else ""))
     facts = {
         "title": f"NeurALLNet report: {model.path.name}",
         "generated": f"lava-allnet {__version__}, {datetime.datetime.now().isoformat(timespec='seconds')}",
@@ -584,7 +581,8 @@ def report(model_or_path: Model | PathLike | None, data_dir: PathLike, out_dir: 
             "file": str(model.path), "file bytes": model.path.stat().st_size, "format version": spec.format_version,
             "classes": ", ".join(spec.class_names), "input": f"3 x {model.input_size} x {model.input_size}",
             "time steps": spec.time_steps, "parameters": int(stats.get("parameters", 0)),
-            "same-shaped ANN MACs": int(stats["ann_macs"]), "input front end": fe_text,
+            "same-shaped ANN MACs": int(stats["ann_macs"]),
+            "input front end": spec.frontend.name + (" (exact offset)" if spec.frontend.exact_offset else ""),
             "calibration": "none" if cal is None else
             (f"temperature {cal.temperature:.4g}; abstain below confidence {cal.abstain_below:.4f} "
              f"(target accuracy {cal.target_accuracy:g} on accepted validation images); out of distribution "

@@ -23,10 +23,6 @@ command applies it without a flag.
 - ``stretch``: each channel's ``percentile``-th and (100 - ``percentile``)-th percentiles over the
   same pixels mapped to the reference's: undoes any per-channel gain and offset (Reinhard's
   equalisation included) while the statistics' pixels do not clip.
-
-``median`` (3 or 5; 0: off; format version 5) first replaces each pixel of each channel by the median of its
-``median`` × ``median`` neighbourhood (edges repeated): isolated dead or hot pixels (impulse noise)
-are removed before the statistics and the map see them; edges wider than half the window stay.
 """
 from __future__ import annotations
 
@@ -39,7 +35,6 @@ NAMES = ("none", "reinhard", "anchor", "stretch")
 GAIN_BOUND, OFFSET_BOUND = 64, 256  # of the per-channel map, in units of 1 and of grey levels (module doc)
 # |offset| = |reference mean - gain x mean| <= 255 + GAIN_BOUND x 255 < this: a bound that never binds
 EXACT_OFFSET_BOUND = (GAIN_BOUND + 1) * 256
-VERSION_5_FIELDS = ("offset_bound", "median")  # stored only when not the default (netx.format version 5)
 BLACK, SATURATED = 16, 250  # pixels excluded from the anchor's statistics (segmented backgrounds, clipping)
 
 
@@ -49,7 +44,6 @@ class FrontEnd:
     reference: list[float] = field(default_factory=list)  # per-channel reference statistics (fitted)
     percentile: float = 5.0  # anchor
     offset_bound: int = OFFSET_BOUND  # grey levels (module doc); stored only when not the default
-    median: int = 0  # side of the median filter applied first (0: none)
 
     def __post_init__(self) -> None:
         if self.name not in NAMES:
@@ -60,18 +54,11 @@ class FrontEnd:
                              f"(grey levels; {OFFSET_BOUND}: the map before format version 5, "
                              f"{EXACT_OFFSET_BOUND}: never binds)")
         self.offset_bound = int(b)
-        if self.median not in (0, 3, 5):
-            raise ValueError(f"front end median {self.median}: 0 (off), 3 or 5")
 
     @property
     def exact_offset(self) -> bool:
         """The offset bound never binds: Reinhard is exact up to rounding."""
         return self.offset_bound >= EXACT_OFFSET_BOUND
-
-    @property
-    def active(self) -> bool:
-        """It changes images (a colour map or a median filter)."""
-        return self.name != "none" or bool(self.median)
 
     # --------------------------------------------------------------- statistics
     def _stats(self, images: np.ndarray) -> np.ndarray:
@@ -95,18 +82,10 @@ class FrontEnd:
             return out
         return np.zeros((len(x), 0))
 
-    def denoise(self, images: np.ndarray) -> np.ndarray:
-        """The median filter (the identity when ``median`` is 0): (N, C, H, W) uint8 → the same."""
-        if not self.median:
-            return images
-        from scipy.ndimage import median_filter
-
-        return median_filter(images, size=(1, 1, self.median, self.median), mode="nearest")
-
     def fit(self, images: np.ndarray) -> "FrontEnd":
-        """Reference statistics: the mean of the training images' own (per channel), after the median."""
+        """Reference statistics: the mean of the training images' own (per channel)."""
         if self.name != "none":
-            self.reference = [round(float(v), 4) for v in self._stats(self.denoise(images)).mean(0)]
+            self.reference = [round(float(v), 4) for v in self._stats(images).mean(0)]
         return self
 
     # --------------------------------------------------------------- the map
@@ -139,29 +118,24 @@ class FrontEnd:
     def apply(self, images: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) uint8 → uint8 of the same shape."""
         images = np.asarray(images)
-        if not self.active or len(images) == 0:
-            return images
-        images = self.denoise(images)
-        if self.name == "none":
+        if self.name == "none" or len(images) == 0:
             return images
         g, o = self.coefficients(images)
         y = images.astype(np.int64) * g[:, :, None, None] + o[:, :, None, None] + (1 << (SHIFT - 1))
         return np.clip(y >> SHIFT, 0, 255).astype(np.uint8)
 
     def to_dict(self) -> dict:
-        """The stored fields; ``offset_bound`` and ``median`` only when not the default (as in the files
-        before format version 5, which have neither)."""
+        """The stored fields; ``offset_bound`` only when it is not the default (files before version 5)."""
         d = asdict(self)
-        for key in VERSION_5_FIELDS:
-            if d[key] == FrontEnd.__dataclass_fields__[key].default:
-                del d[key]
+        if d["offset_bound"] == OFFSET_BOUND:
+            del d["offset_bound"]
         return d
 
     def to_json(self) -> str:
         """"" for none (what ``ModelConfig.frontend`` holds), else the JSON of :meth:`to_dict`."""
         import json
 
-        return json.dumps(self.to_dict(), sort_keys=True) if self.active else ""
+        return "" if self.name == "none" else json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "FrontEnd":
@@ -171,7 +145,7 @@ class FrontEnd:
 
     def apply_torch(self, images):
         """:meth:`apply` on a uint8 torch tensor (on any device); returns a tensor there."""
-        if not self.active:
+        if self.name == "none":
             return images
         import torch
 
@@ -181,16 +155,12 @@ class FrontEnd:
     def from_dict(cls, d: dict | None) -> "FrontEnd":
         if not d:
             return cls()
-        known = {"name", "reference", "percentile", "offset_bound", "median"}
+        known = {"name", "reference", "percentile", "offset_bound"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"front end: unknown fields {sorted(unknown)}")
-        median = d.get("median", 0)
-        if isinstance(median, bool) or not isinstance(median, int):
-            raise ValueError(f"front end median {median!r}: an integer")
         return cls(name=str(d.get("name", "none")), reference=[float(v) for v in d.get("reference", [])],
-                   percentile=float(d.get("percentile", 5.0)), offset_bound=d.get("offset_bound", OFFSET_BOUND),
-                   median=median)
+                   percentile=float(d.get("percentile", 5.0)), offset_bound=d.get("offset_bound", OFFSET_BOUND))
 
 
 def _percentile(v: np.ndarray, q: float) -> float:

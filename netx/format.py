@@ -6,7 +6,7 @@ Layout (NetX-compatible where NetX has the layer; field names as lava-dl's
     /                attrs: format="lava-allnet-netx", format_version=1 to 5,
                             class_names (JSON), time_steps, population,
                             model_config (JSON, optional: the training config),
-                            frontend (JSON, version 2; its offset_bound and median, version 5),
+                            frontend (JSON, version 2; its offset_bound, version 5),
                             calibration (JSON, version 3)
     /layer/0         type="input"   shape=(C,H,W) messageBits pixelShift
     /layer/i         type="conv"    shape=(C,H,W) inChannels outChannels kernelSize(2)
@@ -43,7 +43,7 @@ import numpy as np
 
 from lava_allnet import fixed_point as fx
 from lava_allnet.calibration import Calibration
-from lava_allnet.frontend import VERSION_5_FIELDS, FrontEnd
+from lava_allnet.frontend import FrontEnd
 from lava_allnet.errors import ModelFileError
 
 FORMAT_NAME = "lava-allnet-netx"
@@ -57,8 +57,7 @@ READ_VERSIONS = (1, 2, 3, 4, 5)
 # with the lowest version its fields need. Version 4 adds graded neurons (neuron type "GRADED": shift,
 # vth, relu; the layer's bias added to the accumulator as is): a graded network, lava_allnet.graded.
 # Version 5 adds the front end's offset_bound (grey levels; absent: 256, the bound of every earlier
-# file), so a front end can be exact Reinhard (lava_allnet.frontend.EXACT_OFFSET_BOUND), and its
-# median (a median filter before the colour map; absent: none).
+# file), so a front end can be exact Reinhard (lava_allnet.frontend.EXACT_OFFSET_BOUND).
 LAYER_TYPES = ("input", "conv", "se", "flatten", "dense")
 
 
@@ -416,9 +415,8 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
             raise ModelFileError("root attribute 'frontend' needs format version 2")
         try:
             fields = json.loads(_attr(f, "frontend"))
-            for key in VERSION_5_FIELDS:
-                if isinstance(fields, dict) and key in fields and version < 5:
-                    raise ModelFileError(f"front-end field {key!r} needs format version 5")
+            if isinstance(fields, dict) and "offset_bound" in fields and version < 5:
+                raise ModelFileError("front-end field 'offset_bound' needs format version 5")
             frontend = FrontEnd.from_dict(fields)
             if frontend.name != "none" and len(frontend.reference) not in (3, 6):
                 raise ValueError(f"front end {frontend.name!r}: {len(frontend.reference)} reference values")
@@ -629,7 +627,7 @@ def write(spec: NetworkSpec, path: str | os.PathLike) -> None:
         f.attrs["class_names"] = np.bytes_(json.dumps(list(spec.class_names)).encode())
         f.attrs["time_steps"] = int(spec.time_steps)
         f.attrs["population"] = int(spec.population)
-        if spec.frontend.active:
+        if spec.frontend.name != "none":
             f.attrs["frontend"] = np.bytes_(json.dumps(spec.frontend.to_dict(), sort_keys=True).encode())
         if spec.calibration is not None:
             f.attrs["calibration"] = np.bytes_(json.dumps(spec.calibration.to_dict(), sort_keys=True).encode())
@@ -669,13 +667,13 @@ def _neuron(g: h5py.Group, n: NeuronSpec | GradedNeuronSpec) -> None:
 
 def required_version(spec: "NetworkSpec") -> int:
     """The oldest format version that holds this network (version-1 readers can load it then)."""
-    if set(VERSION_5_FIELDS) & set(spec.frontend.to_dict()):
+    if "offset_bound" in spec.frontend.to_dict():
         return 5
     if spec.graded:
         return 4
     if spec.calibration is not None:
         return 3
-    return 2 if spec.input.send_once or spec.frontend.active else 1
+    return 2 if spec.input.send_once or spec.frontend.name != "none" else 1
 
 
 def _write_layer(g: h5py.Group, layer: LayerSpec) -> None:

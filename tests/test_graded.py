@@ -209,7 +209,6 @@ def test_a_graded_recipe_trains_exports_and_resumes_exactly(synth_dir, tmp_path)
     (["losses.rate.weight=1.0"], "losses.rate.weight apply to the spiking network only"),
     (["model.family=analog"], "model.family 'analog'"),
     (["graded.threshold=0"], "graded.threshold 0.0: must be above 0"),
-    (["frontend.median=4"], "frontend.median 4: front end median 4: 0 (off), 3 or 5"),
 ])
 def test_graded_recipe_errors_name_the_key(synth_dir, tmp_path, sets, message):
     from lava_allnet.errors import AllnetError

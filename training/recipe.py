@@ -116,8 +116,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                                "map of every model before format version 5 (a channel that clipped flat "
                                                f"lands near white); {EXACT_OFFSET_BOUND} never binds (exact Reinhard; "
                                                "the model file needs version 5)"),
-        "median": Key(int, 0, "a median filter of this side (3 or 5; 0: off) applied first, before the colour map: "
-                              "removes isolated dead or hot pixels (impulse noise)"),
     },
     "losses": {
         "logit_scale": Key(float, 10.0, "cross-entropy logits = logit_scale x output spike rate per class"),
@@ -319,14 +317,14 @@ def model_config(stage: dict[str, Any], where: str = "recipe"):
             raise AllnetError(f"{where}: model.threshold {m['threshold']}: must be above 0 (0: the config's)")
         overrides["neuron"] = dataclasses.replace(MODELS[m["name"]].neuron, threshold=m["threshold"])
     fe = stage.get("frontend", {"name": "none"})
-    if fe["name"] != "none" or fe.get("median"):
+    if fe["name"] != "none":
         from lava_allnet.frontend import FrontEnd
 
         try:
-            overrides["frontend"] = FrontEnd(fe["name"], percentile=fe["percentile"], median=fe.get("median", 0),
+            overrides["frontend"] = FrontEnd(fe["name"], percentile=fe["percentile"],
                                              offset_bound=fe.get("offset_bound", OFFSET_BOUND)).to_json()
         except ValueError as exc:
-            key = "offset_bound" if "offset bound" in str(exc) else "median" if "median" in str(exc) else "name"
+            key = "offset_bound" if "offset bound" in str(exc) else "name"
             raise AllnetError(f"{where}: frontend.{key} {fe[key]!r}: {exc}") from exc
     try:
         return get_model_config(m["name"], **overrides)
