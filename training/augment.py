@@ -2,7 +2,7 @@
 
 :func:`augment_batch` (flips, 90° rotations, mild colour jitter) is what every recipe gets;
 :class:`Photometric` adds what a model needs to survive another microscope (recipe ``[augment]``
-keys): exposure with clipping, gamma, contrast, stain and hue, noise, blur, occlusion, impulse noise, and
+keys): exposure with clipping, gamma, contrast, stain and hue, noise, blur, occlusion, and
 background replacement (everything but the stained white cells replaced by one colour, black
 included), each drawn per image from the batch's generator.
 """
@@ -67,7 +67,6 @@ class Photometric:
     blur: float = 0.0  # maximum Gaussian blur sigma (pixels)
     occlusion: float = 0.0  # maximum occluded share of the image (one rectangle of a random grey)
     background: float = 0.0  # probability of replacing the background by one random colour
-    impulse: float = 0.0  # maximum share of pixels set to black or white (salt-and-pepper, all channels)
 
     @property
     def active(self) -> bool:
@@ -111,9 +110,6 @@ class Photometric:
                 oh, ow = max(1, int(h * share ** 0.5)), max(1, int(w * share ** 0.5))
                 y0, x0 = int(u(1) * (h - oh + 1)), int(u(1) * (w - ow + 1))
                 f[i, :, y0:y0 + oh, x0:x0 + ow] = 255 * float(u(1))
-        if self.impulse > 0:  # drawn last: a recipe without it keeps every other draw as it was
-            hit = u(n, 1, h, w) < self.impulse * u(n, 1, 1, 1)
-            f = torch.where(hit, 255 * (u(n, 1, h, w) < 0.5).float(), f)
         return f.round().clamp(0, 255).to(torch.uint8)
 
 
