@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from lava_allnet.errors import AllnetError
+from lava_allnet.frontend import EXACT_OFFSET_BOUND, OFFSET_BOUND
 from training import recipe as rc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,12 +42,15 @@ def test_shipped_recipes_resolve_and_the_aria_recipe_has_the_shipped_models_stag
     spiking = rc.load(ROOT / "recipes" / "neurallnet-aria-v2-spiking.toml")
     v2 = rc.compile_stage(spiking["stages"][1], 2, run_dir=Path("/r"), previous=Path("/r/1"))[1]
     assert v2.rate_layers == ("conv1",) and v2.rate_weight == 1.0 and v2.rate_max == 0.02
-    # the graded v2: one stage from the same teacher (the teacher's keys are the spiking v2's)
+    # the graded v2: one stage from a teacher with the spiking v2's keys but the front end's exact offset
     graded = rc.load(ROOT / "recipes" / "neurallnet-aria-v2.toml")
     g = rc.compile_stage(graded["stages"][0], 1, run_dir=Path("/r"))[1]
     assert g.family == "graded" and g.init_teacher and g.graded_threshold == 1.0 and len(graded["stages"]) == 1
-    for key in ("teacher", "augment", "frontend", "data"):
+    for key in ("teacher", "augment", "data"):
         assert graded["stages"][0][key] == spiking["stages"][0][key], key
+    fe, fe_spiking = graded["stages"][0]["frontend"], spiking["stages"][0]["frontend"]
+    assert (fe["offset_bound"], fe_spiking["offset_bound"]) == (EXACT_OFFSET_BOUND, OFFSET_BOUND)
+    assert {**fe, "offset_bound": OFFSET_BOUND} == fe_spiking
     assert (g.batch_size, g.seed, g.threads) == (16, 0, 2)
     # conv1's threshold 20 (its biases fit Lava's range); every later layer's as in the default config
     v2_model = rc.model_config(spiking["stages"][0])
