@@ -23,6 +23,7 @@ from sklearn.metrics import roc_auc_score
 import lava_allnet
 from lava_allnet.api import dataset_inputs
 from lava_allnet.data import synth
+from lava_allnet.evaluation import distort
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -60,8 +61,7 @@ def main() -> None:
     for name, rows in (("segmented", out_seg), ("synthetic", syn)):
         report[name] = against(rows)
     for g in [float(v) for v in args.gains.split(",") if v]:
-        rows = model.predict(np.clip(np.round(test.images.astype(np.float64) * g), 0, 255).astype(np.uint8),
-                             backend="torch")
+        rows = model.predict(distort(test.images, "illumination", g), backend="torch")
         ok = np.asarray([r["predicted_index"] for r in rows]) == labels
         kept = ~np.asarray([r["out_of_distribution"] or r["abstain"] for r in rows])
         report[f"gain {g:g}"] = {

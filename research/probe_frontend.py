@@ -14,10 +14,11 @@ std equalisation taken over each channel's darkest ``--dark`` percent of pixels 
 not clip until far brighter exposures than the background), then, with ``--clip``, every output
 above a fixed ceiling set to it: the level the camera's 255 reaches in the normalised image at gain
 ``--clip`` (the 10th percentile over the training images), so the clipped background looks alike at
-every gain up to that one. ``--frontend reinhard-exact`` (research only): the product's Reinhard
-without its offset bound of ±256 grey levels (``lava_allnet.frontend``), so a channel that clipped
-flat lands on the reference mean, not near white (``saturation_probe.Variant("reinhard")``). ``--augment
-v2`` is the v2 recipe's augmentation.
+every gain up to that one. ``--frontend reinhard-exact``: Reinhard without the offset bound of ±256
+grey levels, in floating point (``saturation_probe.Variant("reinhard")``, the probe behind the
+model card's runs 21 onwards; the product's integer form is ``frontend.offset_bound = 16640``), so
+a channel that clipped flat lands on the reference mean, not near white. ``--augment v2`` is the
+v2 recipe's augmentation.
 """
 from __future__ import annotations
 

@@ -322,7 +322,7 @@ def model_config(stage: dict[str, Any], where: str = "recipe"):
 
         try:
             overrides["frontend"] = FrontEnd(fe["name"], percentile=fe["percentile"],
-                                             offset_bound=fe.get("offset_bound", OFFSET_BOUND)).to_json()
+                                             offset_bound=fe["offset_bound"]).to_json()
         except ValueError as exc:
             key = "offset_bound" if "offset bound" in str(exc) else "name"
             raise AllnetError(f"{where}: frontend.{key} {fe[key]!r}: {exc}") from exc
