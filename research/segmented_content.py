@@ -1,0 +1,34 @@
+"""What `segmented/` keeps of the cells, per class, on the test split (no model): the share of each
+image's pixels that are not black (any channel above the front end's ``BLACK`` = 16), and the share
+of the original image's stained white-cell pixels (``training.augment.cell_mask``: nuclei and blast
+cytoplasm, the pixels background replacement keeps) that are not black in its segmented copy, as
+medians, with the number of images that keep under 10% of their cell pixels:
+
+    python research/segmented_content.py [SPLIT.json]
+"""
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lava_allnet.frontend import BLACK
+from training.augment import cell_mask
+
+split = json.load(open(sys.argv[1] if len(sys.argv) > 1 else "models/neurallnet-aria.split.json"))
+original = Path(split["root"]).resolve()
+segmented = original.parent / "segmented"
+rows = defaultdict(list)
+for rel in split["test"]:
+    a = np.array(Image.open(original / rel).convert("RGB"))
+    b = np.array(Image.open(segmented / rel).convert("RGB"))
+    cells = cell_mask(torch.from_numpy(a).permute(2, 0, 1)[None])[0, 0].numpy()
+    kept = b.max(2) > BLACK
+    rows[rel.split("/")[0]].append((kept.mean(), (kept & cells).sum() / max(1, cells.sum())))
+print(f"{'class':8} {'images':>6} {'pixels kept':>11} {'cell pixels kept':>16} {'images < 10%':>12}")
+for name in split["class_names"]:
+    r = np.array(rows[name])
+    print(f"{name:8} {len(r):6d} {np.median(r[:, 0]):11.3f} {np.median(r[:, 1]):16.3f} {int((r[:, 1] < 0.1).sum()):12d}")
