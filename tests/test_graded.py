@@ -204,45 +204,11 @@ def test_a_graded_recipe_trains_exports_and_resumes_exactly(synth_dir, tmp_path)
     assert rows["family"] == "graded" and len(rows["history"]) == 2
 
 
-def test_graded_distillation_shows_the_teacher_the_clean_view(synth_dir, tmp_path):
-    """losses.distill.view = "clean": the frozen teacher sees the batch's flipped and rotated images
-    without the photometric augmentation; the student's batch is what it was without distillation."""
-    from lava_allnet.frontend import FrontEnd
-    from training import recipe
-    from training.augment import Photometric, augment_batch
-    from training.graded import GradedTrainer
-    from training.trainer import _gen
-
-    path = tmp_path / "g.toml"
-    path.write_text(GRADED_RECIPE.format(root=synth_dir))
-    r = recipe.load(path, ["losses.distill.weight=0.5", "losses.distill.view=clean"])
-    _, cfg, _, _ = recipe.compile_stage(r["stages"][0], 1)
-    assert (cfg.distill_weight, cfg.distill_view) == (0.5, "clean")
-    models = {}
-    for name, sets in (("plain", []), ("same", ["losses.distill.weight=0.5"]),
-                       ("clean", ["losses.distill.weight=0.5", "losses.distill.view=clean"])):
-        out = recipe.run(recipe.load(path, sets), tmp_path / name, show_progress=False)
-        models[name] = Path(out["model"]).read_bytes()
-    assert len(set(models.values())) == 3  # the term is in the loss, and the teacher's view matters
-    t = GradedTrainer.__new__(GradedTrainer)  # the views of one batch, as the trainer makes them
-    t.cfg = cfg
-    t.frontend, t.photometric = FrontEnd(), Photometric(noise=4.0)
-    t.prepares = True
-    t.data = type("D", (), {"images": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)})()
-    idx = torch.arange(4)
-    x, clean = t.batch_views(idx, 1, 2, clean=True)
-    assert torch.equal(x, t.batch_images(idx, 1, 2))
-    assert torch.equal(clean, augment_batch(t.data.images, _gen(cfg.seed, 1, 2), strength=cfg.color_jitter).float())
-    assert not torch.equal(x, clean)
-
-
 @pytest.mark.parametrize("sets, message", [
     (["schedule.init=scratch"], 'set schedule.init = "teacher"'),
     (["losses.rate.weight=1.0"], "losses.rate.weight apply to the spiking network only"),
     (["model.family=analog"], "model.family 'analog'"),
     (["graded.threshold=0"], "graded.threshold 0.0: must be above 0"),
-    (["losses.distill.view=raw"], "losses.distill.view 'raw': \"augmented\" or \"clean\""),
-    (["model.family=spiking", "losses.distill.view=clean"], 'losses.distill.view "clean": the graded family only'),
 ])
 def test_graded_recipe_errors_name_the_key(synth_dir, tmp_path, sets, message):
     from lava_allnet.errors import AllnetError

@@ -52,7 +52,6 @@ class TrainConfig:
     range_weight: float = 1e-3  # [losses.range]: the 24-bit state-range penalty (features.RangePenalty)
     distill_weight: float = 0.0  # [losses.distill]: share of the distillation term (features.Distillation); 0: off
     distill_temperature: float = 2.0
-    distill_view: str = "augmented"  # what the teacher sees: the student's batch, or "clean" (graded: before the photometric augmentation)
     rate_weight: float = 0.0  # [losses.rate]: lava-dl's SparsityEnforcer on every spiking layer (features.RateLoss); 0: off
     rate_max: float = 0.01
     rate_layers: tuple[str, ...] = ()  # the layers that pay ([losses.rate] layers); (): every conv and dense layer
@@ -111,17 +110,12 @@ class TrainConfig:
         if self.family == "graded":
             if not self.init_teacher:
                 raise ValueError('model.family "graded" starts from the ANN teacher: set schedule.init = "teacher"')
-            spiking_only = {"losses.rate.weight": self.rate_weight > 0,
+            spiking_only = {"losses.rate.weight": self.rate_weight > 0, "losses.distill.weight": self.distill_weight > 0,
                             "averaging.from_epoch": self.average_from > 0, "biases.means": self.norm_means != "batch",
                             "biases.learn": self.learn_biases}
             used = [k for k, v in spiking_only.items() if v]
             if used:
                 raise ValueError(f'model.family "graded": {", ".join(used)} apply to the spiking network only')
-        if self.distill_view not in ("augmented", "clean"):
-            raise ValueError(f'losses.distill.view {self.distill_view!r}: "augmented" or "clean"')
-        if self.distill_view == "clean" and self.family != "graded":
-            raise ValueError('losses.distill.view "clean": the graded family only (the spiking teacher sees the '
-                             "student's batch)")
         for feature in features.FEATURES:
             feature.check(self)
 

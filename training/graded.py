@@ -26,7 +26,7 @@ from lava_allnet.config import ModelConfig
 from lava_allnet.frontend import FrontEnd
 from lava_allnet.graded import GradedLayer, GradedNetwork
 from training.checkpoint import load_torch, save_json, save_torch
-from training.distill import Teacher, distillation_loss
+from training.distill import Teacher
 from training.trainer import Trainer, _gen
 
 LEVELS = 127  # weight levels a side: Loihi's 8-bit weights are even mantissas 2k, |k| <= 127
@@ -137,7 +137,6 @@ class GradedTrainer(Trainer):
         cfg, dev = self.cfg, self.device
         torch.manual_seed(cfg.seed)
         self.net = copy.deepcopy(self.teacher()).to(dev)
-        self.teacher().eval()  # frozen: the distillation term's teacher (losses.distill), if any
         pick = self.train_idx[torch.randperm(len(self.train_idx), generator=_gen(cfg.seed, 99))[:CALIBRATION_IMAGES]]
         self.quant = calibrate(self.net, self.images[pick].to(dev), cfg.graded_threshold)
         self.features = []
@@ -169,15 +168,10 @@ class GradedTrainer(Trainer):
         part = state["partial"] = {"loss": 0.0, "correct": 0, "seen": 0}
         for b in range(self.batches_per_epoch):
             idx = perm[b * bs:(b + 1) * bs]
-            x, clean = self.batch_views(idx, epoch, b, clean=cfg.distill_view == "clean")
-            x, y = x.to(dev), self.data.labels[idx].to(dev)
+            x = self.batch_images(idx, epoch, b).to(dev)
+            y = self.data.labels[idx].to(dev)
             logits, _ = forward(self.net, x, self.quant)
             loss = F.cross_entropy(logits, y)
-            if cfg.distill_weight > 0:  # the frozen ANN teacher on the student's batch or its clean view
-                with torch.no_grad():
-                    soft = self.teacher()((x if clean is None else clean).to(dev))
-                w = cfg.distill_weight
-                loss = (1 - w) * loss + w * distillation_loss(logits, soft, cfg.distill_temperature)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

@@ -127,10 +127,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "weight": Key(float, 0.0, "share W of the loss taken by distillation from the ANN teacher: "
                                   "(1-W) x cross-entropy + W x T² x KL (0: off)"),
         "temperature": Key(float, 2.0, "softmax temperature T of the distillation term"),
-        "view": Key(str, "augmented", 'what the teacher sees: "augmented" (the student\'s batch) or "clean" (model.family '
-                                      '"graded": the same flipped and rotated images without the photometric augmentation, '
-                                      "so the student learns to answer for an augmented image what the teacher says of "
-                                      "the clean one)"),
     },
     "losses.rate": {
         "weight": Key(float, 0.0, "lava-dl's SparsityEnforcer on every conv and dense layer (or `layers`): weight x Σ relu(mean "
@@ -369,8 +365,7 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
             aug_background=a["background"], rate_weight=stage["losses.rate"]["weight"],
             rate_max=stage["losses.rate"]["max_rate"], rate_layers=tuple(stage["losses.rate"]["layers"]),
             range_weight=stage["losses.range"]["weight"], distill_weight=stage["losses.distill"]["weight"],
-            distill_temperature=stage["losses.distill"]["temperature"],
-            distill_view=stage["losses.distill"]["view"], teacher_epochs=stage["teacher"]["epochs"],
+            distill_temperature=stage["losses.distill"]["temperature"], teacher_epochs=stage["teacher"]["epochs"],
             teacher_seed=stage["teacher"]["seed"], teacher_path="../teacher.pt",
             norm_means=b["means"], learn_biases=b["learn"], bias_adam_eps=b["adam_eps"] or None,
             average_from=stage["averaging"]["from_epoch"], family=stage["model"]["family"],

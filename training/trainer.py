@@ -315,18 +315,11 @@ class Trainer:
     def batch_images(self, idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
         """Batch ``b`` of ``epoch``: the images ``idx`` flipped and rotated, then :meth:`prepare`d, with
         the batch's own seeded generator."""
-        return self.batch_views(idx, epoch, b)[0]
-
-    def batch_views(self, idx: torch.Tensor, epoch: int, b: int, clean: bool = False
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(:meth:`batch_images`, and with ``clean`` the same flipped and rotated images through the
-        front end alone, without the photometric augmentation; else None)."""
         x = self.data.images[idx]
         gen = _gen(self.cfg.seed, epoch, b)
         if self.cfg.augment:
             x = augment.augment_batch(x, gen, strength=self.cfg.color_jitter)
-        view = self.frontend.apply_torch(x) if clean else None
-        return (self.prepare(x, gen) if self.prepares else x), view
+        return self.prepare(x, gen) if self.prepares else x
 
     def prepare(self, images: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         """uint8 images after the flips → photometric augmentation (with ``gen``) → front end."""
