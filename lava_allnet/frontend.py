@@ -14,7 +14,14 @@ default is stored in the model file (format version 5). The same uint8 image giv
 machine, and both backends see exactly what the other sees. Stored in the model file (``netx.format``), so every
 command applies it without a flag.
 
-- ``none``: the identity.
+Before the statistics, a front end can correct impulse noise (``impulse`` T > 0, model file format
+version 6): each pixel whose value in a channel differs from the median of its 3×3 neighbourhood in
+that channel (edges replicated) by more than T grey levels takes that median. This is a camera's
+dead- and hot-pixel correction (a switching median): salt-and-pepper pixels never reach the
+statistics or the network, while a clean image keeps almost every pixel (T = 90: 0.01% of the
+validation images' pixels change; the model card's twenty-second amendment).
+
+- ``none``: the identity (after the impulse correction, if any).
 - ``reinhard``: each channel's mean and standard deviation set to the reference's (Reinhard et
   al. 2001, in RGB). Undoes a global gain, offset or stain tint exactly while nothing clips.
 - ``anchor``: each channel scaled so that its ``percentile``-th percentile over pixels that are
@@ -44,6 +51,7 @@ class FrontEnd:
     reference: list[float] = field(default_factory=list)  # per-channel reference statistics (fitted)
     percentile: float = 5.0  # anchor
     offset_bound: int = OFFSET_BOUND  # grey levels (module doc); stored only when not the default
+    impulse: int = 0  # switching-median threshold in grey levels (module doc); 0: off, stored only when on
 
     def __post_init__(self) -> None:
         if self.name not in NAMES:
@@ -54,6 +62,15 @@ class FrontEnd:
                              f"(grey levels; {OFFSET_BOUND}: the map before format version 5, "
                              f"{EXACT_OFFSET_BOUND}: never binds)")
         self.offset_bound = int(b)
+        t = self.impulse
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t <= 254:
+            raise ValueError(f"front end impulse threshold {t!r}: an integer in 0..254 (grey levels; 0: off)")
+        self.impulse = int(t)
+
+    @property
+    def identity(self) -> bool:
+        """Maps every image to itself (no colour map, no impulse correction)."""
+        return self.name == "none" and not self.impulse
 
     @property
     def exact_offset(self) -> bool:
@@ -85,8 +102,24 @@ class FrontEnd:
     def fit(self, images: np.ndarray) -> "FrontEnd":
         """Reference statistics: the mean of the training images' own (per channel)."""
         if self.name != "none":
-            self.reference = [round(float(v), 4) for v in self._stats(images).mean(0)]
+            self.reference = [round(float(v), 4) for v in self._stats(self.correct_impulses(images)).mean(0)]
         return self
+
+    def correct_impulses(self, images: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) uint8 → the same with the switching median applied (module doc); as is when off."""
+        images = np.asarray(images)
+        if not self.impulse or len(images) == 0:
+            return images
+        import cv2
+
+        out = images.copy()
+        for i in range(len(images)):
+            for c in range(images.shape[1]):
+                x = np.ascontiguousarray(images[i, c])
+                med = cv2.medianBlur(x, 3)  # uint8, 3x3, edges replicated: exact on every machine
+                bad = np.abs(x.astype(np.int16) - med) > self.impulse
+                out[i, c][bad] = med[bad]
+        return out
 
     # --------------------------------------------------------------- the map
     def coefficients(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +150,7 @@ class FrontEnd:
 
     def apply(self, images: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) uint8 → uint8 of the same shape."""
-        images = np.asarray(images)
+        images = self.correct_impulses(np.asarray(images))
         if self.name == "none" or len(images) == 0:
             return images
         g, o = self.coefficients(images)
@@ -125,17 +158,20 @@ class FrontEnd:
         return np.clip(y >> SHIFT, 0, 255).astype(np.uint8)
 
     def to_dict(self) -> dict:
-        """The stored fields; ``offset_bound`` only when it is not the default (files before version 5)."""
+        """The stored fields; ``offset_bound`` only when it is not the default (files before version 5),
+        ``impulse`` only when on (files before version 6)."""
         d = asdict(self)
         if d["offset_bound"] == OFFSET_BOUND:
             del d["offset_bound"]
+        if not d["impulse"]:
+            del d["impulse"]
         return d
 
     def to_json(self) -> str:
-        """"" for none (what ``ModelConfig.frontend`` holds), else the JSON of :meth:`to_dict`."""
+        """"" for the identity (what ``ModelConfig.frontend`` holds), else the JSON of :meth:`to_dict`."""
         import json
 
-        return "" if self.name == "none" else json.dumps(self.to_dict(), sort_keys=True)
+        return "" if self.identity else json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "FrontEnd":
@@ -145,7 +181,7 @@ class FrontEnd:
 
     def apply_torch(self, images):
         """:meth:`apply` on a uint8 torch tensor (on any device); returns a tensor there."""
-        if self.name == "none":
+        if self.identity:
             return images
         import torch
 
@@ -155,12 +191,12 @@ class FrontEnd:
     def from_dict(cls, d: dict | None) -> "FrontEnd":
         if not d:
             return cls()
-        known = {"name", "reference", "percentile", "offset_bound"}
+        known = {"name", "reference", "percentile", "offset_bound", "impulse"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"front end: unknown fields {sorted(unknown)}")
         return cls(name=str(d.get("name", "none")), reference=[float(v) for v in d.get("reference", [])],
-                   percentile=float(d.get("percentile", 5.0)), offset_bound=d.get("offset_bound", OFFSET_BOUND))
+                   percentile=float(d.get("percentile", 5.0)), offset_bound=d.get("offset_bound", OFFSET_BOUND), impulse=d.get("impulse", 0))
 
 
 def _percentile(v: np.ndarray, q: float) -> float:

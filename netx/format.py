@@ -3,10 +3,10 @@
 Layout (NetX-compatible where NetX has the layer; field names as lava-dl's
 ``export_hdf5`` writes them)::
 
-    /                attrs: format="lava-allnet-netx", format_version=1 to 5,
+    /                attrs: format="lava-allnet-netx", format_version=1 to 6,
                             class_names (JSON), time_steps, population,
                             model_config (JSON, optional: the training config),
-                            frontend (JSON, version 2; its offset_bound, version 5),
+                            frontend (JSON, version 2; its offset_bound, version 5; its impulse, version 6),
                             calibration (JSON, version 3)
     /layer/0         type="input"   shape=(C,H,W) messageBits pixelShift
     /layer/i         type="conv"    shape=(C,H,W) inChannels outChannels kernelSize(2)
@@ -47,8 +47,8 @@ from lava_allnet.frontend import FrontEnd
 from lava_allnet.errors import ModelFileError
 
 FORMAT_NAME = "lava-allnet-netx"
-FORMAT_VERSION = 5  # the newest version this lava-allnet writes when a file needs it; it reads 1 to 5
-READ_VERSIONS = (1, 2, 3, 4, 5)
+FORMAT_VERSION = 6  # the newest version this lava-allnet writes when a file needs it; it reads 1 to 6
+READ_VERSIONS = (1, 2, 3, 4, 5, 6)
 # version 2 adds: the input layer's sendOnce (the image is sent at the first step of each window only,
 # into a first layer whose current holds it) and the root attribute frontend (JSON: the input front
 # end every backend applies before encoding, lava_allnet.frontend); a file without version-2 fields
@@ -57,7 +57,9 @@ READ_VERSIONS = (1, 2, 3, 4, 5)
 # with the lowest version its fields need. Version 4 adds graded neurons (neuron type "GRADED": shift,
 # vth, relu; the layer's bias added to the accumulator as is): a graded network, lava_allnet.graded.
 # Version 5 adds the front end's offset_bound (grey levels; absent: 256, the bound of every earlier
-# file), so a front end can be exact Reinhard (lava_allnet.frontend.EXACT_OFFSET_BOUND).
+# file), so a front end can be exact Reinhard (lava_allnet.frontend.EXACT_OFFSET_BOUND). Version 6 adds
+# the front end's impulse (grey levels; absent: 0, no impulse correction): the switching 3x3 median
+# applied before the statistics (lava_allnet.frontend).
 LAYER_TYPES = ("input", "conv", "se", "flatten", "dense")
 
 
@@ -417,6 +419,8 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
             fields = json.loads(_attr(f, "frontend"))
             if isinstance(fields, dict) and "offset_bound" in fields and version < 5:
                 raise ModelFileError("front-end field 'offset_bound' needs format version 5")
+            if isinstance(fields, dict) and "impulse" in fields and version < 6:
+                raise ModelFileError("front-end field 'impulse' needs format version 6")
             frontend = FrontEnd.from_dict(fields)
             if frontend.name != "none" and len(frontend.reference) not in (3, 6):
                 raise ValueError(f"front end {frontend.name!r}: {len(frontend.reference)} reference values")
@@ -627,7 +631,7 @@ def write(spec: NetworkSpec, path: str | os.PathLike) -> None:
         f.attrs["class_names"] = np.bytes_(json.dumps(list(spec.class_names)).encode())
         f.attrs["time_steps"] = int(spec.time_steps)
         f.attrs["population"] = int(spec.population)
-        if spec.frontend.name != "none":
+        if not spec.frontend.identity:
             f.attrs["frontend"] = np.bytes_(json.dumps(spec.frontend.to_dict(), sort_keys=True).encode())
         if spec.calibration is not None:
             f.attrs["calibration"] = np.bytes_(json.dumps(spec.calibration.to_dict(), sort_keys=True).encode())
@@ -667,13 +671,15 @@ def _neuron(g: h5py.Group, n: NeuronSpec | GradedNeuronSpec) -> None:
 
 def required_version(spec: "NetworkSpec") -> int:
     """The oldest format version that holds this network (version-1 readers can load it then)."""
+    if "impulse" in spec.frontend.to_dict():
+        return 6
     if "offset_bound" in spec.frontend.to_dict():
         return 5
     if spec.graded:
         return 4
     if spec.calibration is not None:
         return 3
-    return 2 if spec.input.send_once or spec.frontend.name != "none" else 1
+    return 2 if spec.input.send_once or not spec.frontend.identity else 1
 
 
 def _write_layer(g: h5py.Group, layer: LayerSpec) -> None:

@@ -93,6 +93,81 @@ def test_an_offset_bound_is_stored_in_format_version_5_and_refused_in_an_older_f
     assert FrontEnd("reinhard").offset_bound == OFFSET_BOUND
 
 
+def _switching_median(images: np.ndarray, t: int) -> np.ndarray:
+    """Reference: every pixel's 3x3 neighbourhood (edges replicated), sorted; the fifth value replaces
+    a pixel further than t from it."""
+    n, c, h, w = images.shape
+    p = np.pad(images.astype(np.int64), ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    med = np.sort(np.stack([p[:, :, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]), axis=0)[4]
+    return np.where(np.abs(images - med) > t, med, images).astype(np.uint8)
+
+
+def test_impulse_correction_is_the_switching_median_and_removes_salt_and_pepper(synth_images):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra.numpy import arrays
+
+    @settings(max_examples=40, deadline=None)
+    @given(arrays(np.uint8, st.tuples(st.integers(1, 2), st.integers(1, 3), st.integers(1, 9), st.integers(1, 9))),
+           st.integers(0, 254))
+    def same_as_reference(x, t):
+        got = FrontEnd("none", impulse=t).correct_impulses(x) if t else x
+        assert np.array_equal(got, _switching_median(x, t) if t else x)
+
+    same_as_reference()
+    # a flat mid-grey image with 3% of its pixels set to 0 or 255 (all channels, as `robustness` does)
+    # comes back exactly; a smooth image keeps every pixel; off, nothing changes
+    rng = np.random.default_rng(0)
+    flat = np.broadcast_to(np.array([120, 128, 110], np.uint8)[None, :, None, None], (2, 3, 64, 64)).copy()
+    mask = rng.random((2, 1, 64, 64)) < 0.03
+    noisy = np.where(mask, np.where(rng.random((2, 1, 64, 64)) < 0.5, 255, 0), flat).astype(np.uint8)
+    fe = FrontEnd("none", impulse=90)
+    assert not np.array_equal(noisy, flat) and np.array_equal(fe.correct_impulses(noisy), flat)
+    ramp = np.broadcast_to(np.arange(64, dtype=np.uint8)[None, None, None, :] * 3, (1, 3, 64, 64)).copy()
+    assert np.array_equal(fe.correct_impulses(ramp), ramp)
+    assert np.array_equal(FrontEnd("none").correct_impulses(noisy), noisy) and np.array_equal(FrontEnd().apply(noisy), noisy)
+    # an impulse within T of its neighbourhood stays (salt on a near-white background changes little)
+    bright = flat + 100
+    salted = np.where(mask, 255, bright).astype(np.uint8)
+    assert np.array_equal(fe.correct_impulses(salted), salted)
+    # in a colour front end it comes first: the statistics no longer see the impulses
+    images = synth_images[0]
+    plain = FrontEnd("reinhard").fit(images)
+    fixed = FrontEnd("reinhard", reference=plain.reference, impulse=90)
+    sp = images.copy()
+    m = rng.random((len(sp), 1) + sp.shape[2:]) < 0.03
+    sp = np.where(m, np.where(rng.random(m.shape) < 0.5, 255, 0), sp).astype(np.uint8)
+    g_sp, _ = fixed.coefficients(fixed.correct_impulses(sp))
+    g_clean, _ = fixed.coefficients(fixed.correct_impulses(images))
+    g_plain, _ = plain.coefficients(sp)
+    assert np.abs(g_sp / g_clean - 1).max() < np.abs(g_plain / g_clean - 1).max()
+    assert np.array_equal(fixed.apply(sp), plain.apply(fixed.correct_impulses(sp)))
+    for bad in (-1, 255, 2.5, True):
+        with pytest.raises(ValueError, match="impulse threshold"):
+            FrontEnd("reinhard", impulse=bad)
+
+
+def test_an_impulse_threshold_is_stored_in_format_version_6_and_refused_in_an_older_file(se_model_file, tmp_path):
+    import dataclasses
+
+    import h5py
+
+    from lava_allnet.errors import ModelFileError
+
+    plain = nf.read(se_model_file)
+    ref = [200.0, 200.0, 239.0, 30.0, 30.0, 11.0]
+    assert "impulse" not in FrontEnd("reinhard", reference=ref).to_dict()
+    for fe in (FrontEnd("reinhard", reference=ref, offset_bound=EXACT_OFFSET_BOUND, impulse=90),
+               FrontEnd("none", impulse=40)):
+        nf.write(dataclasses.replace(plain, frontend=fe), tmp_path / "imp.net")
+        spec = nf.read(tmp_path / "imp.net")
+        assert spec.format_version == 6 and spec.frontend == fe and FrontEnd.from_json(fe.to_json()) == fe
+    with h5py.File(tmp_path / "imp.net", "r+") as f:
+        f.attrs["format_version"] = 5
+    with pytest.raises(ModelFileError, match="'impulse' needs format version 6"):
+        nf.read(tmp_path / "imp.net")
+
+
 def test_an_unknown_or_unfitted_front_end_is_refused(synth_images):
     with pytest.raises(ValueError, match="one of none, reinhard, anchor, stretch"):
         FrontEnd("grey")
@@ -100,17 +175,25 @@ def test_an_unknown_or_unfitted_front_end_is_refused(synth_images):
         FrontEnd("anchor").apply(synth_images[0][:1])
 
 
-def test_the_model_file_carries_the_front_end_and_every_backend_applies_it(se_model_file, synth_images, tmp_path):
+@pytest.mark.parametrize("impulse", [0, 90])
+def test_the_model_file_carries_the_front_end_and_every_backend_applies_it(se_model_file, synth_images, tmp_path,
+                                                                           impulse):
     from hw_targets.inference import Inputs, run_backend
 
     images = synth_images[0][:3]
+    if impulse:  # salt-and-pepper, which the front end removes before anything else
+        rng = np.random.default_rng(1)
+        m = rng.random((3, 1) + images.shape[2:]) < 0.05
+        images = np.where(m, np.where(rng.random(m.shape) < 0.5, 255, 0), images).astype(np.uint8)
     plain = nf.read(se_model_file)
-    fe = FrontEnd("stretch").fit(synth_images[0])
+    fe = FrontEnd("stretch", impulse=impulse).fit(synth_images[0])
     import dataclasses
 
     nf.write(dataclasses.replace(plain, frontend=fe), tmp_path / "fe.net")
     spec = nf.read(tmp_path / "fe.net")
-    assert spec.frontend == fe and spec.format_version == 2
+    assert spec.frontend == fe and spec.format_version == (6 if impulse else 2)
+    if impulse:  # the correction acts on these images
+        assert not np.array_equal(fe.apply(images), FrontEnd("stretch", reference=fe.reference).apply(images))
     ids = [str(i) for i in range(3)]
     for backend in ("torch", "sim"):
         got = run_backend(spec, Inputs(images, ids, [None] * 3, []), backend)

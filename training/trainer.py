@@ -303,7 +303,7 @@ class Trainer:
         # (validation, batch-norm statistics and the rate calibration see the front end only)
         self.frontend = FrontEnd.from_json(model_cfg.frontend)
         self.photometric = cfg.photometric()
-        self.prepares = self.photometric.active or self.frontend.name != "none"
+        self.prepares = self.photometric.active or not self.frontend.identity
         self.images = self.frontend.apply_torch(data.images)
         self.state: dict[str, Any] = {"epoch": 0, "batch": 0, "history": [], "best": None,
                                       "partial": {"loss": 0.0, "correct": 0, "seen": 0}}
