@@ -665,7 +665,7 @@ def calibrate(
     model_file: Path = typer.Argument(..., help="Model file (.net)."),
     data_dir: Path = typer.Argument(..., help="The ImageFolder the model was trained on."),
     split: Path = typer.Option(..., "--split", help="The training run's split.json: its validation images fit the temperature and thresholds, its training images the out-of-distribution reference."),
-    out_file: Path = typer.Option(..., "--out", help="The calibrated copy of the model file to write (format version 3)."),
+    out_file: Path = typer.Option(..., "--out", help="The calibrated copy of the model file to write (format version 3 or later: the lowest that holds its fields)."),
     target_accuracy: float = typer.Option(0.99, "--target-accuracy", min=0.5, max=1.0, help="Abstain below the lowest confidence at which the accepted validation images reach this accuracy."),
     ood_quantile: float = typer.Option(0.98, "--ood-quantile", min=0.5, max=0.999, help="Flag images whose out-of-distribution score is above this quantile of the validation images' scores."),
     backend: EvaluateBackend = typer.Option(EvaluateBackend.torch, "--backend", "-b", help="torch or sim: identical counts, so identical calibrations; " + SPEED_HELP),
