@@ -42,15 +42,22 @@ def test_shipped_recipes_resolve_and_the_aria_recipe_has_the_shipped_models_stag
     spiking = rc.load(ROOT / "recipes" / "neurallnet-aria-v2-spiking.toml")
     v2 = rc.compile_stage(spiking["stages"][1], 2, run_dir=Path("/r"), previous=Path("/r/1"))[1]
     assert v2.rate_layers == ("conv1",) and v2.rate_weight == 1.0 and v2.rate_max == 0.02
-    # the graded v2: one stage from a teacher with the spiking v2's keys but the front end's exact offset
+    # the graded v2: two stages from a teacher with the spiking v2's keys but the front end's exact
+    # offset and impulse correction; the second (the model) under blur draws to sigma 2
     graded = rc.load(ROOT / "recipes" / "neurallnet-aria-v2.toml")
+    assert [st["name"] for st in graded["stages"]] == ["graded", "blur"]
+    for i, stage in enumerate(graded["stages"]):
+        g = rc.compile_stage(stage, i + 1, run_dir=Path("/r"), previous=Path("/r/1") if i else None)[1]
+        assert g.family == "graded" and g.init_teacher and g.graded_threshold == 1.0
+        for key in ("teacher", "data"):
+            assert stage[key] == spiking["stages"][0][key], key
+        assert {**stage["augment"], "blur": 1.0} == spiking["stages"][0]["augment"]
+        fe, fe_spiking = stage["frontend"], spiking["stages"][0]["frontend"]
+        assert (fe["offset_bound"], fe_spiking["offset_bound"]) == (EXACT_OFFSET_BOUND, OFFSET_BOUND)
+        assert (fe["impulse"], fe_spiking["impulse"]) == (90, 0)
+        assert {**fe, "offset_bound": OFFSET_BOUND, "impulse": 0} == fe_spiking
+    assert [st["augment"]["blur"] for st in graded["stages"]] == [1.0, 2.0]
     g = rc.compile_stage(graded["stages"][0], 1, run_dir=Path("/r"))[1]
-    assert g.family == "graded" and g.init_teacher and g.graded_threshold == 1.0 and len(graded["stages"]) == 1
-    for key in ("teacher", "augment", "data"):
-        assert graded["stages"][0][key] == spiking["stages"][0][key], key
-    fe, fe_spiking = graded["stages"][0]["frontend"], spiking["stages"][0]["frontend"]
-    assert (fe["offset_bound"], fe_spiking["offset_bound"]) == (EXACT_OFFSET_BOUND, OFFSET_BOUND)
-    assert {**fe, "offset_bound": OFFSET_BOUND} == fe_spiking
     assert (g.batch_size, g.seed, g.threads) == (16, 0, 2)
     # conv1's threshold 20 (its biases fit Lava's range); every later layer's as in the default config
     v2_model = rc.model_config(spiking["stages"][0])

@@ -49,13 +49,17 @@ def test_v2_is_packaged_with_its_front_end_and_once_sent_input():
     spec = nf.read(V2)
     assert V2.stat().st_size <= 1.35e6
     assert spec.frontend.name == "reinhard" and len(spec.frontend.reference) == 6 and spec.frontend.exact_offset
-    assert spec.graded and spec.input.send_once and spec.time_steps == 1 and spec.format_version == 5
+    assert spec.frontend.impulse == 90  # dead- and hot-pixel correction: format version 6
+    assert spec.graded and spec.input.send_once and spec.time_steps == 1 and spec.format_version == 6
     assert spec.class_names == ("Benign", "Early", "Pre", "Pro")
     assert spec.calibration is not None
     spiking = nf.read(V2_SPIKING)
     assert not spiking.graded and spiking.input.send_once and spiking.time_steps == 8
-    # fitted on the same training images; the spiking v2 keeps the bounded offset it was trained with
-    assert spiking.frontend.reference == spec.frontend.reference and not spiking.frontend.exact_offset
+    # fitted on the same training images (v2's after its impulse correction, which moves its statistics
+    # by less than 0.01 grey levels); the spiking v2 keeps the bounded offset it was trained with
+    assert np.allclose(spiking.frontend.reference, spec.frontend.reference, atol=0.01, rtol=0)
+    assert spiking.frontend.reference != spec.frontend.reference and not spiking.frontend.exact_offset
+    assert not spiking.frontend.impulse and spiking.format_version == 3
 
 
 def _test_images() -> np.ndarray:
@@ -77,16 +81,23 @@ def _predictions_under_gains(images: np.ndarray, gains) -> dict[float, list[str]
 @needs_real
 @pytest.mark.realdata
 def test_v2_front_end_maps_dimmer_exposures_back_onto_the_same_input():
-    """Gains 0.6 and 0.8 on real images: after the front end every pixel is within the rounding of
-    the recorded (dimmer) image of its value at gain 1: at most 2 grey levels, 0.4 on average."""
+    """Gains 0.6 and 0.8 on real images: after the colour map every pixel is within the rounding of
+    the recorded (dimmer) image of its value at gain 1: at most 2 grey levels, 0.4 on average. The
+    impulse correction before it decides on absolute differences (90 grey levels), so a pixel near
+    that threshold can be corrected at one gain and not at the other: measured on these 16 images,
+    15 of 786,432 values (0.002%) differ by more than 2."""
+    from lava_allnet.frontend import FrontEnd
+
     images = _test_images()
     fe = nf.read(V2).frontend
-    base = fe.apply(images).astype(int)
-    for g, worst in ((0.6, 2), (0.8, 1)):
-        diff = np.abs(fe.apply(_gain(images, g)).astype(int) - base)
-        assert diff.max() <= worst and diff.mean() < 0.5, (g, diff.max(), diff.mean())
-        raw = np.abs(_gain(images, g).astype(int) - images.astype(int))
-        assert raw.mean() > 50 * diff.mean()  # what the network would see without the front end
+    colour = FrontEnd(fe.name, reference=fe.reference, offset_bound=fe.offset_bound)  # without the correction
+    for f, worst_share in ((colour, 0.0), (fe, 1e-4)):
+        base = f.apply(images).astype(int)
+        for g in (0.6, 0.8):
+            diff = np.abs(f.apply(_gain(images, g)).astype(int) - base)
+            assert (diff > 2).mean() <= worst_share and diff.mean() < 0.5, (g, diff.max(), diff.mean())
+            raw = np.abs(_gain(images, g).astype(int) - images.astype(int))
+            assert raw.mean() > 50 * diff.mean()  # what the network would see without the front end
 
 
 @needs_real
@@ -106,8 +117,8 @@ def test_v2_predictions_barely_move_under_dimmer_exposure():
                                        "but cannot restore (models/README.md, v2)")
 def test_v2_predictions_do_not_move_under_global_gains_0_6_to_1_4():
     """The v2 issue's check: predictions unchanged under global gains 0.6-1.4 (measured on these 16
-    images: 0 / 0 / 1 / 1 changed at 0.6 / 0.8 / 1.2 / 1.4; run 15, the v2 before it, with the
-    bounded offset: 0 / 0 / 3 / 4; the spiking v2: 0 / 1 / 4 / 6)."""
+    images: 0 / 0 / 1 / 3 changed at 0.6 / 0.8 / 1.2 / 1.4; run 21, the v2 before it: 0 / 0 / 1 / 1;
+    run 15, with the bounded offset: 0 / 0 / 3 / 4; the spiking v2: 0 / 1 / 4 / 6)."""
     pred = _predictions_under_gains(_test_images(), (0.6, 0.8, 1.2, 1.4))
     assert all(pred[g] == pred[1.0] for g in (0.6, 0.8, 1.2, 1.4))
 

@@ -17,7 +17,7 @@ RECIPES_DIR = HERE / "recipes"
 # ``<name>.net`` beside this module; the model card (models/README.md) gives each one's figures.
 MODELS = {
     "neurallnet-aria": "neurallnet-aria",  # the default: the paper's model (P3); reads the lamp
-    "neurallnet-aria-v2": "neurallnet-aria-v2",  # v2: graded messages (Loihi 2), exact Reinhard front end (misses targets)
+    "neurallnet-aria-v2": "neurallnet-aria-v2",  # v2: graded messages (Loihi 2), impulse correction + exact Reinhard (misses targets)
     "neurallnet-aria-v2-spiking": "neurallnet-aria-v2-spiking",  # the spiking v2 (Loihi 1): input once, T = 8
 }
 
