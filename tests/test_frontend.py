@@ -66,12 +66,26 @@ def test_reinhard_bounds_its_offset_so_a_clipped_flat_channel_lands_near_white()
     assert abs(out_e[0, 2].mean() - 239) < 1 and abs(out_e[0, 2].std() - 11) < 1
 
 
-def test_an_offset_bound_is_stored_in_format_version_5_and_refused_in_an_older_file(se_model_file, tmp_path):
+def _stored_in_and_refused_below(plain, fe: FrontEnd, field: str, version: int, tmp_path: Path) -> None:
+    """A model file with front end ``fe`` is written in ``version`` and reads back equal; marked one
+    version older, it is refused, naming ``field``."""
     import dataclasses
 
     import h5py
 
     from lava_allnet.errors import ModelFileError
+
+    nf.write(dataclasses.replace(plain, frontend=fe), tmp_path / "fe.net")
+    spec = nf.read(tmp_path / "fe.net")
+    assert spec.format_version == version and spec.frontend == fe and FrontEnd.from_json(fe.to_json()) == fe
+    with h5py.File(tmp_path / "fe.net", "r+") as f:
+        f.attrs["format_version"] = version - 1
+    with pytest.raises(ModelFileError, match=f"'{field}' needs format version {version}"):
+        nf.read(tmp_path / "fe.net")
+
+
+def test_an_offset_bound_is_stored_in_format_version_5_and_refused_in_an_older_file(se_model_file, tmp_path):
+    import dataclasses
 
     ref = [200.0, 200.0, 239.0, 30.0, 30.0, 11.0]
     plain = nf.read(se_model_file)
@@ -79,14 +93,8 @@ def test_an_offset_bound_is_stored_in_format_version_5_and_refused_in_an_older_f
     assert "offset_bound" not in FrontEnd("reinhard", reference=ref).to_dict()
     nf.write(dataclasses.replace(plain, frontend=FrontEnd("reinhard", reference=ref)), tmp_path / "old.net")
     assert nf.read(tmp_path / "old.net").format_version == 2
-    exact = FrontEnd("reinhard", reference=ref, offset_bound=EXACT_OFFSET_BOUND)
-    nf.write(dataclasses.replace(plain, frontend=exact), tmp_path / "exact.net")
-    spec = nf.read(tmp_path / "exact.net")
-    assert spec.format_version == 5 and spec.frontend == exact and FrontEnd.from_json(exact.to_json()) == exact
-    with h5py.File(tmp_path / "exact.net", "r+") as f:
-        f.attrs["format_version"] = 4
-    with pytest.raises(ModelFileError, match="'offset_bound' needs format version 5"):
-        nf.read(tmp_path / "exact.net")
+    _stored_in_and_refused_below(plain, FrontEnd("reinhard", reference=ref, offset_bound=EXACT_OFFSET_BOUND),
+                                 "offset_bound", 5, tmp_path)
     for bad in (0, EXACT_OFFSET_BOUND + 1, 2.5, True):
         with pytest.raises(ValueError, match="offset bound"):
             FrontEnd("reinhard", reference=ref, offset_bound=bad)
@@ -148,24 +156,12 @@ def test_impulse_correction_is_the_switching_median_and_removes_salt_and_pepper(
 
 
 def test_an_impulse_threshold_is_stored_in_format_version_6_and_refused_in_an_older_file(se_model_file, tmp_path):
-    import dataclasses
-
-    import h5py
-
-    from lava_allnet.errors import ModelFileError
-
     plain = nf.read(se_model_file)
     ref = [200.0, 200.0, 239.0, 30.0, 30.0, 11.0]
     assert "impulse" not in FrontEnd("reinhard", reference=ref).to_dict()
     for fe in (FrontEnd("reinhard", reference=ref, offset_bound=EXACT_OFFSET_BOUND, impulse=90),
                FrontEnd("none", impulse=40)):
-        nf.write(dataclasses.replace(plain, frontend=fe), tmp_path / "imp.net")
-        spec = nf.read(tmp_path / "imp.net")
-        assert spec.format_version == 6 and spec.frontend == fe and FrontEnd.from_json(fe.to_json()) == fe
-    with h5py.File(tmp_path / "imp.net", "r+") as f:
-        f.attrs["format_version"] = 5
-    with pytest.raises(ModelFileError, match="'impulse' needs format version 6"):
-        nf.read(tmp_path / "imp.net")
+        _stored_in_and_refused_below(plain, fe, "impulse", 6, tmp_path)
 
 
 def test_an_unknown_or_unfitted_front_end_is_refused(synth_images):
