@@ -123,7 +123,8 @@ class FrontEnd:
 
     # --------------------------------------------------------------- the map
     def coefficients(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per image and channel: integer gain and offset, y = (x * gain + offset) >> SHIFT."""
+        """Per image and channel: integer gain and offset, y = (x * gain + offset) >> SHIFT, from the
+        statistics of ``images`` as given (:meth:`apply` passes them impulse-corrected)."""
         n, c = images.shape[:2]
         one = 1 << SHIFT
         if self.name == "none":

@@ -60,6 +60,7 @@ READ_VERSIONS = (1, 2, 3, 4, 5, 6)
 # file), so a front end can be exact Reinhard (lava_allnet.frontend.EXACT_OFFSET_BOUND). Version 6 adds
 # the front end's impulse (grey levels; absent: 0, no impulse correction): the switching 3x3 median
 # applied before the statistics (lava_allnet.frontend).
+FRONTEND_FIELD_VERSIONS = {"offset_bound": 5, "impulse": 6}  # front-end fields stored only when needed
 LAYER_TYPES = ("input", "conv", "se", "flatten", "dense")
 
 
@@ -417,10 +418,9 @@ def _read(f: h5py.File, source: str) -> NetworkSpec:
             raise ModelFileError("root attribute 'frontend' needs format version 2")
         try:
             fields = json.loads(_attr(f, "frontend"))
-            if isinstance(fields, dict) and "offset_bound" in fields and version < 5:
-                raise ModelFileError("front-end field 'offset_bound' needs format version 5")
-            if isinstance(fields, dict) and "impulse" in fields and version < 6:
-                raise ModelFileError("front-end field 'impulse' needs format version 6")
+            for name, need in FRONTEND_FIELD_VERSIONS.items():
+                if isinstance(fields, dict) and name in fields and version < need:
+                    raise ModelFileError(f"front-end field '{name}' needs format version {need}")
             frontend = FrontEnd.from_dict(fields)
             if frontend.name != "none" and len(frontend.reference) not in (3, 6):
                 raise ValueError(f"front end {frontend.name!r}: {len(frontend.reference)} reference values")
@@ -671,10 +671,10 @@ def _neuron(g: h5py.Group, n: NeuronSpec | GradedNeuronSpec) -> None:
 
 def required_version(spec: "NetworkSpec") -> int:
     """The oldest format version that holds this network (version-1 readers can load it then)."""
-    if "impulse" in spec.frontend.to_dict():
-        return 6
-    if "offset_bound" in spec.frontend.to_dict():
-        return 5
+    stored = spec.frontend.to_dict()
+    needs = [v for name, v in FRONTEND_FIELD_VERSIONS.items() if name in stored]
+    if needs:
+        return max(needs)
     if spec.graded:
         return 4
     if spec.calibration is not None:
