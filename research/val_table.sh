@@ -32,3 +32,4 @@ print(f"validation ({r['n_images']} images, torch): clean {clean:.3f}; " + ", ".
 print(f"worst of the seven {min(seven.values()):.3f}; {ops:.3f} synaptic ops per ANN MAC; candidate: {'yes' if ok else 'no'}")
 print("all severities:", json.dumps(d))
 PYEOF
+$PY research/masked_val.py "$MODEL"

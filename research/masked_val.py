@@ -1,0 +1,30 @@
+"""Validation accuracy of a model on cells on black: each validation image of `original/` with
+everything but its stained white cells set to black (research; the proxy the twenty-fifth amendment
+selects on, since `segmented/` is a test that nothing may be trained or selected on):
+
+    python research/masked_val.py MODEL.net
+
+The cells are `training.augment.cell_mask`'s (blue above green by 40 grey levels more than the
+image's median pixel, grown by 2 pixels), the mask the `augment.background` replacement uses; the
+dataset's `segmented/` copies were colour-thresholded by their authors, with a mask of their own.
+Prints the accuracy (torch backend) and how many images each class was called.
+"""
+import sys
+
+import numpy as np
+import torch
+
+import lava_allnet
+from lava_allnet.api import dataset_inputs
+from training.augment import cell_mask
+
+torch.set_num_threads(2)
+model = lava_allnet.load(sys.argv[1])
+inputs = dataset_inputs(model.spec, "../shared/data/all-aria/original", "models/neurallnet-aria.split.json", "val")
+y = np.asarray(inputs.labels)
+keep = cell_mask(torch.from_numpy(np.ascontiguousarray(inputs.images))).numpy()
+masked = np.where(keep, inputs.images, 0).astype(np.uint8)
+pred = np.array([model.class_names.index(r["prediction"]) for r in model.predict(masked, backend="torch")])
+calls = ", ".join(f"{c} {n}" for c, n in zip(model.class_names, np.bincount(pred, minlength=len(model.class_names))))
+print(f"cells on black (validation, {len(y)} images, median {np.median(keep.mean((1, 2, 3))):.1%} of pixels kept): "
+      f"accuracy {np.mean(pred == y):.3f}; called {calls}")
