@@ -3,7 +3,7 @@
 Layout (NetX-compatible where NetX has the layer; field names as lava-dl's
 ``export_hdf5`` writes them)::
 
-    /                attrs: format="lava-allnet-netx", format_version=1 to 6,
+    /                attrs: format="lava-allnet-netx", format_version=1 to 7,
                             class_names (JSON), time_steps, population,
                             model_config (JSON, optional: the training config),
                             frontend (JSON, version 2; its offset_bound, version 5; its impulse, version 6;
