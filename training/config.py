@@ -47,7 +47,6 @@ class TrainConfig:
     aug_blur: float = 0.0
     aug_occlusion: float = 0.0
     aug_background: float = 0.0
-    aug_background_black: float = 0.5
     # [losses]
     loss_scale: float = 10.0  # logits = loss_scale * output spike rate
     range_weight: float = 1e-3  # [losses.range]: the 24-bit state-range penalty (features.RangePenalty)
@@ -99,7 +98,7 @@ class TrainConfig:
         for key in ("contrast", "stain", "noise", "blur"):
             if getattr(self, f"aug_{key}") < 0:
                 raise ValueError(f"augment.{key} {getattr(self, f'aug_{key}')}: 0 (off) or above")
-        for key in ("hue", "occlusion", "background", "background_black"):
+        for key in ("hue", "occlusion", "background"):
             if not 0 <= getattr(self, f"aug_{key}") <= 1:
                 raise ValueError(f"augment.{key} {getattr(self, f'aug_{key}')}: a share in [0, 1]")
         if self.loss_scale <= 0:
@@ -125,8 +124,7 @@ class TrainConfig:
 
         return Photometric(gain=tuple(self.aug_gain), gamma=tuple(self.aug_gamma), contrast=self.aug_contrast,
                            stain=self.aug_stain, hue=self.aug_hue, noise=self.aug_noise, blur=self.aug_blur,
-                           occlusion=self.aug_occlusion, background=self.aug_background,
-                           background_black=self.aug_background_black)
+                           occlusion=self.aug_occlusion, background=self.aug_background)
 
     @property
     def uses_teacher(self) -> bool:
