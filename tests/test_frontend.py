@@ -219,6 +219,11 @@ def test_photometric_augmentation_is_seeded_and_each_part_acts(synth_images):
     assert (Photometric(gain=(1.4, 1.4))(x, torch.Generator()) == 255).float().mean() > (x == 255).float().mean()
     m = cell_mask(x)
     assert m.shape == (4, 1, *x.shape[2:]) and 0 < m.float().mean() < 1
+    # every replaced background black, or none; the cells kept as they were
+    black = Photometric(background=1.0, background_black=1.0)(x, torch.Generator().manual_seed(3))
+    assert black[~m.expand_as(x)].max() == 0 and torch.equal(black[m.expand_as(x)], x[m.expand_as(x)])
+    coloured = Photometric(background=1.0, background_black=0.0)(x, torch.Generator().manual_seed(3))
+    assert (coloured[~m.expand_as(x)] > 0).any() and torch.equal(coloured[m.expand_as(x)], x[m.expand_as(x)])
 
 
 def test_a_recipe_with_front_end_augmentation_rate_loss_and_input_once_trains_and_exports(synth_dir, tmp_path):

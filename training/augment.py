@@ -4,7 +4,7 @@
 :class:`Photometric` adds what a model needs to survive another microscope (recipe ``[augment]``
 keys): exposure with clipping, gamma, contrast, stain and hue, noise, blur, occlusion, and
 background replacement (everything but the stained white cells replaced by one colour, black
-included), each drawn per image from the batch's generator.
+in a chosen share), each drawn per image from the batch's generator.
 """
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ class Photometric:
     blur: float = 0.0  # maximum Gaussian blur sigma (pixels)
     occlusion: float = 0.0  # maximum occluded share of the image (one rectangle of a random grey)
     background: float = 0.0  # probability of replacing the background by one random colour
+    background_black: float = 0.5  # share of those replacements that are black
 
     @property
     def active(self) -> bool:
@@ -79,7 +80,7 @@ class Photometric:
         f = images.float()
         if self.background > 0:
             keep = cell_mask(images)
-            colour = torch.where(u(n, 1, 1, 1) < 0.5, torch.zeros(n, 3, 1, 1), 255 * u(n, 3, 1, 1))
+            colour = torch.where(u(n, 1, 1, 1) < self.background_black, torch.zeros(n, 3, 1, 1), 255 * u(n, 3, 1, 1))
             replace = (u(n, 1, 1, 1) < self.background) & ~keep
             f = torch.where(replace, colour.expand(n, 3, h, w), f)
         if self.hue > 0:

@@ -47,6 +47,7 @@ class TrainConfig:
     aug_blur: float = 0.0
     aug_occlusion: float = 0.0
     aug_background: float = 0.0
+    aug_background_black: float = 0.5
     # [losses]
     loss_scale: float = 10.0  # logits = loss_scale * output spike rate
     range_weight: float = 1e-3  # [losses.range]: the 24-bit state-range penalty (features.RangePenalty)
@@ -98,7 +99,7 @@ class TrainConfig:
         for key in ("contrast", "stain", "noise", "blur"):
             if getattr(self, f"aug_{key}") < 0:
                 raise ValueError(f"augment.{key} {getattr(self, f'aug_{key}')}: 0 (off) or above")
-        for key in ("hue", "occlusion", "background"):
+        for key in ("hue", "occlusion", "background", "background_black"):
             if not 0 <= getattr(self, f"aug_{key}") <= 1:
                 raise ValueError(f"augment.{key} {getattr(self, f'aug_{key}')}: a share in [0, 1]")
         if self.loss_scale <= 0:
@@ -124,7 +125,8 @@ class TrainConfig:
 
         return Photometric(gain=tuple(self.aug_gain), gamma=tuple(self.aug_gamma), contrast=self.aug_contrast,
                            stain=self.aug_stain, hue=self.aug_hue, noise=self.aug_noise, blur=self.aug_blur,
-                           occlusion=self.aug_occlusion, background=self.aug_background)
+                           occlusion=self.aug_occlusion, background=self.aug_background,
+                           background_black=self.aug_background_black)
 
     @property
     def uses_teacher(self) -> bool:

@@ -102,7 +102,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "blur": Key(float, 0.0, "Gaussian blur of a sigma drawn up to this (pixels)"),
         "occlusion": Key(float, 0.0, "one rectangle of a random grey covering up to this share of the image"),
         "background": Key(float, 0.0, "probability of replacing everything but the stained white cells by one random "
-                                      "colour (black in half the cases), so the network learns the cells"),
+                                      "colour (black in a share background_black of the cases), so the network learns "
+                                      "the cells"),
+        "background_black": Key(float, 0.5, "share of the background replacements that are black (a segmented or "
+                                            "masked image); the rest take a random colour"),
     },
     "frontend": {
         "name": Key(str, "none", 'the input front end, stored in the model file and applied by every backend before '
@@ -366,7 +369,7 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
             augment=a["flips"], color_jitter=a["color_jitter"], loss_scale=stage["losses"]["logit_scale"],
             aug_gain=tuple(a["gain"]), aug_gamma=tuple(a["gamma"]), aug_contrast=a["contrast"], aug_stain=a["stain"],
             aug_hue=a["hue"], aug_noise=a["noise"], aug_blur=a["blur"], aug_occlusion=a["occlusion"],
-            aug_background=a["background"], rate_weight=stage["losses.rate"]["weight"],
+            aug_background=a["background"], aug_background_black=a["background_black"], rate_weight=stage["losses.rate"]["weight"],
             rate_max=stage["losses.rate"]["max_rate"], rate_layers=tuple(stage["losses.rate"]["layers"]),
             range_weight=stage["losses.range"]["weight"], distill_weight=stage["losses.distill"]["weight"],
             distill_temperature=stage["losses.distill"]["temperature"], teacher_epochs=stage["teacher"]["epochs"],
