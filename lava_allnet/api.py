@@ -583,7 +583,8 @@ def report(model_or_path: Model | PathLike | None, data_dir: PathLike, out_dir: 
             "time steps": spec.time_steps, "parameters": int(stats.get("parameters", 0)),
             "same-shaped ANN MACs": int(stats["ann_macs"]),
             "input front end": spec.frontend.name + (" (exact offset)" if spec.frontend.exact_offset else "")
-            + (f"; impulse correction above {spec.frontend.impulse} grey levels" if spec.frontend.impulse else ""),
+            + (f"; impulse correction above {spec.frontend.impulse} grey levels" if spec.frontend.impulse else "")
+            + ("; black pixels carry no image" if spec.frontend.exclude_black else ""),
             "calibration": "none" if cal is None else
             (f"temperature {cal.temperature:.4g}; abstain below confidence {cal.abstain_below:.4f} "
              f"(target accuracy {cal.target_accuracy:g} on accepted validation images); out of distribution "

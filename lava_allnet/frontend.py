@@ -21,6 +21,12 @@ dead- and hot-pixel correction (a switching median): salt-and-pepper pixels neve
 statistics or the network, while a clean image keeps almost every pixel (T = 90: 0.01% of the
 validation images' pixels change; the model card's twenty-second amendment).
 
+A front end can treat black as no image (``exclude_black``, model file format version 7): a pixel
+whose every channel is at most ``BLACK`` grey levels (after the impulse correction) is left out of
+the statistics and sent as 0. A segmented or masked image (cells on black) is then mapped by its
+cells' statistics, not by a background that is most of the image and would push the cells to
+white; a smear, which has no such pixels, maps exactly as without it.
+
 - ``none``: the identity (after the impulse correction, if any).
 - ``reinhard``: each channel's mean and standard deviation set to the reference's (Reinhard et
   al. 2001, in RGB). Undoes a global gain, offset or stain tint exactly while nothing clips.
@@ -52,6 +58,7 @@ class FrontEnd:
     percentile: float = 5.0  # anchor
     offset_bound: int = OFFSET_BOUND  # grey levels (module doc); stored only when not the default
     impulse: int = 0  # switching-median threshold in grey levels (module doc); 0: off, stored only when on
+    exclude_black: bool = False  # black pixels carry no image (module doc); stored only when on
 
     def __post_init__(self) -> None:
         if self.name not in NAMES:
@@ -66,6 +73,11 @@ class FrontEnd:
         if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t <= 254:
             raise ValueError(f"front end impulse threshold {t!r}: an integer in 0..254 (grey levels; 0: off)")
         self.impulse = int(t)
+        if not isinstance(self.exclude_black, (bool, np.bool_)):
+            raise ValueError(f"front end exclude_black {self.exclude_black!r}: true or false")
+        self.exclude_black = bool(self.exclude_black)
+        if self.exclude_black and self.name == "none":
+            raise ValueError("front end exclude_black needs a colour map (reinhard, anchor or stretch), not 'none'")
 
     @property
     def identity(self) -> bool:
@@ -78,12 +90,23 @@ class FrontEnd:
         return self.offset_bound >= EXACT_OFFSET_BOUND
 
     # --------------------------------------------------------------- statistics
+    @staticmethod
+    def image_pixels(images: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) uint8 → (N, H, W) bool: the pixels that are not black (some channel above BLACK)."""
+        return np.asarray(images).max(1) > BLACK
+
     def _stats(self, images: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) uint8 → (N, k) per-image statistics the map needs."""
         x = images.reshape(len(images), images.shape[1], -1)
         if self.name == "reinhard":
             s = x.astype(np.int64)
-            n = s.shape[-1]
+            if self.exclude_black:  # over the image's non-black pixels (all of them if it has none)
+                keep = self.image_pixels(images).reshape(len(x), 1, -1)
+                keep = keep | ~keep.any(-1, keepdims=True)
+                n = keep.sum(-1)
+                s = s * keep
+            else:
+                n = s.shape[-1]
             mean = s.sum(-1) / n
             var = (s * s).sum(-1) / n - mean * mean
             return np.concatenate([mean, np.sqrt(np.maximum(var, 0.0))], axis=1)
@@ -156,16 +179,21 @@ class FrontEnd:
             return images
         g, o = self.coefficients(images)
         y = images.astype(np.int64) * g[:, :, None, None] + o[:, :, None, None] + (1 << (SHIFT - 1))
-        return np.clip(y >> SHIFT, 0, 255).astype(np.uint8)
+        y = np.clip(y >> SHIFT, 0, 255).astype(np.uint8)
+        if self.exclude_black:
+            y *= self.image_pixels(images)[:, None].astype(np.uint8)  # no image stays black
+        return y
 
     def to_dict(self) -> dict:
         """The stored fields; ``offset_bound`` only when it is not the default (files before version 5),
-        ``impulse`` only when on (files before version 6)."""
+        ``impulse`` only when on (files before version 6), ``exclude_black`` only when on (before 7)."""
         d = asdict(self)
         if d["offset_bound"] == OFFSET_BOUND:
             del d["offset_bound"]
         if not d["impulse"]:
             del d["impulse"]
+        if not d["exclude_black"]:
+            del d["exclude_black"]
         return d
 
     def to_json(self) -> str:
@@ -192,12 +220,13 @@ class FrontEnd:
     def from_dict(cls, d: dict | None) -> "FrontEnd":
         if not d:
             return cls()
-        known = {"name", "reference", "percentile", "offset_bound", "impulse"}
+        known = {"name", "reference", "percentile", "offset_bound", "impulse", "exclude_black"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"front end: unknown fields {sorted(unknown)}")
         return cls(name=str(d.get("name", "none")), reference=[float(v) for v in d.get("reference", [])],
-                   percentile=float(d.get("percentile", 5.0)), offset_bound=d.get("offset_bound", OFFSET_BOUND), impulse=d.get("impulse", 0))
+                   percentile=float(d.get("percentile", 5.0)), offset_bound=d.get("offset_bound", OFFSET_BOUND), impulse=d.get("impulse", 0),
+                   exclude_black=d.get("exclude_black", False))
 
 
 def _percentile(v: np.ndarray, q: float) -> float:

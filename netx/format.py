@@ -3,10 +3,11 @@
 Layout (NetX-compatible where NetX has the layer; field names as lava-dl's
 ``export_hdf5`` writes them)::
 
-    /                attrs: format="lava-allnet-netx", format_version=1 to 6,
+    /                attrs: format="lava-allnet-netx", format_version=1 to 7,
                             class_names (JSON), time_steps, population,
                             model_config (JSON, optional: the training config),
-                            frontend (JSON, version 2; its offset_bound, version 5; its impulse, version 6),
+                            frontend (JSON, version 2; its offset_bound, version 5; its impulse, version 6;
+                            its exclude_black, version 7),
                             calibration (JSON, version 3)
     /layer/0         type="input"   shape=(C,H,W) messageBits pixelShift
     /layer/i         type="conv"    shape=(C,H,W) inChannels outChannels kernelSize(2)
@@ -47,8 +48,8 @@ from lava_allnet.frontend import FrontEnd
 from lava_allnet.errors import ModelFileError
 
 FORMAT_NAME = "lava-allnet-netx"
-FORMAT_VERSION = 6  # the newest version this lava-allnet writes when a file needs it; it reads 1 to 6
-READ_VERSIONS = (1, 2, 3, 4, 5, 6)
+FORMAT_VERSION = 7  # the newest version this lava-allnet writes when a file needs it; it reads 1 to 7
+READ_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 # version 2 adds: the input layer's sendOnce (the image is sent at the first step of each window only,
 # into a first layer whose current holds it) and the root attribute frontend (JSON: the input front
 # end every backend applies before encoding, lava_allnet.frontend); a file without version-2 fields
@@ -59,8 +60,9 @@ READ_VERSIONS = (1, 2, 3, 4, 5, 6)
 # Version 5 adds the front end's offset_bound (grey levels; absent: 256, the bound of every earlier
 # file), so a front end can be exact Reinhard (lava_allnet.frontend.EXACT_OFFSET_BOUND). Version 6 adds
 # the front end's impulse (grey levels; absent: 0, no impulse correction): the switching 3x3 median
-# applied before the statistics (lava_allnet.frontend).
-FRONTEND_FIELD_VERSIONS = {"offset_bound": 5, "impulse": 6}  # front-end fields stored only when needed
+# applied before the statistics (lava_allnet.frontend). Version 7 adds the front end's exclude_black
+# (absent: false): black pixels left out of the statistics and sent as 0 (lava_allnet.frontend).
+FRONTEND_FIELD_VERSIONS = {"offset_bound": 5, "impulse": 6, "exclude_black": 7}  # front-end fields stored only when needed
 LAYER_TYPES = ("input", "conv", "se", "flatten", "dense")
 
 

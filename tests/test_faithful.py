@@ -194,8 +194,8 @@ def test_a_version_1_file_cannot_carry_a_once_sent_input(se_model_file, tmp_path
     with pytest.raises(ModelFileError, match="sendOnce' needs format version 2"):
         nf.read(path)
     with h5py.File(path, "r+") as f:
-        f.attrs["format_version"] = 7
-    with pytest.raises(ModelFileError, match="reads versions 1, 2, 3, 4, 5, 6\\)"):
+        f.attrs["format_version"] = 8
+    with pytest.raises(ModelFileError, match="reads versions 1, 2, 3, 4, 5, 6, 7\\)"):
         nf.read(path)
 
 

@@ -164,6 +164,51 @@ def test_an_impulse_threshold_is_stored_in_format_version_6_and_refused_in_an_ol
         _stored_in_and_refused_below(plain, fe, "impulse", 6, tmp_path)
 
 
+def _on_black(cells: np.ndarray, side: int) -> np.ndarray:
+    """(N, 3, h, w) cells pasted in the middle of a black (N, 3, side, side) image."""
+    n, c, h, w = cells.shape
+    out = np.zeros((n, c, side, side), np.uint8)
+    y0, x0 = (side - h) // 2, (side - w) // 2
+    out[:, :, y0:y0 + h, x0:x0 + w] = cells
+    return out
+
+
+def test_excluded_black_pixels_leave_the_statistics_and_stay_black(synth_images):
+    images = synth_images[0][:4]
+    assert FrontEnd.image_pixels(images).all()  # a smear has no black pixel
+    plain = FrontEnd("reinhard", offset_bound=EXACT_OFFSET_BOUND).fit(images)
+    fe = FrontEnd("reinhard", reference=plain.reference, offset_bound=EXACT_OFFSET_BOUND, exclude_black=True)
+    assert np.array_equal(fe.apply(images), plain.apply(images))  # on smears: the same map, every value
+    # cells (a 12x12 patch of each smear, every pixel above black) on black canvases of two sizes: with
+    # the exclusion, the cells map by their own statistics, however much black surrounds them
+    cells = np.maximum(images[:, :, 10:22, 10:22], 17)
+    small, large = fe.apply(_on_black(cells, 16)), fe.apply(_on_black(cells, 48))
+    assert np.array_equal(small[:, :, 2:14, 2:14], large[:, :, 18:30, 18:30])
+    assert small[:, :, :2].max() == 0 and large[:, :, :18].max() == 0  # no image stays black
+    # ... and that map is Reinhard on the cells alone (float reference, within the map's rounding)
+    f = cells.astype(np.float64)
+    mean, std = f.mean((2, 3), keepdims=True), f.std((2, 3), keepdims=True)
+    ref = np.asarray(fe.reference)
+    want = np.clip(ref[None, :3, None, None] + ref[None, 3:, None, None] * (f - mean) / std, 0, 255)
+    assert np.abs(large[:, :, 18:30, 18:30] - want).max() <= 1.0
+    # without it the black decides the statistics, and the cells move with the canvas's size
+    lost = plain.apply(_on_black(cells, 48))[:, :, 18:30, 18:30]
+    assert not np.array_equal(lost, large[:, :, 18:30, 18:30]) and (lost == 255).mean() > 0.5
+    assert np.array_equal(fe.apply(np.zeros((1, 3, 8, 8), np.uint8)), np.zeros((1, 3, 8, 8), np.uint8))
+    for bad, message in (({"exclude_black": 1}, "true or false"), ({"exclude_black": True, "name": "none"},
+                                                                    "needs a colour map")):
+        with pytest.raises(ValueError, match=message):
+            FrontEnd(**{"name": "reinhard", **bad})
+
+
+def test_excluded_black_is_stored_in_format_version_7_and_refused_in_an_older_file(se_model_file, tmp_path):
+    plain = nf.read(se_model_file)
+    ref = [200.0, 200.0, 239.0, 30.0, 30.0, 11.0]
+    assert "exclude_black" not in FrontEnd("reinhard", reference=ref).to_dict()
+    _stored_in_and_refused_below(plain, FrontEnd("reinhard", reference=ref, offset_bound=EXACT_OFFSET_BOUND,
+                                                 impulse=90, exclude_black=True), "exclude_black", 7, tmp_path)
+
+
 def test_an_unknown_or_unfitted_front_end_is_refused(synth_images):
     with pytest.raises(ValueError, match="one of none, reinhard, anchor, stretch"):
         FrontEnd("grey")
@@ -171,9 +216,9 @@ def test_an_unknown_or_unfitted_front_end_is_refused(synth_images):
         FrontEnd("anchor").apply(synth_images[0][:1])
 
 
-@pytest.mark.parametrize("impulse", [0, 90])
+@pytest.mark.parametrize("impulse, exclude_black", [(0, False), (90, False), (0, True)])
 def test_the_model_file_carries_the_front_end_and_every_backend_applies_it(se_model_file, synth_images, tmp_path,
-                                                                           impulse):
+                                                                           impulse, exclude_black):
     from hw_targets.inference import Inputs, run_backend
 
     images = synth_images[0][:3]
@@ -181,15 +226,20 @@ def test_the_model_file_carries_the_front_end_and_every_backend_applies_it(se_mo
         rng = np.random.default_rng(1)
         m = rng.random((3, 1) + images.shape[2:]) < 0.05
         images = np.where(m, np.where(rng.random(m.shape) < 0.5, 255, 0), images).astype(np.uint8)
+    if exclude_black:  # cells on black: the left half of each image blacked out
+        images = images.copy()
+        images[..., : images.shape[-1] // 2] = 0
     plain = nf.read(se_model_file)
-    fe = FrontEnd("stretch", impulse=impulse).fit(synth_images[0])
+    fe = FrontEnd("reinhard" if exclude_black else "stretch", impulse=impulse,
+                  exclude_black=exclude_black).fit(synth_images[0])
     import dataclasses
 
     nf.write(dataclasses.replace(plain, frontend=fe), tmp_path / "fe.net")
     spec = nf.read(tmp_path / "fe.net")
-    assert spec.frontend == fe and spec.format_version == (6 if impulse else 2)
-    if impulse:  # the correction acts on these images
-        assert not np.array_equal(fe.apply(images), FrontEnd("stretch", reference=fe.reference).apply(images))
+    assert spec.frontend == fe and spec.format_version == (7 if exclude_black else 6 if impulse else 2)
+    if impulse or exclude_black:  # the correction or the exclusion acts on these images
+        without = FrontEnd(fe.name, reference=fe.reference)
+        assert not np.array_equal(fe.apply(images), without.apply(images))
     ids = [str(i) for i in range(3)]
     for backend in ("torch", "sim"):
         got = run_backend(spec, Inputs(images, ids, [None] * 3, []), backend)

@@ -122,6 +122,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "impulse": Key(int, 0, "dead- and hot-pixel correction before the statistics: a pixel that differs in a channel "
                                "from the median of its 3x3 neighbourhood by more than this many grey levels takes "
                                "that median (0: off; the model file needs version 6)"),
+        "exclude_black": Key(bool, False, "black pixels (every channel at most 16) carry no image: left out of the "
+                                          "statistics and sent as 0, so cells on a black (segmented, masked) "
+                                          "background are mapped by the cells' statistics (the model file needs "
+                                          "version 7)"),
     },
     "losses": {
         "logit_scale": Key(float, 10.0, "cross-entropy logits = logit_scale x output spike rate per class"),
@@ -323,15 +327,16 @@ def model_config(stage: dict[str, Any], where: str = "recipe"):
             raise AllnetError(f"{where}: model.threshold {m['threshold']}: must be above 0 (0: the config's)")
         overrides["neuron"] = dataclasses.replace(MODELS[m["name"]].neuron, threshold=m["threshold"])
     fe = stage.get("frontend", {"name": "none"})
-    if fe["name"] != "none" or fe.get("impulse"):
+    if fe["name"] != "none" or fe.get("impulse") or fe.get("exclude_black"):
         from lava_allnet.frontend import FrontEnd
 
         try:
             overrides["frontend"] = FrontEnd(fe["name"], percentile=fe["percentile"],
-                                             offset_bound=fe["offset_bound"], impulse=fe["impulse"]).to_json()
+                                             offset_bound=fe["offset_bound"], impulse=fe["impulse"],
+                                             exclude_black=fe["exclude_black"]).to_json()
         except ValueError as exc:
             key = ("offset_bound" if "offset bound" in str(exc) else "impulse" if "impulse" in str(exc)
-                   else "name")
+                   else "exclude_black" if "exclude_black" in str(exc) else "name")
             raise AllnetError(f"{where}: frontend.{key} {fe[key]!r}: {exc}") from exc
     try:
         return get_model_config(m["name"], **overrides)
