@@ -49,13 +49,17 @@ def test_shipped_recipes_resolve_and_the_aria_recipe_has_the_shipped_models_stag
     for i, stage in enumerate(graded["stages"]):
         g = rc.compile_stage(stage, i + 1, run_dir=Path("/r"), previous=Path("/r/1") if i else None)[1]
         assert g.family == "graded" and g.init_teacher and g.graded_threshold == 1.0
-        for key in ("teacher", "data"):
-            assert stage[key] == spiking["stages"][0][key], key
-        assert {**stage["augment"], "blur": 1.0} == spiking["stages"][0]["augment"]
+        assert stage["data"] == spiking["stages"][0]["data"]
+        assert stage["teacher"] == {**spiking["stages"][0]["teacher"], "epochs": 90}
+        # and the background draws: 30% of the images become cells on black, teacher included
+        assert {**stage["augment"], "blur": 1.0, "background": 0.0, "background_black": 0.5} \
+            == spiking["stages"][0]["augment"]
+        assert (stage["augment"]["background"], stage["augment"]["background_black"]) == (0.3, 1.0)
         fe, fe_spiking = stage["frontend"], spiking["stages"][0]["frontend"]
         assert (fe["offset_bound"], fe_spiking["offset_bound"]) == (EXACT_OFFSET_BOUND, OFFSET_BOUND)
         assert (fe["impulse"], fe_spiking["impulse"]) == (90, 0)
-        assert {**fe, "offset_bound": OFFSET_BOUND, "impulse": 0} == fe_spiking
+        assert fe["exclude_black"] and not fe_spiking["exclude_black"]
+        assert {**fe, "offset_bound": OFFSET_BOUND, "impulse": 0, "exclude_black": False} == fe_spiking
     assert [st["augment"]["blur"] for st in graded["stages"]] == [1.0, 2.0]
     g = rc.compile_stage(graded["stages"][0], 1, run_dir=Path("/r"))[1]
     assert (g.batch_size, g.seed, g.threads) == (16, 0, 2)

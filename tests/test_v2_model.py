@@ -50,7 +50,8 @@ def test_v2_is_packaged_with_its_front_end_and_once_sent_input():
     assert V2.stat().st_size <= 1.35e6
     assert spec.frontend.name == "reinhard" and len(spec.frontend.reference) == 6 and spec.frontend.exact_offset
     assert spec.frontend.impulse == 90  # dead- and hot-pixel correction: format version 6
-    assert spec.graded and spec.input.send_once and spec.time_steps == 1 and spec.format_version == 6
+    assert spec.frontend.exclude_black  # black pixels out of the statistics: format version 7
+    assert spec.graded and spec.input.send_once and spec.time_steps == 1 and spec.format_version == 7
     assert spec.class_names == ("Benign", "Early", "Pre", "Pro")
     assert spec.calibration is not None
     spiking = nf.read(V2_SPIKING)
