@@ -29,12 +29,12 @@ for rel in split["test"]:
     a = np.array(Image.open(original / rel).convert("RGB"))
     b = np.array(Image.open(segmented / rel).convert("RGB"))
     cells = cell_mask(torch.from_numpy(a).permute(2, 0, 1)[None])[0, 0].numpy()
-    kept = b.max(2) > BLACK
-    rows[rel.split("/")[0]].append((kept.mean(), (kept & cells).sum() / max(1, cells.sum())))
+    kept, name = b.max(2) > BLACK, rel.split("/")[0]
+    rows[name].append((kept.mean(), (kept & cells).sum() / max(1, cells.sum())))
     if kept.sum() >= 200:
         o, k = a[kept].astype(float), b[kept].astype(float)
         corr = [np.corrcoef(k[:, c], o[:, c])[0, 1] for c in range(3)]
-        colours[rel.split("/")[0]].append(np.concatenate([k.mean(0), o.mean(0), corr]))
+        colours[name].append(np.concatenate([k.mean(0), o.mean(0), corr]))
 print(f"{'class':8} {'images':>6} {'pixels kept':>11} {'cell pixels kept':>16} {'images < 10%':>12}")
 for name in split["class_names"]:
     r = np.array(rows[name])
