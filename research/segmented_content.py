@@ -4,8 +4,9 @@ of the original image's stained white-cell pixels (``training.augment.cell_mask`
 cytoplasm, the pixels background replacement keeps) that are not black in its segmented copy, as
 medians, with the number of images that keep under 10% of their cell pixels; then the colour of
 what it keeps: the median colour of the kept pixels in the segmented copy and at the same places in
-the original, and the correlation of each channel between the two (images with at least 200 kept
-pixels):
+the original, the correlation of each channel between the two, and how much of each channel's
+variance one affine colour map per image (least squares, original RGB to segmented RGB) explains
+(R²; images with at least 200 kept pixels):
 
     python research/segmented_content.py [SPLIT.json]
 """
@@ -34,13 +35,16 @@ for rel in split["test"]:
     if kept.sum() >= 200:
         o, k = a[kept].astype(float), b[kept].astype(float)
         corr = [np.corrcoef(k[:, c], o[:, c])[0, 1] for c in range(3)]
-        colours[name].append(np.concatenate([k.mean(0), o.mean(0), corr]))
+        x = np.c_[o, np.ones(len(o))]
+        fit = x @ np.linalg.lstsq(x, k, rcond=None)[0]
+        r2 = 1 - ((k - fit) ** 2).sum(0) / ((k - k.mean(0)) ** 2).sum(0)
+        colours[name].append(np.concatenate([k.mean(0), o.mean(0), corr, r2]))
 print(f"{'class':8} {'images':>6} {'pixels kept':>11} {'cell pixels kept':>16} {'images < 10%':>12}")
 for name in split["class_names"]:
     r = np.array(rows[name])
     print(f"{name:8} {len(r):6d} {np.median(r[:, 0]):11.3f} {np.median(r[:, 1]):16.3f} {int((r[:, 1] < 0.1).sum()):12d}")
-print(f"{'class':8} {'images':>6} {'kept colour (segmented)':>24} {'same pixels (original)':>23} {'channel corr R / G / B':>23}")
+print(f"{'class':8} {'images':>6} {'kept colour (segmented)':>24} {'same pixels (original)':>23} {'channel corr R / G / B':>23} {'affine R² R / G / B':>20}")
 for name in split["class_names"]:
     c = np.median(np.array(colours[name]), 0)
     print(f"{name:8} {len(colours[name]):6d} {'%.0f / %.0f / %.0f' % tuple(c[:3]):>24} {'%.0f / %.0f / %.0f' % tuple(c[3:6]):>23} "
-          f"{'%.2f / %.2f / %.2f' % tuple(c[6:]):>23}")
+          f"{'%.2f / %.2f / %.2f' % tuple(c[6:9]):>23} {'%.2f / %.2f / %.2f' % tuple(c[9:]):>20}")
