@@ -8,6 +8,13 @@ The cells are `training.augment.cell_mask`'s (blue above green by 40 grey levels
 image's median pixel, grown by 2 pixels), the mask the `augment.background` replacement uses; the
 dataset's `segmented/` copies were colour-thresholded by their authors, with a mask of their own.
 Prints the accuracy (torch backend) and how many images each class was called.
+
+Then the thirty-first amendment's ninth measure, recoloured cells on black: the same cells on black,
+each image first given another colour rendering by the training draws' own code
+(`training.augment.Photometric(invert=1.0, hue=0.5)`, generator seed 0, the same for every model):
+each channel inverted with probability 0.5, then in half of the images a random mix of the
+channels. `segmented/` recolours the cells it keeps (`research/segmented_content.py`); this
+stand-in asks whether a model reads the cells in colours it was not shown them in.
 """
 import sys
 
@@ -16,7 +23,7 @@ import torch
 
 import lava_allnet
 from lava_allnet.api import dataset_inputs
-from training.augment import cell_mask
+from training.augment import Photometric, cell_mask
 
 torch.set_num_threads(2)
 model = lava_allnet.load(sys.argv[1])
@@ -24,7 +31,18 @@ inputs = dataset_inputs(model.spec, "../shared/data/all-aria/original", "models/
 y = np.asarray(inputs.labels)
 keep = cell_mask(torch.from_numpy(np.ascontiguousarray(inputs.images))).numpy()
 masked = np.where(keep, inputs.images, 0).astype(np.uint8)
-pred = np.array([model.class_names.index(r["prediction"]) for r in model.predict(masked, backend="torch")])
-calls = ", ".join(f"{c} {n}" for c, n in zip(model.class_names, np.bincount(pred, minlength=len(model.class_names))))
+
+
+def score(images: np.ndarray) -> tuple[float, str]:
+    pred = np.array([model.class_names.index(r["prediction"]) for r in model.predict(images, backend="torch")])
+    calls = ", ".join(f"{c} {n}" for c, n in zip(model.class_names, np.bincount(pred, minlength=len(model.class_names))))
+    return float(np.mean(pred == y)), calls
+
+
+acc, calls = score(masked)
 print(f"cells on black (validation, {len(y)} images, median {np.median(keep.mean((1, 2, 3))):.1%} of pixels kept): "
-      f"accuracy {np.mean(pred == y):.3f}; called {calls}")
+      f"accuracy {acc:.3f}; called {calls}")
+render = Photometric(invert=1.0, hue=0.5)(torch.from_numpy(np.ascontiguousarray(inputs.images)), torch.Generator().manual_seed(0))
+recoloured = np.where(keep, render.numpy(), 0).astype(np.uint8)
+acc, calls = score(recoloured)
+print(f"recoloured cells on black (validation, {len(y)} images): accuracy {acc:.3f}; called {calls}")
