@@ -5,7 +5,8 @@
 # clean and robustness accuracy (torch), activity on every validation image (torch), and the
 # twelfth amendment's rule: clean >= 0.975, <= 0.25 synaptic ops per ANN MAC, gains 0.5 / 0.7 >= 0.95,
 # noise sigma 16 and occlusion 20% >= 0.93; the score is the worst of the seven robustness measures.
-# Last, cells on black (research/masked_val.py: the twenty-fifth amendment's eighth measure).
+# Last, cells on black and recoloured cells on black (research/masked_val.py: the twenty-fifth
+# amendment's eighth measure and the thirty-first's ninth).
 set -euo pipefail
 MODEL=$(realpath "$1"); OUT=$(realpath -m "$2")
 ROOT=$(cd "$(dirname "$0")/.." && pwd); cd "$ROOT"
