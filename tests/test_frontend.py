@@ -282,6 +282,10 @@ def test_photometric_augmentation_is_seeded_and_each_part_acts(synth_images):
     assert any(torch.equal(inv[i, c], 255 - x[i, c]) for i in range(len(x)) for c in range(3))
     both = Photometric(invert=1.0, hue=1.0, background=1.0, background_black=1.0)(x, torch.Generator().manual_seed(4))
     assert both[~m.expand_as(x)].max() == 0
+    # recoloured cells on black: the background black, the cells in other colours; none without a replacement
+    re = Photometric(background=1.0, background_black=1.0, background_recolour=1.0)(x, torch.Generator().manual_seed(4))
+    assert re[~m.expand_as(x)].max() == 0 and not torch.equal(re[m.expand_as(x)], x[m.expand_as(x)])
+    assert torch.equal(Photometric(background_recolour=1.0)(x, torch.Generator().manual_seed(4)), x)
 
 
 def test_a_recipe_with_front_end_augmentation_rate_loss_and_input_once_trains_and_exports(synth_dir, tmp_path):

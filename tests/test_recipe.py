@@ -142,6 +142,7 @@ epochs = 7
     ("[frontend]\nname = \"reinhard\"\noffset_bound = 0\n", [], "frontend.offset_bound 0: front end offset bound"),
     ("", ["frontend.impulse=255"], "frontend.impulse 255: front end impulse threshold"),
     ("", ["augment.background_black=1.5"], "augment.background_black 1.5: a share in [0, 1]"),
+    ("", ["augment.background_recolour=0.5"], "augment.background_recolour 0.5: recolours the background"),
     ("", ["frontend.exclude_black=true"], "frontend.exclude_black True: front end exclude_black needs a colour map"),
 ])
 def test_bad_recipes_are_one_line_errors_naming_the_key(tmp_path, text, sets, message):

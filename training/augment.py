@@ -69,6 +69,7 @@ class Photometric:
     occlusion: float = 0.0  # maximum occluded share of the image (one rectangle of a random grey)
     background: float = 0.0  # probability of replacing the background by one random colour
     background_black: float = 0.5  # share of those replacements that are black
+    background_recolour: float = 0.0  # share of those replacements whose cells are rendered in other colours
 
     @property
     def active(self) -> bool:
@@ -82,18 +83,20 @@ class Photometric:
         if self.background > 0:
             keep = cell_mask(images)
             colour = torch.where(u(n, 1, 1, 1) < self.background_black, torch.zeros(n, 3, 1, 1), 255 * u(n, 3, 1, 1))
-            replace = (u(n, 1, 1, 1) < self.background) & ~keep
+            chosen = u(n, 1, 1, 1) < self.background
+            replace = chosen & ~keep
         if self.invert > 0:  # another colour rendering: some channels run backwards (dark nuclei bright)
             flip = (u(n, 1, 1, 1) < self.invert) & (u(n, 3, 1, 1) < 0.5)
             f = torch.where(flip, 255 - f, f)
         if self.hue > 0:
-            mix = torch.eye(3).repeat(n, 1, 1)
-            pick = u(n) < self.hue
-            rnd = u(n, 3, 3)
-            rnd = rnd / rnd.sum(2, keepdim=True)
-            mix[pick] = rnd[pick]
-            f = torch.einsum("ncd,ndhw->nchw", mix, f)
-        if self.background > 0:  # after the rendering, so the background is the colour drawn
+            f = _mix(f, u(n) < self.hue, u)
+        if self.background > 0 and self.background_recolour > 0:
+            # the replaced images' cells in other colours (a segmented rendering): each channel
+            # inverted with probability 0.5, then a random mix of the channels in half of them
+            recolour = chosen & (u(n, 1, 1, 1) < self.background_recolour)
+            f = torch.where(recolour & (u(n, 3, 1, 1) < 0.5), 255 - f, f)
+            f = _mix(f, recolour.view(n) & (u(n) < 0.5), u)
+        if self.background > 0:  # after the renderings, so the background is the colour drawn
             f = torch.where(replace, colour.expand(n, 3, h, w), f)
         lo, hi = self.gain
         f = f * (lo + (hi - lo) * u(n, 1, 1, 1))
@@ -117,6 +120,16 @@ class Photometric:
                 y0, x0 = int(u(1) * (h - oh + 1)), int(u(1) * (w - ow + 1))
                 f[i, :, y0:y0 + oh, x0:x0 + ow] = 255 * float(u(1))
         return f.round().clamp(0, 255).to(torch.uint8)
+
+
+def _mix(f: torch.Tensor, pick: torch.Tensor, u) -> torch.Tensor:
+    """The images ``pick`` with each channel a random convex mix of the three (rows drawn from ``u``)."""
+    n = f.shape[0]
+    mix = torch.eye(3).repeat(n, 1, 1)
+    rnd = u(n, 3, 3)
+    rnd = rnd / rnd.sum(2, keepdim=True)
+    mix[pick] = rnd[pick]
+    return torch.einsum("ncd,ndhw->nchw", mix, f)
 
 
 def cell_mask(images: torch.Tensor, threshold: float = 40.0, grow: int = 2) -> torch.Tensor:

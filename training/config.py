@@ -49,6 +49,7 @@ class TrainConfig:
     aug_occlusion: float = 0.0
     aug_background: float = 0.0
     aug_background_black: float = 0.5
+    aug_background_recolour: float = 0.0
     # [losses]
     loss_scale: float = 10.0  # logits = loss_scale * output spike rate
     range_weight: float = 1e-3  # [losses.range]: the 24-bit state-range penalty (features.RangePenalty)
@@ -100,9 +101,12 @@ class TrainConfig:
         for key in ("contrast", "stain", "noise", "blur"):
             if getattr(self, f"aug_{key}") < 0:
                 raise ValueError(f"augment.{key} {getattr(self, f'aug_{key}')}: 0 (off) or above")
-        for key in ("hue", "invert", "occlusion", "background", "background_black"):
+        for key in ("hue", "invert", "occlusion", "background", "background_black", "background_recolour"):
             if not 0 <= getattr(self, f"aug_{key}") <= 1:
                 raise ValueError(f"augment.{key} {getattr(self, f'aug_{key}')}: a share in [0, 1]")
+        if self.aug_background_recolour > 0 and self.aug_background == 0:
+            raise ValueError(f"augment.background_recolour {self.aug_background_recolour}: recolours the background "
+                             "replacements' cells, so it needs augment.background above 0")
         if self.loss_scale <= 0:
             raise ValueError(f"losses.logit_scale {self.loss_scale}: must be above 0")
         if self.family not in ("spiking", "graded"):
@@ -127,7 +131,8 @@ class TrainConfig:
         return Photometric(gain=tuple(self.aug_gain), gamma=tuple(self.aug_gamma), contrast=self.aug_contrast,
                            stain=self.aug_stain, hue=self.aug_hue, invert=self.aug_invert, noise=self.aug_noise, blur=self.aug_blur,
                            occlusion=self.aug_occlusion, background=self.aug_background,
-                           background_black=self.aug_background_black)
+                           background_black=self.aug_background_black,
+                           background_recolour=self.aug_background_recolour)
 
     @property
     def uses_teacher(self) -> bool:

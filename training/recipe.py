@@ -108,6 +108,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                       "the cells"),
         "background_black": Key(float, 0.5, "share of the background replacements that are black (a segmented or "
                                             "masked image); the rest take a random colour"),
+        "background_recolour": Key(float, 0.0, "share of the background replacements whose cells are rendered in other "
+                                               "colours (each channel inverted with probability 0.5, then a random mix "
+                                               "of the channels in half of them), as a segmented rendering recolours them"),
     },
     "frontend": {
         "name": Key(str, "none", 'the input front end, stored in the model file and applied by every backend before '
@@ -376,7 +379,8 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
             augment=a["flips"], color_jitter=a["color_jitter"], loss_scale=stage["losses"]["logit_scale"],
             aug_gain=tuple(a["gain"]), aug_gamma=tuple(a["gamma"]), aug_contrast=a["contrast"], aug_stain=a["stain"],
             aug_hue=a["hue"], aug_invert=a["invert"], aug_noise=a["noise"], aug_blur=a["blur"], aug_occlusion=a["occlusion"],
-            aug_background=a["background"], aug_background_black=a["background_black"], rate_weight=stage["losses.rate"]["weight"],
+            aug_background=a["background"], aug_background_black=a["background_black"],
+            aug_background_recolour=a["background_recolour"], rate_weight=stage["losses.rate"]["weight"],
             rate_max=stage["losses.rate"]["max_rate"], rate_layers=tuple(stage["losses.rate"]["layers"]),
             range_weight=stage["losses.range"]["weight"], distill_weight=stage["losses.distill"]["weight"],
             distill_temperature=stage["losses.distill"]["temperature"], teacher_epochs=stage["teacher"]["epochs"],
