@@ -10,10 +10,10 @@ dataset's `segmented/` copies were colour-thresholded by their authors, with a m
 Prints the accuracy (torch backend) and how many images each class was called.
 
 Then the thirty-first amendment's ninth measure, recoloured cells on black: the same cells on black,
-each image first given another colour rendering by the training draws' own code
-(`training.augment.Photometric(invert=1.0, hue=0.5)`, generator seed 0, the same for every model):
-each channel inverted with probability 0.5, then in half of the images a random mix of the
-channels. `segmented/` recolours the cells it keeps (`research/segmented_content.py`); this
+each image first given another colour rendering, drawn from a generator seeded 0 (the same images
+for every model): each channel inverted (255 - x) with probability 0.5, then in half of the images
+each channel a random convex mix of the three (the family `augment.background_recolour` draws in
+training). `segmented/` recolours the cells it keeps (`research/segmented_content.py`); this
 stand-in asks whether a model reads the cells in colours it was not shown them in.
 """
 import sys
@@ -23,7 +23,7 @@ import torch
 
 import lava_allnet
 from lava_allnet.api import dataset_inputs
-from training.augment import Photometric, cell_mask
+from training.augment import cell_mask
 
 torch.set_num_threads(2)
 model = lava_allnet.load(sys.argv[1])
@@ -42,7 +42,24 @@ def score(images: np.ndarray) -> tuple[float, str]:
 acc, calls = score(masked)
 print(f"cells on black (validation, {len(y)} images, median {np.median(keep.mean((1, 2, 3))):.1%} of pixels kept): "
       f"accuracy {acc:.3f}; called {calls}")
-render = Photometric(invert=1.0, hue=0.5)(torch.from_numpy(np.ascontiguousarray(inputs.images)), torch.Generator().manual_seed(0))
-recoloured = np.where(keep, render.numpy(), 0).astype(np.uint8)
+
+
+def recolour(images: np.ndarray, seed: int = 0) -> np.ndarray:
+    gen = torch.Generator().manual_seed(seed)
+    u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
+    f = torch.from_numpy(np.ascontiguousarray(images)).float()
+    n = f.shape[0]
+    flip = (u(n, 1, 1, 1) < 1.0) & (u(n, 3, 1, 1) < 0.5)
+    f = torch.where(flip, 255 - f, f)
+    mix = torch.eye(3).repeat(n, 1, 1)
+    pick = u(n) < 0.5
+    rnd = u(n, 3, 3)
+    rnd = rnd / rnd.sum(2, keepdim=True)
+    mix[pick] = rnd[pick]
+    f = torch.einsum("ncd,ndhw->nchw", mix, f)
+    return f.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+recoloured = np.where(keep, recolour(inputs.images), 0).astype(np.uint8)
 acc, calls = score(recoloured)
 print(f"recoloured cells on black (validation, {len(y)} images): accuracy {acc:.3f}; called {calls}")
