@@ -51,10 +51,13 @@ def test_shipped_recipes_resolve_and_the_aria_recipe_has_the_shipped_models_stag
         assert g.family == "graded" and g.init_teacher and g.graded_threshold == 1.0
         assert stage["data"] == spiking["stages"][0]["data"]
         assert stage["teacher"] == {**spiking["stages"][0]["teacher"], "epochs": 90}
-        # and the background draws: 30% of the images become cells on black, teacher included
-        assert {**stage["augment"], "blur": 1.0, "background": 0.0, "background_black": 0.5} \
-            == spiking["stages"][0]["augment"]
-        assert (stage["augment"]["background"], stage["augment"]["background_black"]) == (0.3, 1.0)
+        # and the background draws: 30% of the images become cells on black, teacher included, half
+        # of those cells recoloured
+        assert {**stage["augment"], "blur": 1.0, "background": 0.0, "background_black": 0.5,
+                "background_recolour": 0.0} == spiking["stages"][0]["augment"]
+        a = stage["augment"]
+        assert (a["background"], a["background_black"], a["background_recolour"]) == (0.3, 1.0, 0.5)
+        assert g.photometric().background_recolour == 0.5
         fe, fe_spiking = stage["frontend"], spiking["stages"][0]["frontend"]
         assert (fe["offset_bound"], fe_spiking["offset_bound"]) == (EXACT_OFFSET_BOUND, OFFSET_BOUND)
         assert (fe["impulse"], fe_spiking["impulse"]) == (90, 0)

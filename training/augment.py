@@ -2,9 +2,10 @@
 
 :func:`augment_batch` (flips, 90° rotations, mild colour jitter) is what every recipe gets;
 :class:`Photometric` adds what a model needs to survive another microscope (recipe ``[augment]``
-keys): exposure with clipping, gamma, contrast, stain, channel inversion and hue, noise, blur,
-occlusion, and background replacement (everything but the stained white cells replaced by one
-colour, black in a chosen share), each drawn per image from the batch's generator.
+keys): exposure with clipping, gamma, contrast, stain and hue, noise, blur, occlusion, and
+background replacement (everything but the stained white cells replaced by one colour, black
+in a chosen share, those cells rendered in other colours in a chosen share), each drawn per
+image from the batch's generator.
 """
 from __future__ import annotations
 
@@ -63,7 +64,6 @@ class Photometric:
     contrast: float = 0.0  # ± around the image mean
     stain: float = 0.0  # ± per-channel gain
     hue: float = 0.0  # probability of a random mix of the colour channels (stain rendering, colour spaces)
-    invert: float = 0.0  # probability of a rendering with channels inverted (255 - x), each with probability 0.5
     noise: float = 0.0  # maximum Gaussian noise sigma (grey levels)
     blur: float = 0.0  # maximum Gaussian blur sigma (pixels)
     occlusion: float = 0.0  # maximum occluded share of the image (one rectangle of a random grey)
@@ -85,9 +85,6 @@ class Photometric:
             colour = torch.where(u(n, 1, 1, 1) < self.background_black, torch.zeros(n, 3, 1, 1), 255 * u(n, 3, 1, 1))
             chosen = u(n, 1, 1, 1) < self.background
             replace = chosen & ~keep
-        if self.invert > 0:  # another colour rendering: some channels run backwards (dark nuclei bright)
-            flip = (u(n, 1, 1, 1) < self.invert) & (u(n, 3, 1, 1) < 0.5)
-            f = torch.where(flip, 255 - f, f)
         if self.hue > 0:
             f = _mix(f, u(n) < self.hue, u)
         if self.background > 0 and self.background_recolour > 0:

@@ -43,7 +43,6 @@ class TrainConfig:
     aug_contrast: float = 0.0
     aug_stain: float = 0.0
     aug_hue: float = 0.0
-    aug_invert: float = 0.0
     aug_noise: float = 0.0
     aug_blur: float = 0.0
     aug_occlusion: float = 0.0
@@ -101,7 +100,7 @@ class TrainConfig:
         for key in ("contrast", "stain", "noise", "blur"):
             if getattr(self, f"aug_{key}") < 0:
                 raise ValueError(f"augment.{key} {getattr(self, f'aug_{key}')}: 0 (off) or above")
-        for key in ("hue", "invert", "occlusion", "background", "background_black", "background_recolour"):
+        for key in ("hue", "occlusion", "background", "background_black", "background_recolour"):
             if not 0 <= getattr(self, f"aug_{key}") <= 1:
                 raise ValueError(f"augment.{key} {getattr(self, f'aug_{key}')}: a share in [0, 1]")
         if self.aug_background_recolour > 0 and self.aug_background == 0:
@@ -129,7 +128,7 @@ class TrainConfig:
         from training.augment import Photometric
 
         return Photometric(gain=tuple(self.aug_gain), gamma=tuple(self.aug_gamma), contrast=self.aug_contrast,
-                           stain=self.aug_stain, hue=self.aug_hue, invert=self.aug_invert, noise=self.aug_noise, blur=self.aug_blur,
+                           stain=self.aug_stain, hue=self.aug_hue, noise=self.aug_noise, blur=self.aug_blur,
                            occlusion=self.aug_occlusion, background=self.aug_background,
                            background_black=self.aug_background_black,
                            background_recolour=self.aug_background_recolour)

@@ -98,8 +98,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "contrast": Key(float, 0.0, "contrast change drawn in ±contrast around the image mean"),
         "stain": Key(float, 0.0, "per-channel gain drawn in ±stain (stain and lamp colour)"),
         "hue": Key(float, 0.0, "probability of a random mix of the colour channels (stain rendering, colour spaces)"),
-        "invert": Key(float, 0.0, "probability of a colour rendering with channels inverted (255 - x, each channel "
-                                  "with probability 0.5), applied before hue and the background replacement"),
         "noise": Key(float, 0.0, "Gaussian noise of a sigma drawn up to this (grey levels)"),
         "blur": Key(float, 0.0, "Gaussian blur of a sigma drawn up to this (pixels)"),
         "occlusion": Key(float, 0.0, "one rectangle of a random grey covering up to this share of the image"),
@@ -378,7 +376,7 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
             val_fraction=d["val_fraction"], test_fraction=d["test_fraction"], split_from=split,
             augment=a["flips"], color_jitter=a["color_jitter"], loss_scale=stage["losses"]["logit_scale"],
             aug_gain=tuple(a["gain"]), aug_gamma=tuple(a["gamma"]), aug_contrast=a["contrast"], aug_stain=a["stain"],
-            aug_hue=a["hue"], aug_invert=a["invert"], aug_noise=a["noise"], aug_blur=a["blur"], aug_occlusion=a["occlusion"],
+            aug_hue=a["hue"], aug_noise=a["noise"], aug_blur=a["blur"], aug_occlusion=a["occlusion"],
             aug_background=a["background"], aug_background_black=a["background_black"],
             aug_background_recolour=a["background_recolour"], rate_weight=stage["losses.rate"]["weight"],
             rate_max=stage["losses.rate"]["max_rate"], rate_layers=tuple(stage["losses.rate"]["layers"]),
