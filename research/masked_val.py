@@ -23,7 +23,7 @@ import torch
 
 import lava_allnet
 from lava_allnet.api import dataset_inputs
-from training.augment import cell_mask
+from training.augment import _mix, cell_mask
 
 torch.set_num_threads(2)
 model = lava_allnet.load(sys.argv[1])
@@ -51,12 +51,7 @@ def recolour(images: np.ndarray, seed: int = 0) -> np.ndarray:
     n = f.shape[0]
     flip = (u(n, 1, 1, 1) < 1.0) & (u(n, 3, 1, 1) < 0.5)
     f = torch.where(flip, 255 - f, f)
-    mix = torch.eye(3).repeat(n, 1, 1)
-    pick = u(n) < 0.5
-    rnd = u(n, 3, 3)
-    rnd = rnd / rnd.sum(2, keepdim=True)
-    mix[pick] = rnd[pick]
-    f = torch.einsum("ncd,ndhw->nchw", mix, f)
+    f = _mix(f, u(n) < 0.5, u)  # the training draws' channel mix
     return f.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
