@@ -49,7 +49,8 @@ def recolour(images: np.ndarray, seed: int = 0) -> np.ndarray:
     u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
     f = torch.from_numpy(np.ascontiguousarray(images)).float()
     n = f.shape[0]
-    flip = (u(n, 1, 1, 1) < 1.0) & (u(n, 3, 1, 1) < 0.5)
+    u(n, 1, 1, 1)  # the per-image "render?" draw (probability 1 here): kept so the images stay the measured ones
+    flip = u(n, 3, 1, 1) < 0.5
     f = torch.where(flip, 255 - f, f)
     f = _mix(f, u(n) < 0.5, u)  # the training draws' channel mix
     return f.round().clamp(0, 255).to(torch.uint8).numpy()
