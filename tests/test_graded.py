@@ -204,6 +204,39 @@ def test_a_graded_recipe_trains_exports_and_resumes_exactly(synth_dir, tmp_path)
     assert rows["family"] == "graded" and len(rows["history"]) == 2
 
 
+def test_a_graded_stage_keeps_only_the_running_mean_and_resumes_it_exactly(synth_dir, tmp_path):
+    import torch
+
+    from training import recipe
+    from training.checkpoint import load_torch
+
+    path = tmp_path / "g.toml"
+    path.write_text(GRADED_RECIPE.format(root=synth_dir))
+    sets = ["schedule.epochs=3", "averaging.from_epoch=2"]
+    whole = recipe.run(recipe.load(path, sets), tmp_path / "whole", show_progress=False)
+    stage = tmp_path / "whole" / "1-train"
+    rows = json.loads((stage / "metrics.json").read_text())
+    assert [r["averaged_epochs"] for r in rows["history"]] == [0, 1, 2]
+    assert rows["best"]["epoch"] in (2, 3)  # epoch 1 is validated for the log, never kept
+    # the kept weights are the mean of epochs 2 and 3: not the last epoch's own
+    ck, best = load_torch(stage / "checkpoint.pt"), load_torch(stage / "best.pt")
+    last = ck["model"]["features.0.weight"]
+    mean = ck["average"]["module.features.0.weight"]
+    kept = best["model"]["features.0.weight"]
+    assert not torch.equal(mean, last)
+    assert torch.equal(kept, mean) if rows["best"]["epoch"] == 3 else not torch.equal(kept, last)
+    plain = recipe.run(recipe.load(path, ["schedule.epochs=3"]), tmp_path / "plain", show_progress=False)
+    prow = json.loads((tmp_path / "plain" / "1-train" / "metrics.json").read_text())["history"]
+    # the same training path (the mean is only validated and kept); epoch 2's mean is epoch 2's model
+    assert [r["train_loss"] for r in prow] == [r["train_loss"] for r in rows["history"]]
+    assert prow[1]["val_loss"] == rows["history"][1]["val_loss"] and prow[2]["val_loss"] != rows["history"][2]["val_loss"]
+    stopped = recipe.run(recipe.load(path, sets), tmp_path / "cut", show_progress=False, stop_after_batches=9)
+    assert stopped.get("stopped")
+    assert int(load_torch(tmp_path / "cut" / "1-train" / "checkpoint.pt")["average"]["n_averaged"]) == 1  # cut in epoch 3
+    done = recipe.run(recipe.read_run_recipe(tmp_path / "cut"), tmp_path / "cut", resume=True, show_progress=False)
+    assert Path(done["model"]).read_bytes() == Path(whole["model"]).read_bytes()
+
+
 @pytest.mark.parametrize("sets, message", [
     (["schedule.init=scratch"], 'set schedule.init = "teacher"'),
     (["losses.rate.weight=1.0"], "losses.rate.weight apply to the spiking network only"),

@@ -214,6 +214,7 @@ def test_averaged_run_validates_the_average_and_resumes_exactly(tiny_data, tmp_p
     tc = TrainConfig(epochs=3, batch_size=8, seed=3, average_from=2)
     ref = train(tmp_path / "ref", cfg, tc, data_dir=tiny_data, show_progress=False)
     assert [r["averaged_epochs"] for r in ref["history"]] == [0, 1, 2]
+    assert ref["best"]["averaged_epochs"] > 0  # epoch 1 is validated for the log, never kept
     plain = train(tmp_path / "plain", cfg, TrainConfig(epochs=3, batch_size=8, seed=3), data_dir=tiny_data,
                   show_progress=False)
     # same training path (the average is only validated), different validated model from epoch 3 on

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.optim.swa_utils import AveragedModel
 
 from lava_allnet.config import ModelConfig
+from lava_allnet.errors import AllnetError
 from lava_allnet.frontend import FrontEnd
 from lava_allnet.graded import GradedLayer, GradedNetwork
 from training.checkpoint import load_torch, save_json, save_torch
@@ -131,6 +133,10 @@ class GradedTrainer(Trainer):
     missing) fine-tuned through the graded quantiser. Per epoch, the integer network of the epoch's
     weights is validated (its accuracy in the deployed arithmetic chooses the best epoch, then the
     quantised model's validation loss); ``best.pt`` holds the teacher's weights and the quantiser.
+    With ``averaging.from_epoch`` E, from epoch E on the running mean of the epoch-end weights and
+    batch-norm statistics (one quantiser holds for all of them: it is calibrated once) is what is
+    validated, and only those means can be kept: one flatter network instead of a pick among epochs
+    whose validation accuracy swings by several points.
     Checkpoints at each epoch's end: ``--resume`` continues at the next epoch, exactly."""
 
     def setup(self) -> None:
@@ -140,6 +146,8 @@ class GradedTrainer(Trainer):
         pick = self.train_idx[torch.randperm(len(self.train_idx), generator=_gen(cfg.seed, 99))[:CALIBRATION_IMAGES]]
         self.quant = calibrate(self.net, self.images[pick].to(dev), cfg.graded_threshold)
         self.features = []
+        # averaging.from_epoch: the running mean of the epoch-end weights and batch-norm statistics
+        self.average = AveragedModel(self.net, use_buffers=True) if cfg.average_from > 0 else None
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
         self.sched = torch.optim.lr_scheduler.OneCycleLR(
             self.opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * self.batches_per_epoch))
@@ -149,14 +157,21 @@ class GradedTrainer(Trainer):
             self.opt.load_state_dict(ck["optimizer"])
             self.sched.load_state_dict(ck["scheduler"])
             self.state, self.quant = ck["state"], ck["quant"]
+            if self.average is not None:
+                if "average" not in ck:
+                    raise AllnetError(f"{self.ckpt_path}: has no weight average to resume with")
+                self.average.load_state_dict(ck["average"])
             self.console.print(f"resuming at epoch {self.state['epoch'] + 1}")
         else:
             self.console.print("graded messages: " + ", ".join(
                 f"conv{k} step {s:.4f} threshold {t:.3f}" for k, (s, t) in enumerate(self.quant, start=1)))
 
     def checkpoint(self) -> None:
-        save_torch({"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
-                    "scheduler": self.sched.state_dict(), "state": self.state, "quant": self.quant}, self.ckpt_path)
+        ck = {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+              "scheduler": self.sched.state_dict(), "state": self.state, "quant": self.quant}
+        if self.average is not None:
+            ck["average"] = self.average.state_dict()
+        save_torch(ck, self.ckpt_path)
 
     def train_one_epoch(self, update=None, stop_after_batches: int | None = None) -> bool:
         """One whole epoch (a killed epoch is redone from its start on resume)."""
@@ -188,31 +203,37 @@ class GradedTrainer(Trainer):
 
     @torch.no_grad()
     def validate(self, model=None) -> dict:
-        """The integer network's validation accuracy; the quantised model's cross-entropy."""
-        self.net.eval()
+        """The integer network's validation accuracy; the quantised model's cross-entropy (of
+        ``model``, a teacher-shaped network; the one being trained if None)."""
+        model = (self.net if model is None else model).eval()
         idx = self.val_idx
-        net = integer_of(self.net, self.quant, self.model_cfg)
+        net = integer_of(model, self.quant, self.model_cfg)
         correct, loss_sum = 0, 0.0
         for i in range(0, len(idx), 64):
             x = self.images[idx[i:i + 64]].to(self.device)
             y = self.data.labels[idx[i:i + 64]].to(self.device)
             correct += int((net(net.encode(x.cpu())).predictions() == y.cpu()).sum())
-            loss_sum += F.cross_entropy(forward(self.net, x, self.quant)[0], y, reduction="sum").item()
+            loss_sum += F.cross_entropy(forward(model, x, self.quant)[0], y, reduction="sum").item()
         n = max(1, len(idx))
         return {"accuracy": correct / n, "loss": loss_sum / n}
 
     def end_epoch(self) -> dict:
         state, part = self.state, self.state["partial"]
-        val = self.validate()
+        kept, averaged = self.net, 0
+        if self.average is not None and state["epoch"] + 1 >= self.cfg.average_from:
+            self.average.update_parameters(self.net)
+            kept, averaged = self.average.module, int(self.average.n_averaged)
+        val = self.validate(kept)
         row = {"epoch": state["epoch"] + 1, "train_loss": part["loss"] / max(1, part["seen"]),
                "train_accuracy": part["correct"] / max(1, part["seen"]), "val_loss": val["loss"],
                "val_accuracy": val["accuracy"], "lr": self.sched.get_last_lr()[0],
-               "seconds": time.perf_counter() - self.t_epoch}
+               "seconds": time.perf_counter() - self.t_epoch, "averaged_epochs": averaged}
         state["history"].append(row)
         best = state["best"]
-        if best is None or (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
+        eligible = self.average is None or averaged > 0  # with averaging, only the running means are kept
+        if eligible and (best is None or (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])):
             state["best"] = row
-            save_torch({"graded": True, "model": self.net.state_dict(), "quant": self.quant,
+            save_torch({"graded": True, "model": kept.state_dict(), "quant": self.quant,
                         "config": self.model_cfg.to_dict(), "epoch": row["epoch"]}, self.run_dir / "best.pt")
         state["epoch"] += 1
         state["batch"] = 0

@@ -534,7 +534,9 @@ class Trainer:
             row.update(f.row())
         state["history"].append(row)
         best = state["best"]
-        if best is None or (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"]):
+        # with averaging, only the running means are kept (epochs before it are validated for the log)
+        eligible = not features.WeightAveraging.enabled(self.cfg) or row["averaged_epochs"] > 0
+        if eligible and (best is None or (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])):
             state["best"] = row
             if distributed.is_main():
                 save_torch({"model": kept.state_dict(), "config": self.model_cfg.to_dict(), "epoch": epoch + 1},
