@@ -334,7 +334,8 @@ class RateLoss(Feature):
 class WeightAveraging(Feature):
     """[averaging]: from epoch ``from_epoch`` on, validate (and keep as ``best.pt``) the running
     mean of the epoch-end weights (Izmailov et al. 2018): one flatter model instead of a pick among
-    epochs whose validation accuracy swings by ±1.5 points. Parameters only: the batch-norm means
+    epochs whose validation accuracy swings by ±1.5 points. Only such means can be kept: the epochs
+    before ``from_epoch`` are validated for the log (``Trainer.end_epoch``). Parameters only: the batch-norm means
     are recomputed for the mean weights, and quantisation applies on use."""
 
     section = "averaging"

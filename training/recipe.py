@@ -160,7 +160,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "adam_eps": Key(float, 0.0, "with learn: Adam's epsilon for the biases alone (0: schedule.adam_eps)"),
     },
     "averaging": {
-        "from_epoch": Key(int, 0, "from this epoch on, validate and keep the running mean of the epoch-end weights (0: off)"),
+        "from_epoch": Key(int, 0, "from this epoch on, validate the running mean of the epoch-end weights (graded stages: and batch-norm statistics) and keep only such means (0: off)"),
     },
 }
 TOP = {"name": Key(str, "", "the recipe's name (default: the file's stem)"),
