@@ -51,7 +51,7 @@ def main() -> None:
                "median": round(float(np.median([r for r, _ in ratios])), 2)})
         return
     split = json.loads(Path(args.split).read_text())
-    root = (ROOT / split["root"]).resolve() if not Path(split["root"]).is_absolute() else Path(split["root"])
+    root = (ROOT / split["root"]).resolve()  # relative to the project root, or absolute
     paths = sorted(split[args.subset])
     ratios = {p: ratio(net, spec, root / p)[0] for p in paths}
     eight = [p for c in split["class_names"] for p in [q for q in paths if q.split("/")[0] == c][:2]]

@@ -58,6 +58,7 @@ def test_shipped_recipes_resolve_and_the_aria_recipe_has_the_shipped_models_stag
         a = stage["augment"]
         assert (a["background"], a["background_black"], a["background_recolour"]) == (0.3, 1.0, 0.5)
         assert g.photometric().background_recolour == 0.5
+        assert g.average_from == 16  # each graded stage keeps the running mean of its epochs 16-30
         fe, fe_spiking = stage["frontend"], spiking["stages"][0]["frontend"]
         assert (fe["offset_bound"], fe_spiking["offset_bound"]) == (EXACT_OFFSET_BOUND, OFFSET_BOUND)
         assert (fe["impulse"], fe_spiking["impulse"]) == (90, 0)

@@ -29,7 +29,7 @@ from lava_allnet.frontend import FrontEnd
 from lava_allnet.graded import GradedLayer, GradedNetwork
 from training.checkpoint import load_torch, save_json, save_torch
 from training.distill import Teacher
-from training.trainer import Trainer, _gen
+from training.trainer import Trainer, _gen, better
 
 LEVELS = 127  # weight levels a side: Loihi's 8-bit weights are even mantissas 2k, |k| <= 127
 ONE_PROCESS = ("a graded stage trains in one process (its batch norm takes each batch's own statistics, which "
@@ -231,7 +231,7 @@ class GradedTrainer(Trainer):
         state["history"].append(row)
         best = state["best"]
         eligible = self.average is None or averaged > 0  # with averaging, only the running means are kept
-        if eligible and (best is None or (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])):
+        if eligible and better(row, best):
             state["best"] = row
             save_torch({"graded": True, "model": kept.state_dict(), "quant": self.quant,
                         "config": self.model_cfg.to_dict(), "epoch": row["epoch"]}, self.run_dir / "best.pt")

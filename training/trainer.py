@@ -536,7 +536,7 @@ class Trainer:
         best = state["best"]
         # with averaging, only the running means are kept (epochs before it are validated for the log)
         eligible = not features.WeightAveraging.enabled(self.cfg) or row["averaged_epochs"] > 0
-        if eligible and (best is None or (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])):
+        if eligible and better(row, best):
             state["best"] = row
             if distributed.is_main():
                 save_torch({"model": kept.state_dict(), "config": self.model_cfg.to_dict(), "epoch": epoch + 1},
@@ -674,6 +674,11 @@ def _metrics(state, model_cfg: ModelConfig, net: Network, fast: bool, data: Trai
         "split_sizes": {k: int(len(v)) for k, v in data.split.items()},
         "skipped_images": [str(p) for p, _ in data.skipped],
     }
+
+
+def better(row: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Whether an epoch's row beats the kept one: higher validation accuracy, then lower validation loss."""
+    return best is None or (row["val_accuracy"], -row["val_loss"]) > (best["val_accuracy"], -best["val_loss"])
 
 
 def read_best(run_dir: str | Path) -> tuple[dict, ModelConfig]:
