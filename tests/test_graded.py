@@ -221,7 +221,7 @@ def test_a_graded_stage_keeps_only_the_running_mean_and_resumes_it_exactly(synth
     # the kept weights are the mean of epochs 2 and 3: not the last epoch's own
     ck, best = load_torch(stage / "checkpoint.pt"), load_torch(stage / "best.pt")
     last = ck["model"]["features.0.weight"]
-    mean = ck["average"]["module.features.0.weight"]
+    mean = ck["features"]["averaging"]["module.features.0.weight"]
     kept = best["model"]["features.0.weight"]
     assert not torch.equal(mean, last)
     assert torch.equal(kept, mean) if rows["best"]["epoch"] == 3 else not torch.equal(kept, last)
@@ -232,7 +232,7 @@ def test_a_graded_stage_keeps_only_the_running_mean_and_resumes_it_exactly(synth
     assert prow[1]["val_loss"] == rows["history"][1]["val_loss"] and prow[2]["val_loss"] != rows["history"][2]["val_loss"]
     stopped = recipe.run(recipe.load(path, sets), tmp_path / "cut", show_progress=False, stop_after_batches=9)
     assert stopped.get("stopped")
-    assert int(load_torch(tmp_path / "cut" / "1-train" / "checkpoint.pt")["average"]["n_averaged"]) == 1  # cut in epoch 3
+    assert int(load_torch(tmp_path / "cut" / "1-train" / "checkpoint.pt")["features"]["averaging"]["n_averaged"]) == 1  # cut in epoch 3
     done = recipe.run(recipe.read_run_recipe(tmp_path / "cut"), tmp_path / "cut", resume=True, show_progress=False)
     assert Path(done["model"]).read_bytes() == Path(whole["model"]).read_bytes()
 

@@ -335,8 +335,10 @@ class WeightAveraging(Feature):
     """[averaging]: from epoch ``from_epoch`` on, validate (and keep as ``best.pt``) the running
     mean of the epoch-end weights (Izmailov et al. 2018): one flatter model instead of a pick among
     epochs whose validation accuracy swings by ±1.5 points. Only such means can be kept: the epochs
-    before ``from_epoch`` are validated for the log (``Trainer.end_epoch``). Parameters only: the batch-norm means
-    are recomputed for the mean weights, and quantisation applies on use."""
+    before ``from_epoch`` are validated for the log (``Trainer.keeps``). Spiking stages average the
+    parameters only: the batch-norm means are recomputed for the mean weights, and quantisation
+    applies on use. Graded stages (``training/graded.py``) average the batch-norm statistics with the
+    weights, since the export folds them into the integer network."""
 
     section = "averaging"
 
@@ -352,7 +354,7 @@ class WeightAveraging(Feature):
             raise ValueError(f"averaging.from_epoch {cfg.average_from}: after the last epoch ({cfg.epochs})")
 
     def setup(self) -> None:
-        self.average = AveragedModel(self.t.net)
+        self.average = AveragedModel(self.t.net, use_buffers=self.cfg.family == "graded")
         self.averaged = False
 
     def epoch_end(self, kept: Network) -> Network:

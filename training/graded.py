@@ -21,15 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from torch.optim.swa_utils import AveragedModel
 
 from lava_allnet.config import ModelConfig
-from lava_allnet.errors import AllnetError
 from lava_allnet.frontend import FrontEnd
 from lava_allnet.graded import GradedLayer, GradedNetwork
+from training import features
 from training.checkpoint import load_torch, save_json, save_torch
 from training.distill import Teacher
-from training.trainer import Trainer, _gen, better
+from training.trainer import Trainer, _gen
 
 LEVELS = 127  # weight levels a side: Loihi's 8-bit weights are even mantissas 2k, |k| <= 127
 ONE_PROCESS = ("a graded stage trains in one process (its batch norm takes each batch's own statistics, which "
@@ -145,9 +144,11 @@ class GradedTrainer(Trainer):
         self.net = copy.deepcopy(self.teacher()).to(dev)
         pick = self.train_idx[torch.randperm(len(self.train_idx), generator=_gen(cfg.seed, 99))[:CALIBRATION_IMAGES]]
         self.quant = calibrate(self.net, self.images[pick].to(dev), cfg.graded_threshold)
-        self.features = []
-        # averaging.from_epoch: the running mean of the epoch-end weights and batch-norm statistics
-        self.average = AveragedModel(self.net, use_buffers=True) if cfg.average_from > 0 else None
+        # averaging.from_epoch (features.WeightAveraging): the running mean of the epoch-end weights
+        # and batch-norm statistics; the graded stage's only feature
+        self.features = [features.WeightAveraging(self)] if features.WeightAveraging.enabled(cfg) else []
+        for f in self.features:
+            f.setup()
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, eps=cfg.adam_eps)
         self.sched = torch.optim.lr_scheduler.OneCycleLR(
             self.opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * self.batches_per_epoch))
@@ -157,21 +158,16 @@ class GradedTrainer(Trainer):
             self.opt.load_state_dict(ck["optimizer"])
             self.sched.load_state_dict(ck["scheduler"])
             self.state, self.quant = ck["state"], ck["quant"]
-            if self.average is not None:
-                if "average" not in ck:
-                    raise AllnetError(f"{self.ckpt_path}: has no weight average to resume with")
-                self.average.load_state_dict(ck["average"])
+            self.load_features(ck)
             self.console.print(f"resuming at epoch {self.state['epoch'] + 1}")
         else:
             self.console.print("graded messages: " + ", ".join(
                 f"conv{k} step {s:.4f} threshold {t:.3f}" for k, (s, t) in enumerate(self.quant, start=1)))
 
     def checkpoint(self) -> None:
-        ck = {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
-              "scheduler": self.sched.state_dict(), "state": self.state, "quant": self.quant}
-        if self.average is not None:
-            ck["average"] = self.average.state_dict()
-        save_torch(ck, self.ckpt_path)
+        save_torch({"model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
+                    "scheduler": self.sched.state_dict(), "state": self.state, "quant": self.quant,
+                    "features": {f.section: f.state_dict() for f in self.features}}, self.ckpt_path)
 
     def train_one_epoch(self, update=None, stop_after_batches: int | None = None) -> bool:
         """One whole epoch (a killed epoch is redone from its start on resume)."""
@@ -219,19 +215,18 @@ class GradedTrainer(Trainer):
 
     def end_epoch(self) -> dict:
         state, part = self.state, self.state["partial"]
-        kept, averaged = self.net, 0
-        if self.average is not None and state["epoch"] + 1 >= self.cfg.average_from:
-            self.average.update_parameters(self.net)
-            kept, averaged = self.average.module, int(self.average.n_averaged)
+        kept = self.net
+        for f in reversed(self.features):
+            kept = f.epoch_end(kept)
         val = self.validate(kept)
         row = {"epoch": state["epoch"] + 1, "train_loss": part["loss"] / max(1, part["seen"]),
                "train_accuracy": part["correct"] / max(1, part["seen"]), "val_loss": val["loss"],
                "val_accuracy": val["accuracy"], "lr": self.sched.get_last_lr()[0],
-               "seconds": time.perf_counter() - self.t_epoch, "averaged_epochs": averaged}
+               "seconds": time.perf_counter() - self.t_epoch, "averaged_epochs": 0}
+        for f in self.features:
+            row.update(f.row())
         state["history"].append(row)
-        best = state["best"]
-        eligible = self.average is None or averaged > 0  # with averaging, only the running means are kept
-        if eligible and better(row, best):
+        if self.keeps(row):
             state["best"] = row
             save_torch({"graded": True, "model": kept.state_dict(), "quant": self.quant,
                         "config": self.model_cfg.to_dict(), "epoch": row["epoch"]}, self.run_dir / "best.pt")

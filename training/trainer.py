@@ -377,11 +377,7 @@ class Trainer:
             self.opt.load_state_dict(ck["optimizer"])
             self.sched.load_state_dict(ck["scheduler"])
             self.state = ck["state"]
-            saved = ck.get("features") or {}
-            for f in self.features:
-                state = f.state_dict()
-                if state is not None:
-                    f.load_state_dict(saved.get(f.section, ck.get("average") if f.section == "averaging" else None))
+            self.load_features(ck)
             self.console.print(f"resuming at epoch {self.state['epoch'] + 1}, batch {self.state['batch']}")
         if self.dist is not None:
             # gradients averaged over the ranks in buckets as backward runs; the batch-norm means are
@@ -417,6 +413,20 @@ class Trainer:
             path.parent.mkdir(parents=True, exist_ok=True)
             distill.save_teacher(self._teacher, self.model_cfg, metrics, path)
         return self._teacher
+
+    def load_features(self, ck: dict[str, Any]) -> None:
+        """The features' state from a checkpoint (``checkpoint()`` wrote it under ``features``)."""
+        saved = ck.get("features") or {}
+        for f in self.features:
+            state = f.state_dict()
+            if state is not None:
+                f.load_state_dict(saved.get(f.section, ck.get("average") if f.section == "averaging" else None))
+
+    def keeps(self, row: dict[str, Any]) -> bool:
+        """Whether an epoch's row becomes the kept model: it beats the kept one, and with averaging it
+        is a running mean (the epochs before it are validated for the log only)."""
+        eligible = not features.WeightAveraging.enabled(self.cfg) or row["averaged_epochs"] > 0
+        return eligible and better(row, self.state["best"])
 
     def checkpoint(self) -> None:
         if not distributed.is_main():
@@ -533,10 +543,7 @@ class Trainer:
         for f in self.features:
             row.update(f.row())
         state["history"].append(row)
-        best = state["best"]
-        # with averaging, only the running means are kept (epochs before it are validated for the log)
-        eligible = not features.WeightAveraging.enabled(self.cfg) or row["averaged_epochs"] > 0
-        if eligible and better(row, best):
+        if self.keeps(row):
             state["best"] = row
             if distributed.is_main():
                 save_torch({"model": kept.state_dict(), "config": self.model_cfg.to_dict(), "epoch": epoch + 1},
