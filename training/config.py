@@ -115,7 +115,8 @@ class TrainConfig:
         if self.family == "graded":
             if not self.init_teacher:
                 raise ValueError('model.family "graded" starts from the ANN teacher: set schedule.init = "teacher"')
-            spiking_only = {"losses.rate.weight": self.rate_weight > 0, "biases.means": self.norm_means != "batch",
+            spiking_only = {"losses.rate.weight": self.rate_weight > 0, "losses.distill.weight": self.distill_weight > 0,
+                            "biases.means": self.norm_means != "batch",
                             "biases.learn": self.learn_biases}
             used = [k for k, v in spiking_only.items() if v]
             if used:
