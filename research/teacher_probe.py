@@ -18,17 +18,15 @@ Trains on the training split, reads the validation split only to log.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from lava_allnet.frontend import FrontEnd
 from training import augment, distill
 from training import recipe as rc
-from training.trainer import Trainer, _console, prepare_data
+from training.trainer import Trainer, _console, fit_to_data, prepare_data
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,10 +52,7 @@ def main() -> None:
     model_cfg, cfg, root, per_class = rc.compile_stage(r["stages"][0], 1, args.recipe, out, None)
     torch.set_num_threads(cfg.threads)
     data = prepare_data(out, Path(root) if root else None, model_cfg, cfg, per_class, console)
-    fe = FrontEnd.from_json(model_cfg.frontend)
-    if fe.name != "none" and not fe.reference:
-        fe.fit(data.images[torch.from_numpy(data.split["train"])].numpy())
-        model_cfg = dataclasses.replace(model_cfg, frontend=fe.to_json())
+    model_cfg = fit_to_data(model_cfg, data, console)
     tr = Trainer(out, model_cfg, cfg, data, torch.device("cpu"), console, resuming=False, fast=False,
                  show_progress=False)
     seed = cfg.seed if cfg.teacher_seed is None else cfg.teacher_seed

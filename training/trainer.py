@@ -90,6 +90,19 @@ def enable_fast_cpu() -> bool:
     return fast_cuba.available()
 
 
+def fit_to_data(model_cfg: ModelConfig, data: TrainData, console) -> ModelConfig:
+    """The model config for the data a run trains on: its class names, and the input front end's
+    reference statistics fitted on the training images (a resumed run's config keeps its own)."""
+    if tuple(model_cfg.class_names) != data.class_names:
+        model_cfg = dataclasses.replace(model_cfg, class_names=data.class_names, num_classes=len(data.class_names))
+    frontend = FrontEnd.from_json(model_cfg.frontend)
+    if frontend.name != "none" and not frontend.reference:
+        frontend.fit(data.images[torch.from_numpy(data.split["train"])].numpy())
+        model_cfg = dataclasses.replace(model_cfg, frontend=frontend.to_json())
+        console.print(f"input front end {frontend.name}: reference {frontend.reference}")
+    return model_cfg
+
+
 def prepare_data(
     run_dir: Path,
     data_dir: Path | None,
@@ -635,14 +648,7 @@ def train(
     with distributed.main_first():  # rank 0 writes the split (and generates smears); the others read them
         data = prepare_data(run_dir, Path(data_dir) if data_dir else None, model_cfg, train_cfg, synth_per_class,
                             console)
-    if tuple(model_cfg.class_names) != data.class_names:
-        model_cfg = dataclasses.replace(model_cfg, class_names=data.class_names, num_classes=len(data.class_names))
-    frontend = FrontEnd.from_json(model_cfg.frontend)
-    if frontend.name != "none" and not frontend.reference:
-        # the reference statistics: the training images' own (a resumed run keeps its config's)
-        frontend.fit(data.images[torch.from_numpy(data.split["train"])].numpy())
-        model_cfg = dataclasses.replace(model_cfg, frontend=frontend.to_json())
-        console.print(f"input front end {frontend.name}: reference {frontend.reference}")
+    model_cfg = fit_to_data(model_cfg, data, console)
     if not resume and distributed.is_main():
         save_json(
             {
