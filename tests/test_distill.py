@@ -129,3 +129,55 @@ def test_init_teacher_starts_the_student_from_the_teachers_features(tmp_path):
         rows = fc[k * cfg.population:(k + 1) * cfg.population]
         assert torch.allclose(rows[0] / rows[0].norm(), head[k] / head[k].norm(), atol=1e-5)
         assert torch.allclose(rows, rows[0].expand_as(rows))
+
+
+def test_js_divergence_is_zero_only_for_equal_predictions_symmetric_and_at_most_ln2():
+    a = torch.tensor([[3.0, 0.0, -1.0, 0.5], [0.0, 2.0, 0.0, 0.0]])
+    assert distill.js_divergence(a, a + 4.0).item() < 1e-6  # a shift per row leaves the probabilities alone
+    b = torch.tensor([[0.0, 3.0, -1.0, 0.5], [2.0, 0.0, 0.0, 0.0]])
+    assert distill.js_divergence(a, b).item() > 0.05
+    assert abs(distill.js_divergence(a, b).item() - distill.js_divergence(b, a).item()) < 1e-6
+    far = torch.tensor([[40.0, 0.0], [0.0, 40.0]])
+    assert abs(distill.js_divergence(far, far.flip(1)).item() - torch.log(torch.tensor(2.0)).item()) < 1e-3
+
+
+def test_a_consistency_teacher_sees_two_draws_of_each_batch_repeats_exactly_and_needs_draws():
+    import pytest
+    from lava_allnet.errors import AllnetError
+    from training.augment import Photometric
+
+    cfg = ModelConfig(name="t", input_size=32, channels=(8, 16), strides=(2, 2), se=(False, False),
+                      num_classes=2, class_names=("dark", "bright"), population=2)
+    images, labels = _bright_dark(64)
+    idx = torch.arange(64)
+    draws = Photometric(gain=(0.6, 1.4), noise=8.0)
+    seen = []
+
+    def prepare(x, g):
+        if g is not None:
+            seen.append(x.shape[0])
+        return (draws(x, g) if g is not None else x).float() / 255
+
+    def gen(*key):
+        return torch.Generator().manual_seed(hash(key) % 2**31)
+
+    def fit(w):
+        seen.clear()
+        return distill.train_teacher(cfg, images, labels, idx[:48], idx[48:], epochs=2, seed=0, gen=gen,
+                                     log=lambda _m: None, prepare=prepare, consistency=w)
+
+    plain, m0 = fit(0.0)
+    assert seen == [16] * 6 and "consistency" not in m0  # one draw per batch
+    held, m1 = fit(1.0)
+    assert seen == [16] * 12 and m1["consistency"] == 1.0  # two independent draws per batch
+    again, _ = fit(1.0)
+    state = [held.state_dict(), again.state_dict(), plain.state_dict()]
+    assert all(torch.equal(state[0][k], state[1][k]) for k in state[0])
+    assert not all(torch.equal(state[0][k], state[2][k]) for k in state[0])
+    with pytest.raises(AllnetError, match="needs the photometric draws"):
+        distill.train_teacher(cfg, images, labels, idx[:48], idx[48:], epochs=1, seed=0, gen=gen,
+                              log=lambda _m: None, consistency=1.0)
+    with pytest.raises(ValueError, match=r"teacher.consistency 1.0: .* needs \[augment\] draws"):
+        TrainConfig(teacher_consistency=1.0)
+    with pytest.raises(ValueError, match="teacher.consistency -1.0"):
+        TrainConfig(teacher_consistency=-1.0, aug_noise=4.0)

@@ -60,6 +60,7 @@ class TrainConfig:
     # [teacher]: the ANN that distillation learns from
     teacher_epochs: int = 12
     teacher_seed: int | None = None  # None: the stage's seed
+    teacher_consistency: float = 0.0  # weight of the Jensen-Shannon term between two photometric draws (distill.train_teacher); 0: off
     teacher_path: str = ""  # where the teacher is kept (trained there if missing); "": the run directory's teacher.pt
     # [biases] (features.NormMeans): "batch", "fixed" or "keep" (the batch-norm means Lava deploys as biases)
     norm_means: str = "batch"
@@ -106,6 +107,11 @@ class TrainConfig:
         if self.aug_background_recolour > 0 and self.aug_background == 0:
             raise ValueError(f"augment.background_recolour {self.aug_background_recolour}: recolours the background "
                              "replacements' cells, so it needs augment.background above 0")
+        if not self.teacher_consistency >= 0:
+            raise ValueError(f"teacher.consistency {self.teacher_consistency}: 0 (off) or above")
+        if self.teacher_consistency > 0 and not self.photometric().active:
+            raise ValueError(f"teacher.consistency {self.teacher_consistency}: compares two photometric draws of each "
+                             "batch, so it needs [augment] draws")
         if self.loss_scale <= 0:
             raise ValueError(f"losses.logit_scale {self.loss_scale}: must be above 0")
         if self.family not in ("spiking", "graded"):
@@ -115,8 +121,7 @@ class TrainConfig:
         if self.family == "graded":
             if not self.init_teacher:
                 raise ValueError('model.family "graded" starts from the ANN teacher: set schedule.init = "teacher"')
-            spiking_only = {"losses.rate.weight": self.rate_weight > 0, "losses.distill.weight": self.distill_weight > 0,
-                            "biases.means": self.norm_means != "batch",
+            spiking_only = {"losses.rate.weight": self.rate_weight > 0, "biases.means": self.norm_means != "batch",
                             "biases.learn": self.learn_biases}
             used = [k for k, v in spiking_only.items() if v]
             if used:

@@ -68,6 +68,13 @@ def accuracy(teacher: Teacher, images: torch.Tensor, labels: torch.Tensor, batch
     return correct / max(1, len(images))
 
 
+def js_divergence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean Jensen-Shannon divergence between the softmax distributions of logits ``a`` and ``b`` (AugMix)."""
+    p, q = F.softmax(a, 1), F.softmax(b, 1)
+    m = ((p + q) / 2).clamp(1e-7, 1).log()
+    return (F.kl_div(m, p, reduction="batchmean") + F.kl_div(m, q, reduction="batchmean")) / 2
+
+
 def train_teacher(
     cfg: ModelConfig,
     images: torch.Tensor,
@@ -83,6 +90,7 @@ def train_teacher(
     log: Callable[[str], None] = print,
     device: torch.device | str = "cpu",
     prepare: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    consistency: float = 0.0,
 ) -> tuple[Teacher, dict]:
     """Train the ANN teacher on the same split; returns it and its metrics.
 
@@ -90,8 +98,15 @@ def train_teacher(
     prepare: what the student's batches get after the flips (photometric augmentation and the input
         front end), with the batch's generator; evaluation images get the front end only
         (``prepare(x, None)``), as the student's validation does.
+    consistency: weight W of an AugMix-style term (Hendrycks et al., ICLR 2020): each batch is
+        ``prepare``d a second time with its own generator, both views go through the teacher as one
+        batch (one set of batch-norm statistics), and the loss is the first view's cross-entropy + W x
+        the Jensen-Shannon divergence between the two views' predictions (:func:`js_divergence`); 0:
+        one view, cross-entropy only. It needs ``prepare`` (the photometric draws).
     images stay where they are; each batch moves to ``device``.
     """
+    if consistency > 0 and prepare is None:
+        raise AllnetError(f"teacher consistency {consistency}: needs the photometric draws (prepare)")
     with torch.random.fork_rng():  # seeded init without moving the global RNG: a resumed run (teacher loaded) matches
         torch.manual_seed(seed)
         teacher = Teacher(cfg).to(memory_format=torch.channels_last)
@@ -103,6 +118,7 @@ def train_teacher(
     t0 = time.perf_counter()
     for epoch in range(epochs):
         teacher.train()
+        js_sum = 0.0
         perm = train_idx[torch.randperm(len(train_idx), generator=gen(seed, 1000 + epoch))]
         for b in range(per_epoch):
             idx = perm[b * batch_size:(b + 1) * batch_size]
@@ -110,16 +126,26 @@ def train_teacher(
             g = gen(seed, 1000 + epoch, b)
             if augment_strength is not None:
                 x = augment.augment_batch(x, g, strength=augment_strength)
-            if prepare is not None:
-                x = prepare(x, g)
-            loss = F.cross_entropy(teacher(x.to(device)), labels[idx].to(device))
+            y = labels[idx].to(device)
+            if consistency > 0:  # a second, independent photometric draw of the same flipped images
+                x1, x2 = prepare(x, g), prepare(x, gen(seed, 5000 + epoch, b))
+                logits = teacher(torch.cat([x1, x2]).to(device))
+                js = js_divergence(logits[:len(idx)], logits[len(idx):])
+                loss = F.cross_entropy(logits[:len(idx)], y) + consistency * js
+                js_sum += js.item()
+            else:
+                if prepare is not None:
+                    x = prepare(x, g)
+                loss = F.cross_entropy(teacher(x.to(device)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-        log(f"teacher epoch {epoch + 1}/{epochs}: val acc {accuracy(teacher, seen[val_idx], labels[val_idx]):.4f}")
+        js_note = f"JS {js_sum / per_epoch:.4f}  " if consistency > 0 else ""
+        log(f"teacher epoch {epoch + 1}/{epochs}: {js_note}val acc {accuracy(teacher, seen[val_idx], labels[val_idx]):.4f}")
     metrics = {
         "epochs": epochs,
+        **({"consistency": consistency} if consistency > 0 else {}),
         "train_accuracy": accuracy(teacher, seen[train_idx], labels[train_idx]),
         "val_accuracy": accuracy(teacher, seen[val_idx], labels[val_idx]),
         "seconds": time.perf_counter() - t0,

@@ -27,7 +27,7 @@ from lava_allnet.frontend import FrontEnd
 from lava_allnet.graded import GradedLayer, GradedNetwork
 from training import features
 from training.checkpoint import load_torch, save_json, save_torch
-from training.distill import Teacher
+from training.distill import Teacher, distillation_loss
 from training.trainer import Trainer, _gen
 
 LEVELS = 127  # weight levels a side: Loihi's 8-bit weights are even mantissas 2k, |k| <= 127
@@ -183,6 +183,11 @@ class GradedTrainer(Trainer):
             y = self.data.labels[idx].to(dev)
             logits, _ = forward(self.net, x, self.quant)
             loss = F.cross_entropy(logits, y)
+            if cfg.distill_weight > 0:  # losses.distill: held to the frozen teacher's answers on the same batch
+                with torch.no_grad():
+                    target = forward(self.teacher().eval(), x)[0]
+                w = cfg.distill_weight
+                loss = (1 - w) * loss + w * distillation_loss(logits, target, cfg.distill_temperature)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

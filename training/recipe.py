@@ -151,6 +151,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "teacher": {
         "epochs": Key(int, 12, "training epochs of the ANN teacher (trained once per run, by the first stage that distils)"),
         "seed": Key(int, 0, "seed of the teacher's init, shuffling and augmentation"),
+        "consistency": Key(float, 0.0, "weight W of an AugMix-style consistency term in the teacher's loss: cross-entropy "
+                                       "of each batch + W x the Jensen-Shannon divergence between its predictions on two "
+                                       "independent photometric draws of the batch (0: off)"),
     },
     "biases": {
         "means": Key(str, "batch", 'the batch-norm means that Lava and Loihi deploy as neuron biases: "batch" '
@@ -382,7 +385,8 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
             rate_max=stage["losses.rate"]["max_rate"], rate_layers=tuple(stage["losses.rate"]["layers"]),
             range_weight=stage["losses.range"]["weight"], distill_weight=stage["losses.distill"]["weight"],
             distill_temperature=stage["losses.distill"]["temperature"], teacher_epochs=stage["teacher"]["epochs"],
-            teacher_seed=stage["teacher"]["seed"], teacher_path="../teacher.pt",
+            teacher_seed=stage["teacher"]["seed"], teacher_consistency=stage["teacher"]["consistency"],
+            teacher_path="../teacher.pt",
             norm_means=b["means"], learn_biases=b["learn"], bias_adam_eps=b["adam_eps"] or None,
             average_from=stage["averaging"]["from_epoch"], family=stage["model"]["family"],
             graded_threshold=stage["graded"]["threshold"])
