@@ -273,11 +273,31 @@ def test_a_recipe_trains_its_teacher_with_the_consistency_term_when_asked(synth_
     assert not all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_graded_stage_with_the_consistency_term_sees_two_draws_and_resumes_exactly(synth_dir, tmp_path):
+    from training import recipe
+
+    path = tmp_path / "g.toml"
+    path.write_text(GRADED_RECIPE.format(root=synth_dir))
+    plain = recipe.run(recipe.load(path), tmp_path / "plain", show_progress=False)
+    sets = ["graded.consistency=1.0"]
+    whole = recipe.run(recipe.load(path, sets), tmp_path / "whole", show_progress=False)
+    rows = [json.loads((tmp_path / d / "1-train" / "metrics.json").read_text())["history"] for d in ("plain", "whole")]
+    assert rows[0][0]["train_loss"] != rows[1][0]["train_loss"]
+    assert Path(whole["model"]).read_bytes() != Path(plain["model"]).read_bytes()
+    stopped = recipe.run(recipe.load(path, sets), tmp_path / "cut", show_progress=False, stop_after_batches=5)
+    assert stopped.get("stopped")
+    done = recipe.run(recipe.read_run_recipe(tmp_path / "cut"), tmp_path / "cut", resume=True, show_progress=False)
+    assert Path(done["model"]).read_bytes() == Path(whole["model"]).read_bytes()
+
+
 @pytest.mark.parametrize("sets, message", [
     (["schedule.init=scratch"], 'set schedule.init = "teacher"'),
     (["losses.rate.weight=1.0"], "losses.rate.weight apply to the spiking network only"),
     (["model.family=analog"], "model.family 'analog'"),
     (["graded.threshold=0"], "graded.threshold 0.0: must be above 0"),
+    (["graded.consistency=-1"], "graded.consistency -1.0: 0 (off) or above"),
+    (["model.family=spiking", "graded.consistency=1"], 'graded.consistency 1.0: applies to model.family "graded" only'),
+    (["graded.consistency=1", "augment.noise=0"], "graded.consistency 1.0: compares two photometric draws of each batch"),
 ])
 def test_graded_recipe_errors_name_the_key(synth_dir, tmp_path, sets, message):
     from lava_allnet.errors import AllnetError

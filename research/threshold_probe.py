@@ -1,0 +1,47 @@
+"""Where a graded student loses over-exposure: a run's ANN teacher put through graded messages
+(training.graded.calibrate and forward: each ReLU output rounded to its message step and zeroed
+below threshold x the layer's mean positive activation), with no fine-tuning, at each threshold
+and exposure gain, per class, on the validation split (research):
+
+    python research/threshold_probe.py MODEL.net RUN_DIR 0,0.5,1.0 1.0,1.3
+
+Threshold 0 keeps the rounding only (the threshold is then half a step). The quantiser is
+calibrated as a graded stage calibrates it: on 256 training images behind the model's front end.
+"""
+import sys
+
+import numpy as np
+import torch
+
+import lava_allnet
+from lava_allnet.api import dataset_inputs
+from lava_allnet.config import ModelConfig
+from lava_allnet.evaluation import distort
+from training.checkpoint import load_torch
+from training.distill import load_teacher
+from training.graded import calibrate, forward
+
+model_path, run_dir = sys.argv[1], sys.argv[2]
+thresholds, gains = ([float(v) for v in a.split(",")] for a in sys.argv[3:5])
+torch.set_num_threads(1)
+model = lava_allnet.load(model_path)
+classes, fe = model.class_names, model.spec.frontend
+split, root = "models/neurallnet-aria.split.json", "../shared/data/all-aria/original"
+val = dataset_inputs(model.spec, root, split, "val")
+train = dataset_inputs(model.spec, root, split, "train")
+y = np.asarray(val.labels)
+path = f"{run_dir}/teacher.pt"
+teacher = load_teacher(path, ModelConfig.from_dict(load_torch(path)["config"])).eval()
+pick = np.random.default_rng(0).permutation(len(train.labels))[:256]
+calib = torch.from_numpy(fe.apply(train.images[pick]))
+for t in thresholds:
+    quant = calibrate(teacher, calib, t)
+    for g in gains:
+        x = torch.from_numpy(fe.apply(distort(val.images, "illumination", g)))
+        with torch.no_grad():
+            logits, acts = forward(teacher, x, quant)
+        p = logits.argmax(1).numpy()
+        live = np.mean([float((a > 0).float().mean()) for a in acts])
+        cls = " ".join(f"{n[:5]} {np.mean(p[y == k] == k):.2f}" for k, n in enumerate(classes))
+        print(f"threshold {t} gain {g}: {np.mean(p == y):.3f} [{cls}]  mean share of messages sent {live:.3f}",
+              flush=True)
