@@ -73,7 +73,6 @@ class TrainConfig:
     # units of its mean positive activation
     family: str = "spiking"
     graded_threshold: float = 1.0
-    graded_consistency: float = 0.0  # [graded] consistency: weight of the Jensen-Shannon term between two photometric draws; 0: off
 
     def __post_init__(self) -> None:
         from training import features
@@ -119,13 +118,6 @@ class TrainConfig:
             raise ValueError(f"model.family {self.family!r}: \"spiking\" or \"graded\"")
         if not self.graded_threshold > 0:
             raise ValueError(f"graded.threshold {self.graded_threshold}: must be above 0")
-        if not self.graded_consistency >= 0:
-            raise ValueError(f"graded.consistency {self.graded_consistency}: 0 (off) or above")
-        if self.graded_consistency > 0 and self.family != "graded":
-            raise ValueError(f"graded.consistency {self.graded_consistency}: applies to model.family \"graded\" only")
-        if self.graded_consistency > 0 and not self.photometric().active:
-            raise ValueError(f"graded.consistency {self.graded_consistency}: compares two photometric draws of each "
-                             "batch, so it needs [augment] draws")
         if self.family == "graded":
             if not self.init_teacher:
                 raise ValueError('model.family "graded" starts from the ANN teacher: set schedule.init = "teacher"')

@@ -27,7 +27,7 @@ from lava_allnet.frontend import FrontEnd
 from lava_allnet.graded import GradedLayer, GradedNetwork
 from training import features
 from training.checkpoint import load_torch, save_json, save_torch
-from training.distill import Teacher, distillation_loss, js_divergence
+from training.distill import Teacher, distillation_loss
 from training.trainer import Trainer, _gen
 
 LEVELS = 127  # weight levels a side: Loihi's 8-bit weights are even mantissas 2k, |k| <= 127
@@ -179,23 +179,15 @@ class GradedTrainer(Trainer):
         part = state["partial"] = {"loss": 0.0, "correct": 0, "seen": 0}
         for b in range(self.batches_per_epoch):
             idx = perm[b * bs:(b + 1) * bs]
+            x = self.batch_images(idx, epoch, b).to(dev)
             y = self.data.labels[idx].to(dev)
-            if cfg.graded_consistency > 0:  # graded.consistency: two photometric draws, one batch-norm batch
-                x, x2 = (v.to(dev) for v in self.batch_images(idx, epoch, b, views=2))
-                both, _ = forward(self.net, torch.cat([x, x2]), self.quant)
-                logits = both[:len(idx)]
-                loss = F.cross_entropy(logits, y)
-            else:
-                x = self.batch_images(idx, epoch, b).to(dev)
-                logits, _ = forward(self.net, x, self.quant)
-                loss = F.cross_entropy(logits, y)
+            logits, _ = forward(self.net, x, self.quant)
+            loss = F.cross_entropy(logits, y)
             if cfg.distill_weight > 0:  # losses.distill: held to the frozen teacher's answers on the same batch
                 with torch.no_grad():
                     target = forward(self.teacher().eval(), x)[0]
                 w = cfg.distill_weight
                 loss = (1 - w) * loss + w * distillation_loss(logits, target, cfg.distill_temperature)
-            if cfg.graded_consistency > 0:
-                loss = loss + cfg.graded_consistency * js_divergence(logits, both[len(idx):])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

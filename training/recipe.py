@@ -77,9 +77,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "threshold": Key(float, 1.0, "model.family = \"graded\": each layer sends only activations of at least this "
                                      "times its mean positive activation (on 256 training images); higher: fewer "
                                      "synaptic ops"),
-        "consistency": Key(float, 0.0, "model.family = \"graded\": weight W of an AugMix-style term in the graded "
-                                       "stage's loss: + W x the Jensen-Shannon divergence between the network's "
-                                       "predictions on two independent photometric draws of each batch (0: off)"),
     },
     "schedule": {
         "epochs": Key(int, 10, "training epochs (one-cycle learning rate over them)"),
@@ -392,7 +389,7 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
             teacher_path="../teacher.pt",
             norm_means=b["means"], learn_biases=b["learn"], bias_adam_eps=b["adam_eps"] or None,
             average_from=stage["averaging"]["from_epoch"], family=stage["model"]["family"],
-            graded_threshold=stage["graded"]["threshold"], graded_consistency=stage["graded"]["consistency"])
+            graded_threshold=stage["graded"]["threshold"])
     except ValueError as exc:
         raise AllnetError(f"{where}: {exc}") from exc
     root = d["root"]

@@ -325,18 +325,14 @@ class Trainer:
         """The training images' order in ``epoch`` (seeded: a resumed run repeats it)."""
         return self.train_idx[torch.randperm(len(self.train_idx), generator=_gen(self.cfg.seed, epoch))]
 
-    def batch_images(self, idx: torch.Tensor, epoch: int, b: int, views: int = 1):
+    def batch_images(self, idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
         """Batch ``b`` of ``epoch``: the images ``idx`` flipped and rotated, then :meth:`prepare`d, with
-        the batch's own seeded generator. ``views=2``: also the same flipped images prepared again
-        with an independent generator (a second photometric draw); returns both."""
+        the batch's own seeded generator."""
         x = self.data.images[idx]
         gen = _gen(self.cfg.seed, epoch, b)
         if self.cfg.augment:
             x = augment.augment_batch(x, gen, strength=self.cfg.color_jitter)
-        first = self.prepare(x, gen) if self.prepares else x
-        if views == 1:
-            return first
-        return first, self.prepare(x, _gen(self.cfg.seed, 5000 + epoch, b))
+        return self.prepare(x, gen) if self.prepares else x
 
     def prepare(self, images: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         """uint8 images after the flips → photometric augmentation (with ``gen``) → front end."""
