@@ -5,7 +5,9 @@ fine-tuned through the graded quantiser: each layer's ReLU output rounded to its
 zeroed below its threshold, gradients passed straight through the rounding (not below the
 threshold). The steps and thresholds are calibrated once on training images before the fine-tune
 and then held: a layer's step is the 99.9th percentile of its activation over 255, its threshold
-``threshold`` times its mean positive activation.
+``threshold`` times its mean positive activation. The loss is the cross-entropy, or with
+``losses.distill`` that mixed with the KL divergence to the frozen teacher's answers on the same
+batch (``training.distill.distillation_loss``).
 
 :func:`integer_network` then folds each batch norm into its conv, rounds the weights to 8 bits per
 layer, and turns the steps into the integer network of ``lava_allnet.graded`` (a power-of-two
