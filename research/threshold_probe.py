@@ -3,9 +3,10 @@
 below threshold x the layer's mean positive activation), with no fine-tuning, at each threshold
 and exposure gain, per class, on the validation split (research):
 
-    python research/threshold_probe.py MODEL.net RUN_DIR 0,0.5,1.0 1.0,1.3
+    python research/threshold_probe.py MODEL.net RUN_DIR 0,0.5,1.0 1.0,1.3 [LAYERS]
 
-Threshold 0 keeps the rounding only (the threshold is then half a step). The quantiser is
+Threshold 0 keeps the rounding only (the threshold is then half a step). LAYERS (e.g. ``1,2``,
+counted from 1): the threshold applies to those hidden layers only, the others keep the rounding. The quantiser is
 calibrated as a graded stage calibrates it: on 256 training images behind the model's front end.
 """
 import sys
@@ -23,6 +24,7 @@ from training.graded import calibrate, forward
 
 model_path, run_dir = sys.argv[1], sys.argv[2]
 thresholds, gains = ([float(v) for v in a.split(",")] for a in sys.argv[3:5])
+layers = [int(v) for v in sys.argv[5].split(",")] if len(sys.argv) > 5 else None
 torch.set_num_threads(1)
 model = lava_allnet.load(model_path)
 classes, fe = model.class_names, model.spec.frontend
@@ -36,6 +38,8 @@ pick = np.random.default_rng(0).permutation(len(train.labels))[:256]
 calib = torch.from_numpy(fe.apply(train.images[pick]))
 for t in thresholds:
     quant = calibrate(teacher, calib, t)
+    if layers is not None:  # rounding only (half a step) outside the chosen layers
+        quant = [(step, theta if k in layers else step / 2) for k, (step, theta) in enumerate(quant, start=1)]
     for g in gains:
         x = torch.from_numpy(fe.apply(distort(val.images, "illumination", g)))
         with torch.no_grad():
@@ -43,5 +47,5 @@ for t in thresholds:
         p = logits.argmax(1).numpy()
         live = np.mean([float((a > 0).float().mean()) for a in acts])
         cls = " ".join(f"{n[:5]} {np.mean(p[y == k] == k):.2f}" for k, n in enumerate(classes))
-        print(f"threshold {t} gain {g}: {np.mean(p == y):.3f} [{cls}]  mean share of messages sent {live:.3f}",
+        print(f"threshold {t}{'' if layers is None else f' on layers {layers}'} gain {g}: {np.mean(p == y):.3f} [{cls}]  mean share of messages sent {live:.3f}",
               flush=True)
