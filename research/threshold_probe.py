@@ -6,8 +6,9 @@ and exposure gain, per class, on the validation split (research):
     python research/threshold_probe.py MODEL.net RUN_DIR 0,0.5,1.0 1.0,1.3 [LAYERS]
 
 Threshold 0 keeps the rounding only (the threshold is then half a step). LAYERS (e.g. ``1,2``,
-counted from 1): the threshold applies to those hidden layers only, the others keep the rounding. The quantiser is
-calibrated as a graded stage calibrates it: on 256 training images behind the model's front end.
+counted from 1): the threshold applies to those hidden layers only, the others keep the rounding.
+The quantiser is calibrated as a graded stage calibrates it: on 256 training images behind the
+model's front end.
 """
 import sys
 
@@ -47,5 +48,6 @@ for t in thresholds:
         p = logits.argmax(1).numpy()
         live = np.mean([float((a > 0).float().mean()) for a in acts])
         cls = " ".join(f"{n[:5]} {np.mean(p[y == k] == k):.2f}" for k, n in enumerate(classes))
-        print(f"threshold {t}{'' if layers is None else f' on layers {layers}'} gain {g}: {np.mean(p == y):.3f} [{cls}]  mean share of messages sent {live:.3f}",
-              flush=True)
+        where = "" if layers is None else f" on layers {layers}"
+        print(f"threshold {t}{where} gain {g}: {np.mean(p == y):.3f} [{cls}]  mean share of messages sent "
+              f"{live:.3f}", flush=True)

@@ -59,6 +59,12 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                     log_target=True, reduction="batchmean") * t * t
 
 
+def mixed_loss(loss: torch.Tensor, logits: torch.Tensor, teacher_logits: torch.Tensor, weight: float,
+               temperature: float) -> torch.Tensor:
+    """``losses.distill``: (1 - weight) x ``loss`` + weight x :func:`distillation_loss` to the teacher."""
+    return (1 - weight) * loss + weight * distillation_loss(logits, teacher_logits, temperature)
+
+
 @torch.no_grad()
 def accuracy(teacher: Teacher, images: torch.Tensor, labels: torch.Tensor, batch: int = 64) -> float:
     teacher.eval()
@@ -127,16 +133,14 @@ def train_teacher(
             if augment_strength is not None:
                 x = augment.augment_batch(x, g, strength=augment_strength)
             y = labels[idx].to(device)
+            first = x if prepare is None else prepare(x, g)
             if consistency > 0:  # a second, independent photometric draw of the same flipped images
-                x1, x2 = prepare(x, g), prepare(x, gen(seed, 5000 + epoch, b))
-                logits = teacher(torch.cat([x1, x2]).to(device))
+                logits = teacher(torch.cat([first, prepare(x, gen(seed, 5000 + epoch, b))]).to(device))
                 js = js_divergence(logits[:len(idx)], logits[len(idx):])
                 loss = F.cross_entropy(logits[:len(idx)], y) + consistency * js
                 js_sum += js.item()
             else:
-                if prepare is not None:
-                    x = prepare(x, g)
-                loss = F.cross_entropy(teacher(x.to(device)), y)
+                loss = F.cross_entropy(teacher(first.to(device)), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -192,5 +196,5 @@ def load_teacher(path: Path, cfg: ModelConfig) -> Teacher:
     return teacher
 
 
-__all__ = ["Teacher", "distillation_loss", "train_teacher", "save_teacher", "load_teacher", "accuracy",
-           "student_from_teacher"]
+__all__ = ["Teacher", "distillation_loss", "mixed_loss", "js_divergence", "train_teacher", "save_teacher",
+           "load_teacher", "accuracy", "student_from_teacher"]

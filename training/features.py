@@ -277,8 +277,7 @@ class Distillation(Feature):
     def loss(self, loss, batch, out, logits):
         with torch.no_grad():
             soft = self.teacher(batch.images)
-        a = self.cfg.distill_weight
-        return (1 - a) * loss + a * distill.distillation_loss(logits, soft, self.cfg.distill_temperature)
+        return distill.mixed_loss(loss, logits, soft, self.cfg.distill_weight, self.cfg.distill_temperature)
 
 
 class RateLoss(Feature):

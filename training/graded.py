@@ -7,7 +7,7 @@ threshold). The steps and thresholds are calibrated once on training images befo
 and then held: a layer's step is the 99.9th percentile of its activation over 255, its threshold
 ``threshold`` times its mean positive activation. The loss is the cross-entropy, or with
 ``losses.distill`` that mixed with the KL divergence to the frozen teacher's answers on the same
-batch (``training.distill.distillation_loss``).
+batch (``training.distill.mixed_loss``).
 
 :func:`integer_network` then folds each batch norm into its conv, rounds the weights to 8 bits per
 layer, and turns the steps into the integer network of ``lava_allnet.graded`` (a power-of-two
@@ -29,7 +29,7 @@ from lava_allnet.frontend import FrontEnd
 from lava_allnet.graded import GradedLayer, GradedNetwork
 from training import features
 from training.checkpoint import load_torch, save_json, save_torch
-from training.distill import Teacher, distillation_loss
+from training.distill import Teacher, mixed_loss
 from training.trainer import Trainer, _gen
 
 LEVELS = 127  # weight levels a side: Loihi's 8-bit weights are even mantissas 2k, |k| <= 127
@@ -188,8 +188,7 @@ class GradedTrainer(Trainer):
             if cfg.distill_weight > 0:  # losses.distill: held to the frozen teacher's answers on the same batch
                 with torch.no_grad():
                     target = forward(self.teacher().eval(), x)[0]
-                w = cfg.distill_weight
-                loss = (1 - w) * loss + w * distillation_loss(logits, target, cfg.distill_temperature)
+                loss = mixed_loss(loss, logits, target, cfg.distill_weight, cfg.distill_temperature)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
