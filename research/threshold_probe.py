@@ -5,7 +5,8 @@ and exposure gain, per class, on the validation split (research):
 
     python research/threshold_probe.py MODEL.net RUN_DIR 0,0.5,1.0 1.0,1.3 [LAYERS]
 
-Threshold 0 keeps the rounding only (the threshold is then half a step). LAYERS (e.g. ``1,2``,
+Threshold 0 keeps the rounding only (the threshold is then half a step). A threshold written with
+colons (``1:1:1:0.5:1``) gives one per hidden layer, conv1 first. LAYERS (e.g. ``1,2``,
 counted from 1): the threshold applies to those hidden layers only, the others keep the rounding.
 The quantiser is calibrated as a graded stage calibrates it: on 256 training images behind the
 model's front end.
@@ -24,7 +25,8 @@ from training.distill import load_teacher
 from training.graded import calibrate, forward
 
 model_path, run_dir = sys.argv[1], sys.argv[2]
-thresholds, gains = ([float(v) for v in a.split(",")] for a in sys.argv[3:5])
+thresholds = [[float(f) for f in v.split(":")] if ":" in v else float(v) for v in sys.argv[3].split(",")]
+gains = [float(v) for v in sys.argv[4].split(",")]
 layers = [int(v) for v in sys.argv[5].split(",")] if len(sys.argv) > 5 else None
 torch.set_num_threads(1)
 model = lava_allnet.load(model_path)
@@ -49,5 +51,5 @@ for t in thresholds:
         live = np.mean([float((a > 0).float().mean()) for a in acts])
         cls = " ".join(f"{n[:5]} {np.mean(p[y == k] == k):.2f}" for k, n in enumerate(classes))
         where = "" if layers is None else f" on layers {layers}"
-        print(f"threshold {t}{where} gain {g}: {np.mean(p == y):.3f} [{cls}]  mean share of messages sent "
+        print(f"threshold {':'.join(map(str, t)) if isinstance(t, list) else t}{where} gain {g}: {np.mean(p == y):.3f} [{cls}]  mean share of messages sent "
               f"{live:.3f}", flush=True)
