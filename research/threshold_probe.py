@@ -48,8 +48,9 @@ for t in thresholds:
         with torch.no_grad():
             logits, acts = forward(teacher, x, quant)
         p = logits.argmax(1).numpy()
-        live = np.mean([float((a > 0).float().mean()) for a in acts])
+        live = [float((a > 0).float().mean()) for a in acts]
         cls = " ".join(f"{n[:5]} {np.mean(p[y == k] == k):.2f}" for k, n in enumerate(classes))
         where = "" if layers is None else f" on layers {layers}"
-        print(f"threshold {':'.join(map(str, t)) if isinstance(t, list) else t}{where} gain {g}: {np.mean(p == y):.3f} [{cls}]  mean share of messages sent "
-              f"{live:.3f}", flush=True)
+        name = ":".join(map(str, t)) if isinstance(t, list) else t
+        print(f"threshold {name}{where} gain {g}: {np.mean(p == y):.3f} [{cls}]  mean share of messages sent "
+              f"(per layer) {np.mean(live):.3f} (" + " ".join(f"{v:.3f}" for v in live) + ")", flush=True)
