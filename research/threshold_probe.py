@@ -40,7 +40,10 @@ teacher = load_teacher(path, ModelConfig.from_dict(load_torch(path)["config"])).
 pick = np.random.default_rng(0).permutation(len(train.labels))[:256]
 calib = torch.from_numpy(fe.apply(train.images[pick]))
 for t in thresholds:
-    quant = calibrate(teacher, calib, t)
+    if isinstance(t, list):  # one threshold per hidden layer: layer k from a calibration at its own factor
+        quant = [calibrate(teacher, calib, f)[k] for k, f in enumerate(t)]
+    else:
+        quant = calibrate(teacher, calib, t)
     if layers is not None:  # rounding only (half a step) outside the chosen layers
         quant = [(step, theta if k in layers else step / 2) for k, (step, theta) in enumerate(quant, start=1)]
     for g in gains:
