@@ -204,22 +204,6 @@ def test_a_graded_recipe_trains_exports_and_resumes_exactly(synth_dir, tmp_path)
     assert rows["family"] == "graded" and len(rows["history"]) == 2
 
 
-def test_a_graded_stage_scales_each_layers_threshold_by_its_factor(synth_dir, tmp_path):
-    from training import recipe
-    from training.checkpoint import load_torch
-
-    path = tmp_path / "g.toml"
-    path.write_text(GRADED_RECIPE.format(root=synth_dir))
-    quant = {}
-    for name, sets in (("one", []), ("scaled", ["graded.threshold_scales=[1, 1, 0.5, 2]"])):
-        recipe.run(recipe.load(path, ["schedule.epochs=1", *sets]), tmp_path / name, show_progress=False)
-        quant[name] = load_torch(tmp_path / name / "1-train" / "best.pt")["quant"]
-    (one, scaled) = quant["one"], quant["scaled"]
-    assert [s for s, _ in one] == [s for s, _ in scaled]  # the same teacher, the same message steps
-    assert [t for _, t in one[:2]] == [t for _, t in scaled[:2]]
-    assert scaled[2][1] == pytest.approx(max(one[2][1] / 2, one[2][0] / 2)) and scaled[3][1] == pytest.approx(2 * one[3][1])
-
-
 def test_a_graded_stage_keeps_only_the_running_mean_and_resumes_it_exactly(synth_dir, tmp_path):
     import torch
 
@@ -294,9 +278,6 @@ def test_a_recipe_trains_its_teacher_with_the_consistency_term_when_asked(synth_
     (["losses.rate.weight=1.0"], "losses.rate.weight apply to the spiking network only"),
     (["model.family=analog"], "model.family 'analog'"),
     (["graded.threshold=0"], "graded.threshold 0.0: must be above 0"),
-    (["graded.threshold_scales=[1, 0.5]"], "graded.threshold_scales needs 4 values (conv1..conv4), got 2"),
-    (["graded.threshold_scales=[1, 0, 1, 1]"], "expected a list of positive numbers"),
-    (["model.family=spiking", "graded.threshold_scales=[1, 1, 1, 1]"], 'applies to model.family "graded" only'),
 ])
 def test_graded_recipe_errors_name_the_key(synth_dir, tmp_path, sets, message):
     from lava_allnet.errors import AllnetError

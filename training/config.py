@@ -6,7 +6,6 @@ training feature (``training/features.py``) checks its own fields; ``__post_init
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,14 +70,9 @@ class TrainConfig:
     average_from: int = 0
     # [model] family: "spiking" (the CUBA network) or "graded" (lava_allnet.graded: the ANN teacher fine-tuned
     # through graded messages, training/graded.py); [graded] threshold: each layer's message threshold in
-    # units of its mean positive activation; threshold_scales: a factor per hidden layer on that (): all 1)
+    # units of its mean positive activation
     family: str = "spiking"
     graded_threshold: float = 1.0
-    graded_threshold_scales: tuple[float, ...] = ()
-
-    def graded_thresholds(self, hidden: int) -> list[float]:
-        """The message threshold factor of each of the hidden graded layers: graded.threshold times the layer's scale."""
-        return [self.graded_threshold * s for s in (self.graded_threshold_scales or (1.0,) * hidden)]
 
     def __post_init__(self) -> None:
         from training import features
@@ -124,10 +118,6 @@ class TrainConfig:
             raise ValueError(f"model.family {self.family!r}: \"spiking\" or \"graded\"")
         if not self.graded_threshold > 0:
             raise ValueError(f"graded.threshold {self.graded_threshold}: must be above 0")
-        if not all(math.isfinite(v) and v > 0 for v in self.graded_threshold_scales):
-            raise ValueError(f"graded.threshold_scales {list(self.graded_threshold_scales)}: each must be above 0")
-        if self.graded_threshold_scales and self.family != "graded":
-            raise ValueError('graded.threshold_scales: applies to model.family "graded" only')
         if self.family == "graded":
             if not self.init_teacher:
                 raise ValueError('model.family "graded" starts from the ANN teacher: set schedule.init = "teacher"')

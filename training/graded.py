@@ -5,9 +5,9 @@ fine-tuned through the graded quantiser: each layer's ReLU output rounded to its
 zeroed below its threshold, gradients passed straight through the rounding (not below the
 threshold). The steps and thresholds are calibrated once on training images before the fine-tune
 and then held: a layer's step is the 99.9th percentile of its activation over 255, its threshold
-``threshold`` (times the layer's factor in ``threshold_scales``, if given) times its mean positive
-activation. The loss is the cross-entropy, or with ``losses.distill`` that mixed with the KL
-divergence to the frozen teacher's answers on the same batch (``training.distill.mixed_loss``).
+``threshold`` times its mean positive activation. The loss is the cross-entropy, or with
+``losses.distill`` that mixed with the KL divergence to the frozen teacher's answers on the same
+batch (``training.distill.mixed_loss``).
 
 :func:`integer_network` then folds each batch norm into its conv, rounds the weights to 8 bits per
 layer, and turns the steps into the integer network of ``lava_allnet.graded`` (a power-of-two
@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -57,18 +56,13 @@ def forward(teacher, x: torch.Tensor, quant: Quant | None = None) -> tuple[torch
 
 
 @torch.no_grad()
-def calibrate(teacher, x: torch.Tensor, threshold: float | Sequence[float]) -> Quant:
-    """Per hidden layer (step, threshold) from front-end images x (see the module doc); threshold is
-    one factor for every hidden layer or one per hidden layer."""
+def calibrate(teacher, x: torch.Tensor, threshold: float) -> Quant:
+    """Per hidden layer (step, threshold) from front-end images x (see the module doc)."""
     teacher.eval()
-    acts = forward(teacher, x)[1]
-    factors = [float(threshold)] * len(acts) if isinstance(threshold, (int, float)) else [float(t) for t in threshold]
-    if len(factors) != len(acts):
-        raise ValueError(f"{len(factors)} thresholds for {len(acts)} hidden layers")
     out = []
-    for a, factor in zip(acts, factors):
+    for a in forward(teacher, x)[1]:
         step = float(torch.quantile(a.flatten()[::7], 0.999)) / 255
-        out.append((step, max(factor * float(a[a > 0].mean()), step / 2)))
+        out.append((step, max(threshold * float(a[a > 0].mean()), step / 2)))
     return out
 
 
@@ -151,8 +145,7 @@ class GradedTrainer(Trainer):
         torch.manual_seed(cfg.seed)
         self.net = copy.deepcopy(self.teacher()).to(dev)
         pick = self.train_idx[torch.randperm(len(self.train_idx), generator=_gen(cfg.seed, 99))[:CALIBRATION_IMAGES]]
-        hidden = sum(isinstance(m, torch.nn.ReLU) for m in self.net.features)
-        self.quant = calibrate(self.net, self.images[pick].to(dev), cfg.graded_thresholds(hidden))
+        self.quant = calibrate(self.net, self.images[pick].to(dev), cfg.graded_threshold)
         # averaging.from_epoch (features.WeightAveraging): the running mean of the epoch-end weights
         # and batch-norm statistics; the graded stage's only feature
         self.features = [features.WeightAveraging(self)] if features.WeightAveraging.enabled(cfg) else []

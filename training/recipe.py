@@ -33,10 +33,6 @@ class Ints:
     """Key type: a list of positive integers."""
 
 
-class Floats:
-    """Key type: a list of positive numbers."""
-
-
 @dataclass(frozen=True)
 class Key:
     type: type
@@ -81,8 +77,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "threshold": Key(float, 1.0, "model.family = \"graded\": each layer sends only activations of at least this "
                                      "times its mean positive activation (on 256 training images); higher: fewer "
                                      "synaptic ops"),
-        "threshold_scales": Key(Floats, [], "model.family = \"graded\": a factor per hidden layer (conv1..convN) "
-                                            "multiplying graded.threshold for that layer; [] = all 1"),
     },
     "schedule": {
         "epochs": Key(int, 10, "training epochs (one-cycle learning rate over them)"),
@@ -187,11 +181,6 @@ def _check_value(where: str, key: Key, value: Any) -> Any:
         if not (isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
             raise AllnetError(f"{where} = {value!r}: expected a list of positive integers, e.g. [1, 4, 4]")
         return list(value)
-    if t is Floats:
-        if not (isinstance(value, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                and math.isfinite(v) and v > 0 for v in value)):
-            raise AllnetError(f"{where} = {value!r}: expected a list of positive numbers, e.g. [1.0, 0.5, 1.0]")
-        return [float(v) for v in value]
     if t is list:  # [low, high]
         ok = (isinstance(value, list) and len(value) == 2
               and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
@@ -400,11 +389,7 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
             teacher_path="../teacher.pt",
             norm_means=b["means"], learn_biases=b["learn"], bias_adam_eps=b["adam_eps"] or None,
             average_from=stage["averaging"]["from_epoch"], family=stage["model"]["family"],
-            graded_threshold=stage["graded"]["threshold"],
-            graded_threshold_scales=tuple(stage["graded"]["threshold_scales"]))
-        scales, hidden = cfg.graded_threshold_scales, len(model_cfg.channels)
-        if scales and len(scales) != hidden:
-            raise ValueError(f"graded.threshold_scales needs {hidden} values (conv1..conv{hidden}), got {len(scales)}")
+            graded_threshold=stage["graded"]["threshold"])
     except ValueError as exc:
         raise AllnetError(f"{where}: {exc}") from exc
     root = d["root"]
