@@ -41,7 +41,8 @@ pick = np.random.default_rng(0).permutation(len(train.labels))[:256]
 calib = torch.from_numpy(fe.apply(train.images[pick]))
 for t in thresholds:
     if isinstance(t, list):  # one threshold per hidden layer: layer k from a calibration at its own factor
-        quant = [calibrate(teacher, calib, f)[k] for k, f in enumerate(t)]
+        at = {f: calibrate(teacher, calib, f) for f in set(t)}  # one calibration per distinct factor
+        quant = [at[f][k] for k, f in enumerate(t)]
     else:
         quant = calibrate(teacher, calib, t)
     if layers is not None:  # rounding only (half a step) outside the chosen layers
