@@ -258,6 +258,43 @@ def test_a_graded_stage_distils_from_the_frozen_teacher_and_resumes_exactly(synt
     assert Path(done["model"]).read_bytes() == Path(whole["model"]).read_bytes()
 
 
+def test_the_activation_loss_weighs_each_layer_by_its_own_scale():
+    from training.graded import activation_loss
+
+    t = [torch.ones(2, 3, 4, 4), 100 * torch.ones(2, 5, 2, 2)]
+    assert float(activation_loss(t, t)) == 0.0
+    # each layer off by a tenth of itself: 0.01 each, whatever the layer's scale
+    assert float(activation_loss([0.9 * t[0], 1.1 * t[1]], t)) == pytest.approx(0.01)
+    # one layer silenced: (1 + 0) / 2
+    assert float(activation_loss([torch.zeros_like(t[0]), t[1]], t)) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="1 student layers against 2"):
+        activation_loss(t[:1], t)
+
+
+def test_a_graded_stage_held_to_the_teachers_activations_stays_nearer_them(synth_dir, synth_images, tmp_path):
+    from training import recipe
+    from training.checkpoint import load_torch
+    from training.distill import Teacher
+    from training.graded import activation_loss, forward
+    from lava_allnet.config import ModelConfig
+
+    path = tmp_path / "g.toml"
+    path.write_text(GRADED_RECIPE.format(root=synth_dir))
+    errors = {}
+    for name, sets in (("plain", ["teacher.epochs=4"]), ("held", ["teacher.epochs=4", "losses.activations.weight=50"])):
+        recipe.run(recipe.load(path, sets), tmp_path / name, show_progress=False)
+        best = load_torch(tmp_path / name / "1-train" / "best.pt")
+        cfg = ModelConfig.from_dict(best["config"])
+        student, teacher = Teacher(cfg), Teacher(cfg)
+        student.load_state_dict(best["model"])
+        teacher.load_state_dict(load_torch(tmp_path / name / "teacher.pt")["model"])
+        x = torch.from_numpy(synth_images[0])
+        with torch.no_grad():
+            errors[name] = float(activation_loss(forward(student.eval(), x, best["quant"])[1], forward(teacher.eval(), x)[1]))
+    # the deployed network's messages (running statistics) nearer the teacher's on the same images
+    assert errors["held"] < errors["plain"], errors
+
+
 def test_a_recipe_trains_its_teacher_with_the_consistency_term_when_asked(synth_dir, tmp_path):
     from training import recipe
     from training.checkpoint import load_torch
@@ -278,6 +315,9 @@ def test_a_recipe_trains_its_teacher_with_the_consistency_term_when_asked(synth_
     (["losses.rate.weight=1.0"], "losses.rate.weight apply to the spiking network only"),
     (["model.family=analog"], "model.family 'analog'"),
     (["graded.threshold=0"], "graded.threshold 0.0: must be above 0"),
+    (["losses.activations.weight=-1"], "losses.activations.weight -1.0: 0 (off) or above"),
+    (["model.family=spiking", "schedule.init=scratch", "losses.activations.weight=1"],
+     'losses.activations.weight: applies to model.family "graded" only'),
 ])
 def test_graded_recipe_errors_name_the_key(synth_dir, tmp_path, sets, message):
     from lava_allnet.errors import AllnetError

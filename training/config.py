@@ -6,6 +6,7 @@ training feature (``training/features.py``) checks its own fields; ``__post_init
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,7 @@ class TrainConfig:
     range_weight: float = 1e-3  # [losses.range]: the 24-bit state-range penalty (features.RangePenalty)
     distill_weight: float = 0.0  # [losses.distill]: share of the distillation term (features.Distillation); 0: off
     distill_temperature: float = 2.0
+    activations_weight: float = 0.0  # [losses.activations]: graded students held to the teacher's hidden activations (graded.activation_loss); 0: off
     rate_weight: float = 0.0  # [losses.rate]: lava-dl's SparsityEnforcer on every spiking layer (features.RateLoss); 0: off
     rate_max: float = 0.01
     rate_layers: tuple[str, ...] = ()  # the layers that pay ([losses.rate] layers); (): every conv and dense layer
@@ -118,6 +120,10 @@ class TrainConfig:
             raise ValueError(f"model.family {self.family!r}: \"spiking\" or \"graded\"")
         if not self.graded_threshold > 0:
             raise ValueError(f"graded.threshold {self.graded_threshold}: must be above 0")
+        if not (math.isfinite(self.activations_weight) and self.activations_weight >= 0):
+            raise ValueError(f"losses.activations.weight {self.activations_weight}: 0 (off) or above")
+        if self.activations_weight > 0 and self.family != "graded":
+            raise ValueError('losses.activations.weight: applies to model.family "graded" only')
         if self.family == "graded":
             if not self.init_teacher:
                 raise ValueError('model.family "graded" starts from the ANN teacher: set schedule.init = "teacher"')

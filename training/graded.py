@@ -7,7 +7,8 @@ threshold). The steps and thresholds are calibrated once on training images befo
 and then held: a layer's step is the 99.9th percentile of its activation over 255, its threshold
 ``threshold`` times its mean positive activation. The loss is the cross-entropy, or with
 ``losses.distill`` that mixed with the KL divergence to the frozen teacher's answers on the same
-batch (``training.distill.mixed_loss``).
+batch (``training.distill.mixed_loss``); ``losses.activations`` adds a term holding each hidden
+layer's messages to the teacher's ReLU outputs on the batch (:func:`activation_loss`).
 
 :func:`integer_network` then folds each batch norm into its conv, rounds the weights to 8 bits per
 layer, and turns the steps into the integer network of ``lava_allnet.graded`` (a power-of-two
@@ -53,6 +54,16 @@ def forward(teacher, x: torch.Tensor, quant: Quant | None = None) -> tuple[torch
             acts.append(h)
             layer += 1
     return teacher.head(h.flatten(1)), acts
+
+
+def activation_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over hidden layers of |s - t|² / |t|² (summed over the batch): each layer's graded messages
+    against the frozen teacher's ReLU outputs on the same images, every layer weighing alike whatever
+    its scale. Gradients reach a message at or above its threshold (straight through the rounding)."""
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"{len(student)} student layers against {len(teacher)} teacher layers")
+    return torch.stack([(s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12)
+                        for s, t in zip(student, teacher)]).mean()
 
 
 @torch.no_grad()
@@ -183,12 +194,15 @@ class GradedTrainer(Trainer):
             idx = perm[b * bs:(b + 1) * bs]
             x = self.batch_images(idx, epoch, b).to(dev)
             y = self.data.labels[idx].to(dev)
-            logits, _ = forward(self.net, x, self.quant)
+            logits, acts = forward(self.net, x, self.quant)
             loss = F.cross_entropy(logits, y)
-            if cfg.distill_weight > 0:  # losses.distill: held to the frozen teacher's answers on the same batch
+            if cfg.distill_weight > 0 or cfg.activations_weight > 0:
                 with torch.no_grad():
-                    target = forward(self.teacher().eval(), x)[0]
+                    target, target_acts = forward(self.teacher().eval(), x)
+            if cfg.distill_weight > 0:  # losses.distill: held to the frozen teacher's answers on the same batch
                 loss = mixed_loss(loss, logits, target, cfg.distill_weight, cfg.distill_temperature)
+            if cfg.activations_weight > 0:  # losses.activations: held to the teacher's hidden activations
+                loss = loss + cfg.activations_weight * activation_loss(acts, target_acts)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

@@ -1,7 +1,7 @@
 """Recipe files: one TOML file trains a model, in one or more stages (``recipes/README.md``).
 
 A recipe has sections (``[data]``, ``[model]``, ``[schedule]``, ``[augment]``, ``[losses]``,
-``[losses.range]``, ``[losses.distill]``, ``[teacher]``, ``[biases]``, ``[averaging]``, ``[graded]``) and may list
+``[losses.range]``, ``[losses.distill]``, ``[losses.activations]``, ``[teacher]``, ``[biases]``, ``[averaging]``, ``[graded]``) and may list
 ``[[stages]]``: each stage takes the top-level sections and overrides some keys, and starts from
 the previous stage's weights unless its ``schedule.init`` says otherwise. ``--set section.key=value``
 overrides a key for every stage (``--set stages.N.section.key=value`` for stage N only).
@@ -140,6 +140,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "weight": Key(float, 0.0, "share W of the loss taken by distillation from the ANN teacher: "
                                   "(1-W) x cross-entropy + W x T² x KL (0: off)"),
         "temperature": Key(float, 2.0, "softmax temperature T of the distillation term"),
+    },
+    "losses.activations": {
+        "weight": Key(float, 0.0, "model.family = \"graded\": weight W of a term holding each hidden layer's graded "
+                                  "messages to the frozen teacher's ReLU outputs on the same batch: + W x the mean over "
+                                  "layers of |messages - teacher|² / |teacher|² (0: off)"),
     },
     "losses.rate": {
         "weight": Key(float, 0.0, "lava-dl's SparsityEnforcer on every conv and dense layer (or `layers`): weight x Σ relu(mean "
@@ -384,7 +389,8 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
             aug_background_recolour=a["background_recolour"], rate_weight=stage["losses.rate"]["weight"],
             rate_max=stage["losses.rate"]["max_rate"], rate_layers=tuple(stage["losses.rate"]["layers"]),
             range_weight=stage["losses.range"]["weight"], distill_weight=stage["losses.distill"]["weight"],
-            distill_temperature=stage["losses.distill"]["temperature"], teacher_epochs=stage["teacher"]["epochs"],
+            distill_temperature=stage["losses.distill"]["temperature"],
+            activations_weight=stage["losses.activations"]["weight"], teacher_epochs=stage["teacher"]["epochs"],
             teacher_seed=stage["teacher"]["seed"], teacher_consistency=stage["teacher"]["consistency"],
             teacher_path="../teacher.pt",
             norm_means=b["means"], learn_biases=b["learn"], bias_adam_eps=b["adam_eps"] or None,
