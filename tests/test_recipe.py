@@ -53,6 +53,8 @@ def test_shipped_recipes_resolve_and_the_aria_recipe_has_the_shipped_models_stag
         # a 90-epoch teacher held to answer alike under two draws, and both stages distilled from it
         assert stage["teacher"] == {**spiking["stages"][0]["teacher"], "epochs": 90, "consistency": 1.0}
         assert (g.teacher_consistency, g.distill_weight, g.distill_temperature) == (1.0, 0.5, 2.0)
+        # and held to the teacher's hidden activations (forty-seventh amendment, recipe Y)
+        assert g.activations_weight == 4.0
         # and the background draws: 30% of the images become cells on black, teacher included, half
         # of those cells recoloured
         assert {**stage["augment"], "blur": 1.0, "background": 0.0, "background_black": 0.5,
