@@ -48,7 +48,7 @@ def test_shipped_recipes_resolve_and_the_aria_recipe_has_the_shipped_models_stag
     assert [st["name"] for st in graded["stages"]] == ["graded", "blur"]
     for i, stage in enumerate(graded["stages"]):
         g = rc.compile_stage(stage, i + 1, run_dir=Path("/r"), previous=Path("/r/1") if i else None)[1]
-        assert g.family == "graded" and g.init_teacher and g.graded_threshold == 1.0
+        assert g.family == "graded" and g.init_teacher and g.graded_threshold == 0.9
         assert stage["data"] == spiking["stages"][0]["data"]
         # a 90-epoch teacher held to answer alike under two draws, and both stages distilled from it
         assert stage["teacher"] == {**spiking["stages"][0]["teacher"], "epochs": 90, "consistency": 1.0}
