@@ -118,7 +118,7 @@ def test_v2_predictions_barely_move_under_dimmer_exposure():
                                        "but cannot restore (models/README.md, v2)")
 def test_v2_predictions_do_not_move_under_global_gains_0_6_to_1_4():
     """The v2 issue's check: predictions unchanged under global gains 0.6-1.4 (measured on these 16
-    images: 0 / 0 / 0 / 1 changed at 0.6 / 0.8 / 1.2 / 1.4 by run 128; run 90, the v2 before it, the same; run 76: 0 / 0 /
+    images: 0 / 0 / 1 / 0 changed at 0.6 / 0.8 / 1.2 / 1.4 by run 135; run 128, the v2 before it, and run 90: 0 / 0 / 0 / 1; run 76: 0 / 0 /
     0 / 2; run 73: 0 / 0 / 1 / 2; run 67: 0 / 0 / 0 / 2; run 46: 0 / 0 / 1 / 3; run 21: 0 / 0 / 1 / 1; run 15, with the bounded offset: 0 / 0 / 3 / 4;
     the spiking v2: 0 / 1 / 4 / 6)."""
     pred = _predictions_under_gains(_test_images(), (0.6, 0.8, 1.2, 1.4))
