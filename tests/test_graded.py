@@ -274,7 +274,7 @@ def test_the_activation_loss_weighs_each_layer_by_its_own_scale():
 def test_a_graded_stage_held_to_the_teachers_activations_stays_nearer_them(synth_dir, synth_images, tmp_path):
     from training import recipe
     from training.checkpoint import load_torch
-    from training.distill import Teacher
+    from training.distill import Teacher, load_teacher
     from training.graded import activation_loss, forward
     from lava_allnet.config import ModelConfig
 
@@ -285,9 +285,8 @@ def test_a_graded_stage_held_to_the_teachers_activations_stays_nearer_them(synth
         recipe.run(recipe.load(path, sets), tmp_path / name, show_progress=False)
         best = load_torch(tmp_path / name / "1-train" / "best.pt")
         cfg = ModelConfig.from_dict(best["config"])
-        student, teacher = Teacher(cfg), Teacher(cfg)
+        student, teacher = Teacher(cfg), load_teacher(tmp_path / name / "teacher.pt", cfg)
         student.load_state_dict(best["model"])
-        teacher.load_state_dict(load_torch(tmp_path / name / "teacher.pt")["model"])
         x = torch.from_numpy(synth_images[0])
         with torch.no_grad():
             errors[name] = float(activation_loss(forward(student.eval(), x, best["quant"])[1], forward(teacher.eval(), x)[1]))
