@@ -265,11 +265,6 @@ def test_photometric_augmentation_is_seeded_and_each_part_acts(synth_images):
                  dict(noise=8.0), dict(blur=1.5), dict(occlusion=0.3), dict(background=1.0)):
         y = Photometric(**part)(x, torch.Generator().manual_seed(2))
         assert not torch.equal(y, x), part
-    # apply(): the same images from the same draws, and each image's exposure gain within the range
-    got, gains = full.apply(x, torch.Generator().manual_seed(1))
-    assert torch.equal(got, a) and gains.shape == (4,) and bool(((gains >= 0.5) & (gains <= 1.4)).all())
-    assert len(set(gains.tolist())) == 4
-    assert torch.equal(Photometric().apply(x, torch.Generator())[1], torch.ones(4))
     # over-exposure clips: the bright background saturates
     assert (Photometric(gain=(1.4, 1.4))(x, torch.Generator()) == 255).float().mean() > (x == 255).float().mean()
     m = cell_mask(x)

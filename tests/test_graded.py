@@ -271,44 +271,6 @@ def test_the_activation_loss_weighs_each_layer_by_its_own_scale():
         activation_loss(t[:1], t)
 
 
-def test_the_activation_loss_weighs_images_and_over_exposed_draws_weigh_more():
-    from training.graded import activation_loss, exposure_weights
-
-    t = [torch.rand(3, 2, 4, 4) + 0.5, torch.rand(3, 5, 2, 2) + 0.5]
-    s = [t[0].clone(), t[1].clone()]
-    s[0][2] = 0  # image 2 silenced in the first layer
-    # all weights 1: the unweighted term
-    assert float(activation_loss(s, t, torch.ones(3))) == pytest.approx(float(activation_loss(s, t)))
-    # image 2 weighing 0: no error left; weighing more: the error grows towards that layer's whole
-    assert float(activation_loss(s, t, torch.tensor([1.0, 1.0, 0.0]))) == 0.0
-    heavy = float(activation_loss(s, t, torch.tensor([1.0, 1.0, 100.0])))
-    assert float(activation_loss(s, t)) < heavy < 0.5
-    with pytest.raises(ValueError, match=r"weights \(2,\): one weight of 0 or above per image \(3\)"):
-        activation_loss(s, t, torch.ones(2))
-    with pytest.raises(ValueError, match="one weight of 0 or above"):
-        activation_loss(s, t, torch.tensor([1.0, -1.0, 1.0]))
-    # gain g weighs 1 + E x max(0, g - 1): under-exposed draws (which the front end undoes) weigh 1
-    w = exposure_weights(torch.tensor([0.5, 1.0, 1.3, 1.4]), 10.0)
-    assert w.tolist() == pytest.approx([1.0, 1.0, 4.0, 5.0])
-
-
-def test_over_exposed_draws_weigh_more_in_a_graded_stage_and_it_resumes_exactly(synth_dir, tmp_path):
-    from training import recipe
-
-    path = tmp_path / "g.toml"
-    path.write_text(GRADED_RECIPE.format(root=synth_dir))
-    base = ["teacher.epochs=2", "augment.gain=[0.5,1.6]", "losses.activations.weight=4"]
-    runs = {name: recipe.run(recipe.load(path, base + sets), tmp_path / name, show_progress=False)
-            for name, sets in (("alike", []), ("exposed", ["losses.activations.exposure=10"]))}
-    rows = [json.loads((tmp_path / d / "1-train" / "metrics.json").read_text())["history"] for d in runs]
-    assert rows[0][0]["train_loss"] != rows[1][0]["train_loss"]
-    assert Path(runs["alike"]["model"]).read_bytes() != Path(runs["exposed"]["model"]).read_bytes()
-    sets = base + ["losses.activations.exposure=10"]
-    assert recipe.run(recipe.load(path, sets), tmp_path / "cut", show_progress=False, stop_after_batches=3).get("stopped")
-    done = recipe.run(recipe.read_run_recipe(tmp_path / "cut"), tmp_path / "cut", resume=True, show_progress=False)
-    assert Path(done["model"]).read_bytes() == Path(runs["exposed"]["model"]).read_bytes()
-
-
 def test_a_graded_stage_held_to_the_teachers_activations_stays_nearer_them(synth_dir, synth_images, tmp_path):
     from training import recipe
     from training.checkpoint import load_torch
@@ -355,9 +317,6 @@ def test_a_recipe_trains_its_teacher_with_the_consistency_term_when_asked(synth_
     (["losses.activations.weight=-1"], "losses.activations.weight -1.0: 0 (off) or above"),
     (["model.family=spiking", "schedule.init=scratch", "losses.activations.weight=1"],
      'losses.activations.weight: applies to model.family "graded" only'),
-    (["losses.activations.exposure=-2"], "losses.activations.exposure -2.0: 0 (off) or above"),
-    (["losses.activations.weight=0", "losses.activations.exposure=10"],
-     "losses.activations.exposure: weighs images in the activations term; set losses.activations.weight above 0"),
 ])
 def test_graded_recipe_errors_name_the_key(synth_dir, tmp_path, sets, message):
     from lava_allnet.errors import AllnetError

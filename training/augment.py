@@ -77,10 +77,6 @@ class Photometric:
 
     def __call__(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """(N, 3, H, W) uint8 → uint8; every draw from ``gen`` (in a fixed order), so it repeats exactly."""
-        return self.apply(images, gen)[0]
-
-    def apply(self, images: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """As a call, and each image's exposure gain drawn (N,): the same draws, in the same order."""
         n, _, h, w = images.shape
         u = lambda *shape: torch.rand(*shape, generator=gen)  # noqa: E731
         f = images.float()
@@ -100,8 +96,7 @@ class Photometric:
         if self.background > 0:  # after the renderings, so the background is the colour drawn
             f = torch.where(replace, colour.expand(n, 3, h, w), f)
         lo, hi = self.gain
-        exposure = lo + (hi - lo) * u(n, 1, 1, 1)
-        f = f * exposure
+        f = f * (lo + (hi - lo) * u(n, 1, 1, 1))
         if self.stain > 0:
             f = f * (1 + self.stain * (2 * u(n, 3, 1, 1) - 1))
         if self.contrast > 0:
@@ -121,7 +116,7 @@ class Photometric:
                 oh, ow = max(1, int(h * share ** 0.5)), max(1, int(w * share ** 0.5))
                 y0, x0 = int(u(1) * (h - oh + 1)), int(u(1) * (w - ow + 1))
                 f[i, :, y0:y0 + oh, x0:x0 + ow] = 255 * float(u(1))
-        return f.round().clamp(0, 255).to(torch.uint8), exposure.view(n)
+        return f.round().clamp(0, 255).to(torch.uint8)
 
 
 def _mix(f: torch.Tensor, pick: torch.Tensor, u) -> torch.Tensor:

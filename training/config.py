@@ -56,7 +56,6 @@ class TrainConfig:
     distill_weight: float = 0.0  # [losses.distill]: share of the distillation term (features.Distillation); 0: off
     distill_temperature: float = 2.0
     activations_weight: float = 0.0  # [losses.activations]: graded students held to the teacher's hidden activations (graded.activation_loss); 0: off
-    activations_exposure: float = 0.0  # [losses.activations] exposure E: an image drawn at gain g weighs 1 + E x max(0, g - 1) in that term
     rate_weight: float = 0.0  # [losses.rate]: lava-dl's SparsityEnforcer on every spiking layer (features.RateLoss); 0: off
     rate_max: float = 0.01
     rate_layers: tuple[str, ...] = ()  # the layers that pay ([losses.rate] layers); (): every conv and dense layer
@@ -125,11 +124,6 @@ class TrainConfig:
             raise ValueError(f"losses.activations.weight {self.activations_weight}: 0 (off) or above")
         if self.activations_weight > 0 and self.family != "graded":
             raise ValueError('losses.activations.weight: applies to model.family "graded" only')
-        if not (math.isfinite(self.activations_exposure) and self.activations_exposure >= 0):
-            raise ValueError(f"losses.activations.exposure {self.activations_exposure}: 0 (off) or above")
-        if self.activations_exposure > 0 and self.activations_weight == 0:
-            raise ValueError("losses.activations.exposure: weighs images in the activations term; "
-                             "set losses.activations.weight above 0")
         if self.family == "graded":
             if not self.init_teacher:
                 raise ValueError('model.family "graded" starts from the ANN teacher: set schedule.init = "teacher"')

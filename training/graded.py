@@ -56,29 +56,14 @@ def forward(teacher, x: torch.Tensor, quant: Quant | None = None) -> tuple[torch
     return teacher.head(h.flatten(1)), acts
 
 
-def activation_loss(student: list[torch.Tensor], teacher: list[torch.Tensor],
-                    weights: torch.Tensor | None = None) -> torch.Tensor:
+def activation_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
     """Mean over hidden layers of |s - t|² / |t|² (summed over the batch): each layer's graded messages
     against the frozen teacher's ReLU outputs on the same images, every layer weighing alike whatever
-    its scale. Gradients reach a message at or above its threshold (straight through the rounding).
-    ``weights`` (N,): image i's squares, above and below the line, count w_i times (None: all 1)."""
+    its scale. Gradients reach a message at or above its threshold (straight through the rounding)."""
     if len(student) != len(teacher) or not student:
         raise ValueError(f"{len(student)} student layers against {len(teacher)} teacher layers")
-    if weights is None:
-        return torch.stack([(s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12)
-                            for s, t in zip(student, teacher)]).mean()
-    if weights.shape != (len(student[0]),) or not bool((weights >= 0).all()):
-        raise ValueError(f"weights {tuple(weights.shape)}: one weight of 0 or above per image "
-                         f"({len(student[0])})")
-    per = lambda a: a.pow(2).flatten(1).sum(1)  # noqa: E731  (N,) per image
-    return torch.stack([(weights * per(s - t)).sum() / (weights * per(t)).sum().clamp_min(1e-12)
+    return torch.stack([(s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12)
                         for s, t in zip(student, teacher)]).mean()
-
-
-def exposure_weights(gains: torch.Tensor, exposure: float) -> torch.Tensor:
-    """losses.activations.exposure E: an image drawn at exposure gain g weighs 1 + E x max(0, g - 1)
-    in :func:`activation_loss` (over-exposure clips what the front end cannot restore)."""
-    return 1 + exposure * (gains - 1).clamp_min(0)
 
 
 @torch.no_grad()
@@ -207,8 +192,7 @@ class GradedTrainer(Trainer):
         part = state["partial"] = {"loss": 0.0, "correct": 0, "seen": 0}
         for b in range(self.batches_per_epoch):
             idx = perm[b * bs:(b + 1) * bs]
-            x, gains = self.batch_images(idx, epoch, b, exposures=True)
-            x = x.to(dev)
+            x = self.batch_images(idx, epoch, b).to(dev)
             y = self.data.labels[idx].to(dev)
             logits, acts = forward(self.net, x, self.quant)
             loss = F.cross_entropy(logits, y)
@@ -218,8 +202,7 @@ class GradedTrainer(Trainer):
             if cfg.distill_weight > 0:  # losses.distill: held to the frozen teacher's answers on the same batch
                 loss = mixed_loss(loss, logits, target, cfg.distill_weight, cfg.distill_temperature)
             if cfg.activations_weight > 0:  # losses.activations: held to the teacher's hidden activations
-                weights = exposure_weights(gains, cfg.activations_exposure).to(dev) if cfg.activations_exposure > 0 else None
-                loss = loss + cfg.activations_weight * activation_loss(acts, target_acts, weights)
+                loss = loss + cfg.activations_weight * activation_loss(acts, target_acts)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()

@@ -145,8 +145,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "weight": Key(float, 0.0, "model.family = \"graded\": weight W of a term holding each hidden layer's graded "
                                   "messages to the frozen teacher's ReLU outputs on the same batch: + W x the mean over "
                                   "layers of |messages - teacher|² / |teacher|² (0: off)"),
-        "exposure": Key(float, 0.0, "E: in that term, an image drawn at exposure gain g (augment.gain) weighs "
-                                    "1 + E x max(0, g - 1), the over-exposed images more (0: all alike)"),
     },
     "losses.rate": {
         "weight": Key(float, 0.0, "lava-dl's SparsityEnforcer on every conv and dense layer (or `layers`): weight x Σ relu(mean "
@@ -392,8 +390,7 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
             rate_max=stage["losses.rate"]["max_rate"], rate_layers=tuple(stage["losses.rate"]["layers"]),
             range_weight=stage["losses.range"]["weight"], distill_weight=stage["losses.distill"]["weight"],
             distill_temperature=stage["losses.distill"]["temperature"],
-            activations_weight=stage["losses.activations"]["weight"],
-            activations_exposure=stage["losses.activations"]["exposure"], teacher_epochs=stage["teacher"]["epochs"],
+            activations_weight=stage["losses.activations"]["weight"], teacher_epochs=stage["teacher"]["epochs"],
             teacher_seed=stage["teacher"]["seed"], teacher_consistency=stage["teacher"]["consistency"],
             teacher_path="../teacher.pt",
             norm_means=b["means"], learn_biases=b["learn"], bias_adam_eps=b["adam_eps"] or None,

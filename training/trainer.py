@@ -325,20 +325,14 @@ class Trainer:
         """The training images' order in ``epoch`` (seeded: a resumed run repeats it)."""
         return self.train_idx[torch.randperm(len(self.train_idx), generator=_gen(self.cfg.seed, epoch))]
 
-    def batch_images(self, idx: torch.Tensor, epoch: int, b: int, exposures: bool = False):
+    def batch_images(self, idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
         """Batch ``b`` of ``epoch``: the images ``idx`` flipped and rotated, then :meth:`prepare`d, with
-        the batch's own seeded generator. With ``exposures``: (images, each image's exposure gain drawn,
-        1 where none is drawn), from the same draws."""
+        the batch's own seeded generator."""
         x = self.data.images[idx]
         gen = _gen(self.cfg.seed, epoch, b)
         if self.cfg.augment:
             x = augment.augment_batch(x, gen, strength=self.cfg.color_jitter)
-        gains = torch.ones(len(idx))
-        if self.prepares:
-            if self.photometric.active:
-                x, gains = self.photometric.apply(x, gen)
-            x = self.frontend.apply_torch(x)
-        return (x, gains) if exposures else x
+        return self.prepare(x, gen) if self.prepares else x
 
     def prepare(self, images: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         """uint8 images after the flips → photometric augmentation (with ``gen``) → front end."""
