@@ -28,12 +28,17 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "all-aria" / "original"
 
 
+def heat_ratio(cam: np.ndarray, img: np.ndarray) -> float:
+    """The mean heat of ``cam`` (H, W) on the darkest fifth of ``img``'s (3, H, W) pixels over the rest."""
+    grey = img.mean(0)
+    cells = grey < np.percentile(grey, 20)
+    return float(cam[cells].mean() / max(cam[~cells].mean(), 1e-6))
+
+
 def ratio(net, spec, path: Path) -> tuple[float, str]:
     img = load_image(path, spec.input.shape[1])
     res = ev.grad_cam(net, img)
-    grey = img.mean(0)
-    cells = grey < np.percentile(grey, 20)
-    return float(res["cam"][cells].mean() / max(res["cam"][~cells].mean(), 1e-6)), res["layer"]
+    return heat_ratio(res["cam"], img), res["layer"]
 
 
 def main() -> None:

@@ -24,6 +24,8 @@ from training.augment import cell_mask
 from training.checkpoint import load_torch
 from training.distill import load_teacher
 
+from gradcam_ratio import heat_ratio  # research/: the model card's Grad-CAM ratio, one definition
+
 ROOT = Path(__file__).resolve().parent.parent
 CELL_LAYERS = (1, 2, 3)  # the convs whose maps still place a cell (conv4's 8x8 of a 128-pixel smear does not)
 
@@ -64,9 +66,7 @@ def main() -> None:
         logits[0, int(logits.argmax(1))].backward()
         cam = torch.relu((a.grad[0].mean((1, 2))[:, None, None] * a[0]).sum(0)).detach()
         cam = F.interpolate(cam[None, None], size=img.shape[1:], mode="bilinear", align_corners=False)[0, 0].numpy()
-        grey = img.mean(0)
-        cells = grey < np.percentile(grey, 20)
-        ratios.append(float(cam[cells].mean() / max(cam[~cells].mean(), 1e-6)))
+        ratios.append(heat_ratio(cam, img))
     r = np.array(ratios)
     print(json.dumps({"run": str(args.run), "subset": args.subset, "images": len(paths),
                       "gradcam_median": round(float(np.median(r)), 2),
