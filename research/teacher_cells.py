@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from lava_allnet.config import ModelConfig
 from lava_allnet.data.images import load_image
 from netx import format as nf
-from netx.export import network_from_spec
 from training.augment import cell_mask
 from training.checkpoint import load_torch
 from training.distill import load_teacher
@@ -50,15 +49,14 @@ def main() -> None:
     args = ap.parse_args()
     best = load_torch(sorted(args.run.glob("*/best.pt"))[-1])
     teacher = load_teacher(args.run / "teacher.pt", ModelConfig.from_dict(best["config"])).float()
-    spec = nf.read(str(args.run / "model.net"))
-    net = network_from_spec(spec)  # its input front end, which the teacher was trained behind
+    spec = nf.read(str(args.run / "model.net"))  # its input front end, which the teacher was trained behind
     split = json.loads(Path(args.split).read_text())
     root = (ROOT / split["root"]).resolve()
     paths = sorted(split[args.subset])
     ratios, shares = [], []
     for p in paths:
         img = load_image(root / p, spec.input.shape[1])
-        x = torch.from_numpy(np.ascontiguousarray(net.frontend.apply(img[None])))
+        x = torch.from_numpy(np.ascontiguousarray(spec.frontend.apply(img[None])))
         logits, acts = teacher.forward_features(x, CELL_LAYERS)
         shares.append(float(outside_cells({k: a.detach() for k, a in acts.items()}, cell_mask(torch.from_numpy(img[None])).float())))
         a = acts[3]
