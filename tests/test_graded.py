@@ -309,6 +309,42 @@ def test_a_recipe_trains_its_teacher_with_the_consistency_term_when_asked(synth_
     assert not all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_outside_cells_is_the_share_of_activation_energy_off_the_cells():
+    from training.distill import outside_cells
+
+    cells = torch.zeros(2, 1, 8, 8)
+    cells[:, :, :4] = 1  # the top half of each image is cell
+    on = torch.zeros(2, 3, 4, 4)
+    on[:, :, :2] = 1.5
+    assert float(outside_cells({1: on}, cells)) == 0.0
+    assert float(outside_cells({1: 1 - on / 1.5}, cells)) == pytest.approx(1.0)
+    # uniform activity: the area outside, at any map size; layers averaged
+    assert float(outside_cells({1: torch.ones(2, 3, 4, 4), 2: torch.ones(2, 5, 2, 2), 3: on}, cells)) == pytest.approx(1 / 3)
+
+
+def test_a_teacher_trained_with_the_cells_term_looks_less_outside_the_cells(synth_dir, synth_images, tmp_path):
+    from lava_allnet.config import ModelConfig
+    from training import recipe
+    from training.augment import cell_mask
+    from training.checkpoint import load_torch
+    from training.distill import CELL_LAYERS, Teacher, outside_cells
+
+    path = tmp_path / "g.toml"
+    path.write_text(GRADED_RECIPE.format(root=synth_dir))
+    x = torch.from_numpy(synth_images[0])
+    shares = {}
+    for name, sets in (("plain", ["teacher.epochs=4"]), ("cells", ["teacher.epochs=4", "teacher.cells=50"])):
+        recipe.run(recipe.load(path, sets), tmp_path / name, show_progress=False, stop_after_batches=1)
+        ck = load_torch(tmp_path / name / "teacher.pt")
+        teacher = Teacher(ModelConfig.from_dict(ck["config"]))
+        teacher.load_state_dict(ck["model"])
+        with torch.no_grad():
+            acts = teacher.eval().forward_features(x, CELL_LAYERS)[1]
+        shares[name] = float(outside_cells(acts, cell_mask(x).float()))
+        assert ("cells" in ck["metrics"]) == (name == "cells")
+    assert shares["cells"] < shares["plain"] - 0.02, shares  # measured: 0.830 against 0.875
+
+
 @pytest.mark.parametrize("sets, message", [
     (["schedule.init=scratch"], 'set schedule.init = "teacher"'),
     (["losses.rate.weight=1.0"], "losses.rate.weight apply to the spiking network only"),
@@ -317,6 +353,7 @@ def test_a_recipe_trains_its_teacher_with_the_consistency_term_when_asked(synth_
     (["losses.activations.weight=-1"], "losses.activations.weight -1.0: 0 (off) or above"),
     (["model.family=spiking", "schedule.init=scratch", "losses.activations.weight=1"],
      'losses.activations.weight: applies to model.family "graded" only'),
+    (["teacher.cells=-1"], "teacher.cells -1.0: 0 (off) or above"),
 ])
 def test_graded_recipe_errors_name_the_key(synth_dir, tmp_path, sets, message):
     from lava_allnet.errors import AllnetError

@@ -81,6 +81,21 @@ def js_divergence(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (F.kl_div(m, p, reduction="batchmean") + F.kl_div(m, q, reduction="batchmean")) / 2
 
 
+CELL_LAYERS = (1, 2, 3)  # teacher.cells: the convs whose maps still place a cell (conv4's 8x8 of a 128-pixel smear does not)
+
+
+def outside_cells(acts: dict[int, torch.Tensor], cells: torch.Tensor) -> torch.Tensor:
+    """``teacher.cells``: the share of each layer's activation energy (Σ a²) that lies outside the
+    stained cells, averaged over the layers. ``cells`` (N, 1, H, W) in [0, 1] at the input's size
+    (``augment.cell_mask``); each map position counts by the share of its pixels outside them."""
+    shares = []
+    for a in acts.values():
+        inside = F.adaptive_avg_pool2d(cells.to(a.dtype), a.shape[-2:])
+        e = a.pow(2)
+        shares.append((e * (1 - inside)).sum() / e.sum().clamp_min(1e-12))
+    return torch.stack(shares).mean()
+
+
 def train_teacher(
     cfg: ModelConfig,
     images: torch.Tensor,
@@ -97,6 +112,7 @@ def train_teacher(
     device: torch.device | str = "cpu",
     prepare: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     consistency: float = 0.0,
+    cells: float = 0.0,
 ) -> tuple[Teacher, dict]:
     """Train the ANN teacher on the same split; returns it and its metrics.
 
@@ -109,6 +125,9 @@ def train_teacher(
         batch (one set of batch-norm statistics), and the loss is the first view's cross-entropy + W x
         the Jensen-Shannon divergence between the two views' predictions (:func:`js_divergence`); 0:
         one view, cross-entropy only. It needs ``prepare`` (the photometric draws).
+    cells: weight C of a term on where the teacher looks: + C x :func:`outside_cells` of the
+        (first view's) ReLU outputs of conv1-conv3, the stained white cells found on each batch after
+        the flips (``augment.cell_mask``); 0: off.
     images stay where they are; each batch moves to ``device``.
     """
     if consistency > 0 and prepare is None:
@@ -124,7 +143,7 @@ def train_teacher(
     t0 = time.perf_counter()
     for epoch in range(epochs):
         teacher.train()
-        js_sum = 0.0
+        js_sum = out_sum = 0.0
         perm = train_idx[torch.randperm(len(train_idx), generator=gen(seed, 1000 + epoch))]
         for b in range(per_epoch):
             idx = perm[b * batch_size:(b + 1) * batch_size]
@@ -134,22 +153,28 @@ def train_teacher(
                 x = augment.augment_batch(x, g, strength=augment_strength)
             y = labels[idx].to(device)
             first = x if prepare is None else prepare(x, g)
+            views = torch.cat([first, prepare(x, gen(seed, 5000 + epoch, b))]) if consistency > 0 else first
+            logits, acts = teacher.forward_features(views.to(device), CELL_LAYERS if cells > 0 else ())
+            loss = F.cross_entropy(logits[:len(idx)], y)
             if consistency > 0:  # a second, independent photometric draw of the same flipped images
-                logits = teacher(torch.cat([first, prepare(x, gen(seed, 5000 + epoch, b))]).to(device))
                 js = js_divergence(logits[:len(idx)], logits[len(idx):])
-                loss = F.cross_entropy(logits[:len(idx)], y) + consistency * js
+                loss = loss + consistency * js
                 js_sum += js.item()
-            else:
-                loss = F.cross_entropy(teacher(first.to(device)), y)
+            if cells > 0:  # teacher.cells: the first view's activations outside the stained cells
+                share = outside_cells({k: a[:len(idx)] for k, a in acts.items()}, augment.cell_mask(x).float().to(device))
+                loss = loss + cells * share
+                out_sum += share.item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
         js_note = f"JS {js_sum / per_epoch:.4f}  " if consistency > 0 else ""
+        js_note += f"outside cells {out_sum / per_epoch:.3f}  " if cells > 0 else ""
         log(f"teacher epoch {epoch + 1}/{epochs}: {js_note}val acc {accuracy(teacher, seen[val_idx], labels[val_idx]):.4f}")
     metrics = {
         "epochs": epochs,
         **({"consistency": consistency} if consistency > 0 else {}),
+        **({"cells": cells} if cells > 0 else {}),
         "train_accuracy": accuracy(teacher, seen[train_idx], labels[train_idx]),
         "val_accuracy": accuracy(teacher, seen[val_idx], labels[val_idx]),
         "seconds": time.perf_counter() - t0,
