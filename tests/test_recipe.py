@@ -48,11 +48,13 @@ def test_shipped_recipes_resolve_and_the_aria_recipe_has_the_shipped_models_stag
     assert [st["name"] for st in graded["stages"]] == ["graded", "blur"]
     for i, stage in enumerate(graded["stages"]):
         g = rc.compile_stage(stage, i + 1, run_dir=Path("/r"), previous=Path("/r/1") if i else None)[1]
-        assert g.family == "graded" and g.init_teacher and g.graded_threshold == 0.9
+        assert g.family == "graded" and g.init_teacher and g.graded_threshold == 0.75
         assert stage["data"] == spiking["stages"][0]["data"]
-        # a 90-epoch teacher held to answer alike under two draws, and both stages distilled from it
-        assert stage["teacher"] == {**spiking["stages"][0]["teacher"], "epochs": 90, "consistency": 1.0}
-        assert (g.teacher_consistency, g.distill_weight, g.distill_temperature) == (1.0, 0.5, 2.0)
+        # a 90-epoch teacher held to answer alike under two draws and to the stained cells (fifty-sixth
+        # amendment, recipe C01T), and both stages distilled from it
+        assert stage["teacher"] == {**spiking["stages"][0]["teacher"], "epochs": 90, "consistency": 1.0,
+                                    "cells": 0.1}
+        assert (g.teacher_consistency, g.teacher_cells, g.distill_weight, g.distill_temperature) == (1.0, 0.1, 0.5, 2.0)
         # and held to the teacher's hidden activations (forty-seventh amendment, recipe Y)
         assert g.activations_weight == 4.0
         # and the background draws: 30% of the images become cells on black, teacher included, half
