@@ -2,7 +2,8 @@
 amendment): the median Grad-CAM ratio at conv3 (heat on the darkest fifth of the pixels over the
 heat on the rest, as ``gradcam_ratio.py`` measures a model), and the share of conv1-conv3's
 activation energy outside the stained white cells (what the fifty-third to fifty-fifth amendments'
-``teacher.cells`` trained down; that key left the product with them, its code is commit ``61bf4cc``).
+``teacher.cells`` trains down, ``training.distill.outside_cells``; in the recipe file since the
+fifty-sixth amendment).
 
     python research/teacher_cells.py runs/aria-v2-gN [--subset val]
 """
@@ -21,24 +22,11 @@ from lava_allnet.data.images import load_image
 from netx import format as nf
 from training.augment import cell_mask
 from training.checkpoint import load_torch
-from training.distill import load_teacher
+from training.distill import CELL_LAYERS, load_teacher, outside_cells  # the term teacher.cells trains down
 
 from gradcam_ratio import heat_ratio  # research/: the model card's Grad-CAM ratio, one definition
 
 ROOT = Path(__file__).resolve().parent.parent
-CELL_LAYERS = (1, 2, 3)  # the convs whose maps still place a cell (conv4's 8x8 of a 128-pixel smear does not)
-
-
-def outside_cells(acts: dict[int, torch.Tensor], cells: torch.Tensor) -> torch.Tensor:
-    """The share of each layer's activation energy (Σ a²) outside the stained cells, averaged over
-    the layers; ``cells`` (N, 1, H, W) in [0, 1] at the input's size; each map position counts by
-    the share of its pixels outside them."""
-    shares = []
-    for a in acts.values():
-        inside = F.adaptive_avg_pool2d(cells.to(a.dtype), a.shape[-2:])
-        e = a.pow(2)
-        shares.append((e * (1 - inside)).sum() / e.sum().clamp_min(1e-12))
-    return torch.stack(shares).mean()
 
 
 def main() -> None:
