@@ -118,7 +118,7 @@ def test_v2_predictions_do_not_move_under_global_gains_0_6_to_1_4():
     images: 0 / 0 / 0 / 0 changed at 0.6 / 0.8 / 1.2 / 1.4 by run 150, the first v2 to pass it, though
     brighter exposures still clip the background and most of the blue channel at 255, and on the
     whole test split it keeps 0.949 at gain 1.3 (models/README.md, v2); run 135, the v2 before it:
-    0 / 0 / 1 / 0; run 128, the v2 before it, and run 90: 0 / 0 / 0 / 1; run 76: 0 / 0 /
+    0 / 0 / 1 / 0; run 128, the v2 before run 135, and run 90: 0 / 0 / 0 / 1; run 76: 0 / 0 /
     0 / 2; run 73: 0 / 0 / 1 / 2; run 67: 0 / 0 / 0 / 2; run 46: 0 / 0 / 1 / 3; run 21: 0 / 0 / 1 / 1; run 15, with the bounded offset: 0 / 0 / 3 / 4;
     the spiking v2: 0 / 1 / 4 / 6)."""
     pred = _predictions_under_gains(_test_images(), (0.6, 0.8, 1.2, 1.4))
