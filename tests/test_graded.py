@@ -322,26 +322,36 @@ def test_outside_cells_is_the_share_of_activation_energy_off_the_cells():
     assert float(outside_cells({1: torch.ones(2, 3, 4, 4), 2: torch.ones(2, 5, 2, 2), 3: on}, cells)) == pytest.approx(1 / 3)
 
 
-def test_a_teacher_trained_with_the_cells_term_looks_less_outside_the_cells(synth_dir, synth_images, tmp_path):
+def _teachers_with_and_without(synth_dir, tmp_path, term: str):
+    """Two 4-epoch teachers of the graded test recipe, one with ``teacher.<term> = 50``: name → (teacher, checkpoint)."""
     from lava_allnet.config import ModelConfig
     from training import recipe
-    from training.augment import cell_mask
     from training.checkpoint import load_torch
-    from training.distill import CELL_LAYERS, Teacher, outside_cells
+    from training.distill import Teacher
 
     path = tmp_path / "g.toml"
     path.write_text(GRADED_RECIPE.format(root=synth_dir))
-    x = torch.from_numpy(synth_images[0])
-    shares = {}
-    for name, sets in (("plain", ["teacher.epochs=4"]), ("cells", ["teacher.epochs=4", "teacher.cells=50"])):
+    out = {}
+    for name, sets in (("plain", ["teacher.epochs=4"]), (term, ["teacher.epochs=4", f"teacher.{term}=50"])):
         recipe.run(recipe.load(path, sets), tmp_path / name, show_progress=False, stop_after_batches=1)
         ck = load_torch(tmp_path / name / "teacher.pt")
         teacher = Teacher(ModelConfig.from_dict(ck["config"]))
         teacher.load_state_dict(ck["model"])
+        assert (term in ck["metrics"]) == (name == term)
+        out[name] = teacher.eval(), ck
+    return out
+
+
+def test_a_teacher_trained_with_the_cells_term_looks_less_outside_the_cells(synth_dir, synth_images, tmp_path):
+    from training.augment import cell_mask
+    from training.distill import CELL_LAYERS, outside_cells
+
+    x = torch.from_numpy(synth_images[0])
+    shares = {}
+    for name, (teacher, _) in _teachers_with_and_without(synth_dir, tmp_path, "cells").items():
         with torch.no_grad():
-            acts = teacher.eval().forward_features(x, CELL_LAYERS)[1]
+            acts = teacher.forward_features(x, CELL_LAYERS)[1]
         shares[name] = float(outside_cells(acts, cell_mask(x).float()))
-        assert ("cells" in ck["metrics"]) == (name == "cells")
     assert shares["cells"] < shares["plain"] - 0.02, shares  # measured: 0.830 against 0.875
 
 
@@ -384,25 +394,15 @@ def test_outside_nuclei_is_the_share_of_the_true_class_gradcam_heat_off_the_nucl
 
 
 def test_a_teacher_trained_with_the_nuclei_term_puts_more_gradcam_heat_on_the_nuclei(synth_dir, tmp_path):
-    from lava_allnet.config import ModelConfig
     from lava_allnet.data import images as di
-    from training import recipe
-    from training.checkpoint import load_torch
-    from training.distill import NUCLEUS_LAYER, Teacher, darkest, outside_nuclei
+    from training.distill import NUCLEUS_LAYER, darkest, outside_nuclei
 
-    path = tmp_path / "g.toml"
-    path.write_text(GRADED_RECIPE.format(root=synth_dir))
     data = di.scan_image_folder(synth_dir)
     x, y = torch.from_numpy(di.load_images(data.paths, 32).images), torch.from_numpy(data.labels)
     offs = {}
-    for name, sets in (("plain", ["teacher.epochs=4"]), ("nuclei", ["teacher.epochs=4", "teacher.nuclei=50"])):
-        recipe.run(recipe.load(path, sets), tmp_path / name, show_progress=False, stop_after_batches=1)
-        ck = load_torch(tmp_path / name / "teacher.pt")
-        teacher = Teacher(ModelConfig.from_dict(ck["config"]))
-        teacher.load_state_dict(ck["model"])
-        logits, acts = teacher.eval().forward_features(x, (NUCLEUS_LAYER,))
+    for name, (teacher, _) in _teachers_with_and_without(synth_dir, tmp_path, "nuclei").items():
+        logits, acts = teacher.forward_features(x, (NUCLEUS_LAYER,))
         offs[name] = float(outside_nuclei(logits, acts[NUCLEUS_LAYER], y, darkest(x).float()).detach())
-        assert ("nuclei" in ck["metrics"]) == (name == "nuclei")
     assert offs["nuclei"] < offs["plain"] - 0.1, offs  # measured: 0.584 against 0.814 (true classes, eval mode)
 
 
