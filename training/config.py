@@ -64,7 +64,6 @@ class TrainConfig:
     teacher_seed: int | None = None  # None: the stage's seed
     teacher_consistency: float = 0.0  # weight of the Jensen-Shannon term between two photometric draws (distill.train_teacher); 0: off
     teacher_cells: float = 0.0  # weight of the term on the teacher's conv1-3 activations outside the stained cells (distill.outside_cells); 0: off
-    teacher_nuclei: float = 0.0  # weight of the term on the teacher's conv3 Grad-CAM heat off the darkest fifth of the pixels (distill.outside_nuclei); 0: off
     teacher_path: str = ""  # where the teacher is kept (trained there if missing); "": the run directory's teacher.pt
     # [biases] (features.NormMeans): "batch", "fixed" or "keep" (the batch-norm means Lava deploys as biases)
     norm_means: str = "batch"
@@ -113,8 +112,6 @@ class TrainConfig:
                              "replacements' cells, so it needs augment.background above 0")
         if not (math.isfinite(self.teacher_cells) and self.teacher_cells >= 0):
             raise ValueError(f"teacher.cells {self.teacher_cells}: 0 (off) or above")
-        if not (math.isfinite(self.teacher_nuclei) and self.teacher_nuclei >= 0):
-            raise ValueError(f"teacher.nuclei {self.teacher_nuclei}: 0 (off) or above")
         if not self.teacher_consistency >= 0:
             raise ValueError(f"teacher.consistency {self.teacher_consistency}: 0 (off) or above")
         if self.teacher_consistency > 0 and not self.photometric().active:

@@ -96,35 +96,6 @@ def outside_cells(acts: dict[int, torch.Tensor], cells: torch.Tensor) -> torch.T
     return torch.stack(shares).mean()
 
 
-NUCLEUS_LAYER = 3  # teacher.nuclei: the conv whose map Grad-CAM reads (evaluation.grad_cam's rule: conv3's 16x16 of a 128-pixel smear)
-
-
-def darkest(images: torch.Tensor, share: float = 0.2) -> torch.Tensor:
-    """(N, 3, H, W) uint8 → (N, 1, H, W) bool: each image's darkest ``share`` of the pixels (grey =
-    the channels' mean), the stained nuclei of a smear; ``research/gradcam_ratio.py``'s ``heat_ratio``
-    draws the same line (numpy's percentile, linear interpolation, as ``torch.quantile``)."""
-    grey = images.float().mean(1, keepdim=True)
-    line = torch.quantile(grey.flatten(1), share, dim=1).view(-1, 1, 1, 1)
-    return grey < line
-
-
-def outside_nuclei(logits: torch.Tensor, act: torch.Tensor, labels: torch.Tensor, nuclei: torch.Tensor) -> torch.Tensor:
-    """``teacher.nuclei``: the share of each image's Grad-CAM heat that lies off the nuclei, averaged
-    over the images. The heat is Grad-CAM's (Selvaraju et al., ICCV 2017), for each image's true
-    class: ReLU(Σ_c α_c A_c) over ``act`` (N, C, h, w), α_c the mean over positions of the class
-    logit's gradient; the α are held fixed (detached), so the term moves the activations, not the
-    read-out behind them. ``nuclei`` (N, 1, H, W) in [0, 1] at the input's size (:func:`darkest`);
-    each map position counts by the share of its pixels off them. ``logits`` are the first N rows of
-    what ``act`` (M ≥ N rows, a second view after them) led to, in one graph."""
-    n = len(labels)
-    score = logits[:n].gather(1, labels.view(-1, 1)).sum()
-    alpha = torch.autograd.grad(score, act, retain_graph=True)[0][:n].mean((2, 3), keepdim=True).detach()
-    cam = F.relu((alpha * act[:n]).sum(1, keepdim=True))
-    on = F.adaptive_avg_pool2d(nuclei.to(cam.dtype), cam.shape[-2:])
-    per_image = (cam * (1 - on)).flatten(1).sum(1) / cam.flatten(1).sum(1).clamp_min(1e-12)
-    return per_image.mean()
-
-
 def train_teacher(
     cfg: ModelConfig,
     images: torch.Tensor,
@@ -142,7 +113,6 @@ def train_teacher(
     prepare: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     consistency: float = 0.0,
     cells: float = 0.0,
-    nuclei: float = 0.0,
 ) -> tuple[Teacher, dict]:
     """Train the ANN teacher on the same split; returns it and its metrics.
 
@@ -158,9 +128,6 @@ def train_teacher(
     cells: weight C of a term on where the teacher looks: + C x :func:`outside_cells` of the
         (first view's) ReLU outputs of conv1-conv3, the stained white cells found on each batch after
         the flips (``augment.cell_mask``); 0: off.
-    nuclei: weight N of a term on where the teacher's evidence lies: + N x :func:`outside_nuclei`,
-        the (first view's) share of Grad-CAM heat at conv3 off the darkest fifth of each image's
-        pixels after the flips (:func:`darkest`); 0: off.
     images stay where they are; each batch moves to ``device``.
     """
     if consistency > 0 and prepare is None:
@@ -176,7 +143,7 @@ def train_teacher(
     t0 = time.perf_counter()
     for epoch in range(epochs):
         teacher.train()
-        js_sum = out_sum = nuc_sum = 0.0
+        js_sum = out_sum = 0.0
         perm = train_idx[torch.randperm(len(train_idx), generator=gen(seed, 1000 + epoch))]
         for b in range(per_epoch):
             idx = perm[b * batch_size:(b + 1) * batch_size]
@@ -187,34 +154,27 @@ def train_teacher(
             y = labels[idx].to(device)
             first = x if prepare is None else prepare(x, g)
             views = torch.cat([first, prepare(x, gen(seed, 5000 + epoch, b))]) if consistency > 0 else first
-            layers = (CELL_LAYERS if cells > 0 else ()) + ((NUCLEUS_LAYER,) if nuclei > 0 else ())
-            logits, acts = teacher.forward_features(views.to(device), layers)
+            logits, acts = teacher.forward_features(views.to(device), CELL_LAYERS if cells > 0 else ())
             loss = F.cross_entropy(logits[:len(idx)], y)
             if consistency > 0:  # a second, independent photometric draw of the same flipped images
                 js = js_divergence(logits[:len(idx)], logits[len(idx):])
                 loss = loss + consistency * js
                 js_sum += js.item()
             if cells > 0:  # teacher.cells: the first view's activations outside the stained cells
-                share = outside_cells({k: acts[k][:len(idx)] for k in CELL_LAYERS}, augment.cell_mask(x).float().to(device))
+                share = outside_cells({k: a[:len(idx)] for k, a in acts.items()}, augment.cell_mask(x).float().to(device))
                 loss = loss + cells * share
                 out_sum += share.item()
-            if nuclei > 0:  # teacher.nuclei: the first view's Grad-CAM heat off the darkest fifth
-                off = outside_nuclei(logits, acts[NUCLEUS_LAYER], y, darkest(x).float().to(device))
-                loss = loss + nuclei * off
-                nuc_sum += off.item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
         js_note = f"JS {js_sum / per_epoch:.4f}  " if consistency > 0 else ""
         js_note += f"outside cells {out_sum / per_epoch:.3f}  " if cells > 0 else ""
-        js_note += f"heat off nuclei {nuc_sum / per_epoch:.3f}  " if nuclei > 0 else ""
         log(f"teacher epoch {epoch + 1}/{epochs}: {js_note}val acc {accuracy(teacher, seen[val_idx], labels[val_idx]):.4f}")
     metrics = {
         "epochs": epochs,
         **({"consistency": consistency} if consistency > 0 else {}),
         **({"cells": cells} if cells > 0 else {}),
-        **({"nuclei": nuclei} if nuclei > 0 else {}),
         "train_accuracy": accuracy(teacher, seen[train_idx], labels[train_idx]),
         "val_accuracy": accuracy(teacher, seen[val_idx], labels[val_idx]),
         "seconds": time.perf_counter() - t0,

@@ -161,9 +161,6 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                        "independent photometric draws of the batch (0: off)"),
         "cells": Key(float, 0.0, "weight C of a term on where the teacher looks: + C x the share of conv1-conv3's "
                                  "activation energy outside the stained white cells (augment.cell_mask; 0: off)"),
-        "nuclei": Key(float, 0.0, "weight N of a term on where the teacher's evidence lies: + N x the share of its "
-                                  "Grad-CAM heat at conv3 (for the true class) off the darkest fifth of each image's "
-                                  "pixels, the nuclei that the model card's Grad-CAM ratio measures (0: off)"),
     },
     "biases": {
         "means": Key(str, "batch", 'the batch-norm means that Lava and Loihi deploy as neuron biases: "batch" '
@@ -397,7 +394,7 @@ def compile_stage(stage: dict[str, Any], index: int, where: str = "recipe", run_
             distill_temperature=stage["losses.distill"]["temperature"],
             activations_weight=stage["losses.activations"]["weight"], teacher_epochs=stage["teacher"]["epochs"],
             teacher_seed=stage["teacher"]["seed"], teacher_consistency=stage["teacher"]["consistency"],
-            teacher_cells=stage["teacher"]["cells"], teacher_nuclei=stage["teacher"]["nuclei"],
+            teacher_cells=stage["teacher"]["cells"],
             teacher_path="../teacher.pt",
             norm_means=b["means"], learn_biases=b["learn"], bias_adam_eps=b["adam_eps"] or None,
             average_from=stage["averaging"]["from_epoch"], family=stage["model"]["family"],

@@ -421,8 +421,7 @@ class Trainer:
                 self.model_cfg, self.data.images, self.data.labels, self.train_idx, self.val_idx, cfg.teacher_epochs,
                 seed, self.gen, batch_size=cfg.batch_size, augment_strength=cfg.color_jitter if cfg.augment else None,
                 log=self.console.print, device=self.device, prepare=self.prepare if self.prepares else None,
-                consistency=cfg.teacher_consistency, cells=cfg.teacher_cells,
-                nuclei=cfg.teacher_nuclei)
+                consistency=cfg.teacher_consistency, cells=cfg.teacher_cells)
             self.console.print(f"teacher: train acc {metrics['train_accuracy']:.4f}, val acc "
                                f"{metrics['val_accuracy']:.4f} ({metrics['seconds']:.0f} s)")
             path.parent.mkdir(parents=True, exist_ok=True)
